@@ -1,0 +1,61 @@
+r"""The paper's experiment: (a + b) mod 9973, 300K train / 1M test pairs, seed 199.
+
+Field names mirror the reference's flags. One run of the ``stride`` ordering:
+
+  python main.py --config=configs/default.py --workdir=output/paper
+
+Several runs in one batch: ``--config.strategy=all`` (stride, random, fixed-random,
+target), a comma list such as ``--config.strategy=stride,random``, and/or
+``--config.seeds='(1,2,3)'``, ``--config.lrs=...``, ``--config.weight_decays=...``
+(their product is the batch). See docs/configs.md for every field.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # What to run.
+  c.strategy = 'stride'        # stride | target | random | fixed-random | alternating | all | a,b
+  c.seed = 199                 # data, initial weights, dropout and the random order
+  c.seeds = ()                 # several seeds in one batch; () = (seed,)
+  c.lrs = ()                   # several peak learning rates in one batch; () = (lr,)
+  c.weight_decays = ()         # several weight decays in one batch; () = (weight_decay,)
+  # Task.
+  c.p = 9973                   # prime modulus = vocabulary = number of classes
+  c.train_size = 300_000
+  c.test_size = 1_000_000
+  c.data_generator = 'reference'  # reference (the paper's exact pairs) | fast (numpy)
+  c.stride = 0                 # stride ordering's s; 0 = floor(sqrt(p))
+  # Model (the reference's GrokkingTransformer).
+  c.embed_dim = 256
+  c.num_heads = 4
+  c.layers = 2
+  c.mlp_dim = 2048             # PyTorch's default dim_feedforward
+  c.dropout = 0.1
+  c.identical_layers = True    # every encoder layer starts as a copy of the first
+  # Optimisation.
+  c.optimizer = 'adamw'        # adamw | adam (coupled L2)
+  c.lr = 1e-3
+  c.min_lr = 5e-7              # cosine floor, reached at `epochs`
+  c.weight_decay = 0.1
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-8
+  c.batch_size = 256
+  c.epochs = 5000
+  # Evaluation and stopping.
+  c.target_acc = 99.5          # stop a run when its validation accuracy (percent) reaches it
+  c.eval_every = 1
+  c.eval_batch_size = 2048     # the reference's 8 * batch_size
+  c.probe_every = 10           # the reference's snapshot_every
+  # Outputs.
+  c.checkpoint_every = 50      # epochs; also at the end, on SIGINT/SIGTERM
+  c.keep_checkpoints = 3       # keep the latest N checkpoints ...
+  c.keep_every = 500           # ... and every keep_every-th epoch (0 = none)
+  c.tensorboard = True
+  c.csv = False
+  # Numerics.
+  c.deterministic = True       # XLA deterministic GPU kernels
+  c.matmul_precision = 'highest'  # float32 matmuls (no TF32), as the reference
+  return c

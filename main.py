@@ -1,0 +1,87 @@
+"""ordered-jax: train transformers on modular arithmetic under different data orderings.
+
+This file is deliberately thin: it parses flags, sets the determinism and precision
+flags before JAX starts, and calls ``ordered_jax.experiment.run``.
+
+  python main.py --config=configs/tiny.py --workdir=output
+  python main.py --config=configs/paper.py --workdir=output/paper
+  python main.py --config=configs/stride.py --config.epochs=100 --resume
+"""
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file, e.g. configs/tiny.py; override fields with '
+    '--config.<field>=<value>.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'output', 'Where the run folders are written.')
+_RESUME = flags.DEFINE_bool('resume', False, 'Continue the runs of this config in --workdir '
+                            'from their latest checkpoints.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete existing runs of this config in '
+                               '--workdir and start again.')
+_QUIET = flags.DEFINE_bool('quiet', False, 'No progress bar (for scripts and logs).')
+flags.mark_flags_as_required(['config'])
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl flag parsing with one-line errors (ml_collections raises for unknown keys)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:  # a --config.<key> the config does not have
+    key = str(e).strip('"\'')
+    arg = next((a for a in argv if re.match(rf'--config\.(\w+\.)*{re.escape(key)}\b', a)), key)
+    _fail(f'{arg.split("=")[0]}: unknown config key {key!r} (see configs/default.py for the '
+          'fields)')
+  except (ValueError, TypeError) as e:
+    _fail(str(e).splitlines()[0])
+
+
+class _QuietLibraries:
+  """Drops INFO/DEBUG records from Orbax (it logs every file it writes)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  # Before any JAX computation: XLA reads its flags once, at backend start-up.
+  from ordered_jax import environment  # pylint: disable=g-import-not-at-top
+  environment.configure(
+      deterministic=bool(config.get('deterministic', True)),
+      matmul_precision=str(config.get('matmul_precision', 'highest')),
+      compilation_cache=os.environ.get(
+          'ORDERED_JAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'ordered_jax')))
+  from ordered_jax import experiment, runs  # pylint: disable=g-import-not-at-top
+  try:
+    summaries = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
+                               overwrite=_OVERWRITE.value, quiet=_QUIET.value)
+  except (runs.ConfigError, experiment.WorkdirError) as e:
+    _fail(str(e))
+  except experiment.Interrupted as e:
+    print(f'{e}', file=sys.stderr)
+    sys.exit(128 + e.signum)
+  for s in summaries:
+    g = s['grokking']
+    logging.info('%s: final val %.2f%% train %.2f%%, memorised at %s, generalised at %s',
+                 s['run'], s['final_eval']['validation_accuracy'],
+                 s['final_eval']['training_accuracy'], g['memorization_epoch'],
+                 g['generalization_epoch'])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

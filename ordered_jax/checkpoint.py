@@ -1,0 +1,115 @@
+"""Orbax checkpoints of one run: save, restore with fallback, final parameters.
+
+Each run folder holds its own ``checkpoints/`` (an Orbax ``CheckpointManager`` whose
+step is the number of epochs completed) and ``final_params/``. A checkpoint is the run's
+full ``RunState`` (params, optimiser state, RNG key data, epoch, stopping state) plus a
+JSON ``meta`` item with the host-side bookkeeping, so a resume is bit-identical. Orbax
+writes to a temporary directory and renames it when complete, so a kill during a save
+leaves the previous checkpoints intact; saves are asynchronous (training goes on while
+the files are written). Nothing is unpickled on restore.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+def manager(run_dir: str, *, keep: int = 3, keep_every: int = 0,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """The run's manager: keeps the latest ``keep`` steps and every ``keep_every``-th epoch."""
+  policies = [cm.LatestN(n=keep)]
+  if keep_every:
+    policies.append(cm.EveryNSteps(interval_steps=keep_every))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=cm.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), 'checkpoints'),
+                               options=options, item_names=('state', 'meta'))
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  """Asynchronous save of one run's state after ``step`` epochs (replaces an equal step)."""
+  if step in mgr.all_steps():
+    mgr.wait_until_finished()
+    mgr.delete(step)
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _target(like: Any):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict]:
+  """(state, meta) saved at ``step``; ``like`` is a state of the same structure."""
+  out = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_target(like)), meta=ocp.args.JsonRestore()))
+  return out['state'], out['meta']
+
+
+def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any]):
+  """Restore every run of a batch at the newest step all of them can load.
+
+  A step whose files are damaged (or missing for some run) is skipped with a warning and
+  the previous one is tried. Returns (step, [state], [meta]) or None if nothing loads.
+  """
+  common = set(mgrs[0].all_steps())
+  for m in mgrs[1:]:
+    common &= set(m.all_steps())
+  for step in sorted(common, reverse=True):
+    try:
+      pairs = [restore(m, step, like) for m, like in zip(mgrs, likes)]
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('checkpoint at epoch %d cannot be restored (%s: %s); trying the '
+                      'previous one', step, type(e).__name__, str(e).splitlines()[0][:200])
+      continue
+    return step, [s for s, _ in pairs], [m for _, m in pairs]
+  return None
+
+
+def save_params(run_dir: str, params: Any) -> None:
+  """Write ``<run_dir>/final_params`` (synchronously; replaces an older copy)."""
+  path = os.path.join(os.path.abspath(run_dir), 'final_params')
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params, force=True)
+
+
+def load_params(run_dir: str, model=None) -> Any:
+  """A run's parameters for a notebook: the final ones, else the latest checkpoint's.
+
+  ``model`` (an ``ordered_jax.models.Model``) gives the target structure; without it the
+  arrays come back as stored (layer indices as strings). Example::
+
+      model = models.Model(models.ModelConfig(vocab=97, ...))
+      params = checkpoint.load_params('output/stride', model)
+  """
+  run_dir = os.path.abspath(run_dir)
+  final = os.path.join(run_dir, 'final_params')
+  target = _target(model.abstract_params()) if model is not None else None
+  if os.path.isdir(final):
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(final, target)
+  mgr = manager(run_dir, read_only=True)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no final_params or checkpoints in {run_dir}')
+  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  params = restored['state']['params']
+  if model is not None:
+    params = jax.tree.map(lambda t, x: jax.numpy.asarray(x, t.dtype), target,
+                          _relabel(params, target))
+  return params
+
+
+def _relabel(stored, target):
+  """Map a restored tree whose list indices became strings onto ``target``'s keys."""
+  if isinstance(target, dict):
+    return {k: _relabel(stored[k] if k in stored else stored[str(k)], v)
+            for k, v in target.items()}
+  return stored

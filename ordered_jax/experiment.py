@@ -1,0 +1,374 @@
+"""The experiment: build data, model and runs from a config, train, write every output.
+
+``run(config, workdir)`` is what ``main.py`` calls and what a notebook can call. The
+epoch loop is one jitted call per epoch for the whole batch of runs; the host only
+fetches a few scalars per run, writes the sinks and hands checkpoints to Orbax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ordered_jax import (checkpoint, environment, models, optim, orderings, runs, sinks,
+                         tasks, train)
+
+EXPERIMENT = 'mod_arithmetic'
+MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
+# Fields that may change between a run and its --resume (they do not touch the trajectory).
+RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every')
+
+
+class WorkdirError(RuntimeError):
+  """The workdir's state forbids the request (one-line message)."""
+
+
+class Interrupted(RuntimeError):
+  """SIGINT/SIGTERM arrived; a checkpoint was written. ``signum`` says which."""
+
+  def __init__(self, signum: int, epoch: int):
+    super().__init__(f'interrupted by {signal.Signals(signum).name} after epoch {epoch}; '
+                     'checkpoint written, continue with --resume')
+    self.signum = signum
+
+
+@contextlib.contextmanager
+def _signal_flag():
+  """Turns SIGINT/SIGTERM into a flag read between epochs; a second SIGINT aborts at once."""
+  flag: dict[str, Any] = {'signum': None}
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+
+  def handler(signum, frame):
+    del frame
+    if flag['signum'] is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    flag['signum'] = signum
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield flag
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def model_config(config) -> models.ModelConfig:
+  return models.ModelConfig(vocab=config.p, embed_dim=config.embed_dim,
+                            num_heads=config.num_heads, layers=config.layers,
+                            mlp_dim=config.mlp_dim, dropout=config.dropout,
+                            identical_layers=config.identical_layers)
+
+
+def make_trainer(config, shared_data: bool = True) -> train.Trainer:
+  hyper = train.Hyper(batch_size=config.batch_size, epochs=config.epochs,
+                      min_lr=config.min_lr,
+                      target_correct=train.target_correct(config.target_acc, config.test_size),
+                      optimizer=config.optimizer, b1=config.adam_b1, b2=config.adam_b2,
+                      eps=config.adam_eps)
+  return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data)
+
+
+def run_orders(strategy: str, train_Nx3: np.ndarray, stride: int) -> np.ndarray:
+  """int32 [2, N]: the run's static order on even and odd epochs (unused for random)."""
+  if strategy == 'random':
+    return np.zeros((2, train_Nx3.shape[0]), np.int32)
+  return np.stack([orderings.static_order(strategy, train_Nx3, stride=stride, parity=k)
+                   for k in (0, 1)])
+
+
+def _run_config(config, r: runs.Run, env: dict) -> dict:
+  cfg = config.to_dict()
+  cfg.update(strategy=r.strategy, seed=r.seed, lr=r.lr, weight_decay=r.weight_decay,
+             seeds=[], lrs=[], weight_decays=[], run_name=r.name, stride=runs.stride(config),
+             experiment_name=EXPERIMENT)
+  return {**json.loads(json.dumps(cfg, default=list)), 'environment': env}
+
+
+def _occupied(run_dir: str) -> bool:
+  return os.path.isdir(run_dir) and bool(os.listdir(run_dir))
+
+
+def _check_workdir(batch, dirs, workdir, resume, overwrite):
+  if resume and overwrite:
+    raise WorkdirError('--resume and --overwrite exclude each other')
+  busy = [d for d in dirs if _occupied(d)]
+  if resume:
+    if not busy:
+      raise WorkdirError(f'--resume: no run of this config in {workdir} to resume')
+    if all(os.path.exists(os.path.join(d, 'summary.json')) for d in dirs):
+      raise WorkdirError(f'--resume: every run in {workdir} is already complete')
+  elif busy:
+    if not overwrite:
+      raise WorkdirError(
+          f'{busy[0]} already holds a run; pass --resume to continue it or --overwrite to '
+          'replace it')
+    for d in busy:
+      shutil.rmtree(d)
+  del batch
+
+
+def _check_resume_config(run_dir: str, new: dict) -> None:
+  path = os.path.join(run_dir, 'experiment_config.json')
+  with open(path) as f:
+    old = json.load(f)
+  skip = set(RESUME_SAFE) | {'environment'}
+  diff = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
+  if diff:
+    k = diff[0]
+    raise WorkdirError(f'--resume: config.{k} differs from the saved run ({old.get(k)!r} -> '
+                       f'{new.get(k)!r}); resume with the same config')
+  if old['environment'] != new['environment']:
+    logging.warning('resuming on a different environment; results may not be bit-identical '
+                    'to an uninterrupted run')
+
+
+def _fresh_host(r: runs.Run) -> dict:
+  """Host-side bookkeeping of one run (saved in every checkpoint's meta)."""
+  return {'run': r.name, 'init_eval': None, 'last_eval': None, 'memorization_epoch': None,
+          'generalization_epoch': None, 'steps': 0, 'epochs_trained': 0, 'last_epoch': None,
+          'stop_reason': 'running', 'stop_epoch': None, 'duration_seconds': 0.0}
+
+
+def _progress(batch, host, quiet, total, initial):
+  if quiet:
+    return None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, unit='epoch', dynamic_ncols=True,
+              desc=batch[0].name if len(batch) == 1 else f'{len(batch)} runs')
+
+
+def _postfix(batch, host, active) -> str:
+  parts = []
+  for r, h, a in zip(batch, host, active):
+    ev = h['last_eval'] or {}
+    parts.append(f"{r.name}{'' if a else '*'} loss {h.get('last_loss', float('nan')):.3g} "
+                 f"train {ev.get('training_accuracy', float('nan')):.1f} "
+                 f"val {ev.get('validation_accuracy', float('nan')):.1f}")
+  if len(parts) > 4:
+    best = max((h['last_eval'] or {}).get('validation_accuracy', 0.0) for h in host)
+    return f'{int(np.sum(active))}/{len(parts)} active, best val {best:.1f}'
+  return ' | '.join(parts)
+
+
+def _summary(config, r: runs.Run, h: dict, final_eval: dict, n_params: int, env: dict,
+             steps_per_epoch: int) -> dict:
+  dur = h['duration_seconds']
+  init = h['init_eval'] or {}
+  deltas = {}
+  for k in init:
+    if k in final_eval:
+      d = {'init': init[k], 'final': final_eval[k], 'change': round(final_eval[k] - init[k], 6)}
+      if init[k] != 0:
+        d['ratio'] = round(final_eval[k] / init[k], 4)
+      deltas[k] = d
+  mem, gen = h['memorization_epoch'], h['generalization_epoch']
+  return {
+      'experiment': EXPERIMENT, 'strategy': r.strategy, 'run': r.name,
+      'timing': {'duration_seconds': round(dur, 2),
+                 'compile_seconds': round(h.get('compile_seconds', 0.0), 2),
+                 'steps_per_second': round(h['steps'] / dur, 2) if dur else None,
+                 'epochs_per_second': round(h['epochs_trained'] / dur, 4) if dur else None},
+      'model': {'parameters': n_params},
+      'training': {
+          'planned_epochs': config.epochs,
+          'epochs_trained': h['epochs_trained'],
+          'last_epoch': h['last_epoch'],
+          'actual_epochs': h['last_epoch'],  # the reference's name for last_epoch
+          'early_stopped': h['stop_reason'] != 'running' and h['epochs_trained'] < config.epochs,
+          'stop_reason': h['stop_reason'] if h['stop_reason'] != 'running' else 'completed',
+          'total_gradient_steps': h['steps'], 'steps_per_epoch': steps_per_epoch,
+          'seed': r.seed, 'lr': r.lr, 'batch_size': config.batch_size,
+          'weight_decay': r.weight_decay, 'optimizer': config.optimizer,
+          'device': env['device_kind']},
+      'init_eval': init, 'final_eval': final_eval, 'deltas': deltas,
+      'grokking': {'memorization_epoch': mem, 'generalization_epoch': gen,
+                   'grokking_gap': gen - mem if mem is not None and gen is not None else None,
+                   'memorization_threshold': MEMORIZATION_ACC,
+                   'generalization_threshold': config.target_acc},
+  }
+
+
+def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
+        quiet: bool = False) -> list[dict]:
+  """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries."""
+  runs.validate(config)
+  runs.check_workdir(workdir)
+  batch = runs.expand(config)
+  dirs = [os.path.join(workdir, r.name) for r in batch]
+  _check_workdir(batch, dirs, workdir, resume, overwrite)
+  env = environment.metadata()
+  run_cfgs = [_run_config(config, r, env) for r in batch]
+  if resume:
+    for d, c in zip(dirs, run_cfgs):
+      _check_resume_config(d, c)
+
+  # Data: one copy per distinct seed; runs that share it share the device arrays.
+  t_data = time.perf_counter()
+  host_data = {}
+  for r in batch:
+    if r.seed not in host_data:
+      host_data[r.seed] = tasks.make_mod_add(config.p, config.train_size, config.test_size,
+                                             r.seed, config.data_generator)
+  shared = len(host_data) == 1
+  per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
+              for s, (tr, te) in host_data.items()}
+  data = next(iter(per_seed.values())) if shared else train.stack_runs(
+      [per_seed[r.seed] for r in batch])
+  logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
+               config.train_size, config.test_size, len(host_data),
+               time.perf_counter() - t_data)
+
+  trainer = make_trainer(config, shared_data=shared)
+  stride = runs.stride(config)
+  spec = jax.device_put(train.RunSpec(
+      lr=np.array([r.lr for r in batch], np.float32),
+      weight_decay=np.array([r.weight_decay for r in batch], np.float32),
+      is_random=np.array([r.strategy == 'random' for r in batch]),
+      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch])))
+  state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
+                             [r.weight_decay for r in batch])
+  n_params = models.param_count(train.run_slice(state.params, 0))
+  steps_per_epoch = orderings.steps_per_epoch(config.train_size, config.batch_size)
+  mgrs = [checkpoint.manager(d, keep=config.keep_checkpoints, keep_every=config.keep_every)
+          for d in dirs]
+
+  if resume:
+    restored = checkpoint.restore_latest(mgrs, [train.run_slice(state, i)
+                                                for i in range(len(batch))])
+    if restored is None:
+      raise WorkdirError(f'--resume: no readable checkpoint in {dirs[0]}/checkpoints')
+    start, states, metas = restored
+    state = jax.device_put(train.stack_runs(states))
+    host = [dict(m) for m in metas]
+    logging.info('resumed from the checkpoint after epoch %d', start - 1)
+  else:
+    start = 0
+    host = [_fresh_host(r) for r in batch]
+    for d, c in zip(dirs, run_cfgs):
+      os.makedirs(d, exist_ok=True)
+      sinks.write_json(os.path.join(d, 'experiment_config.json'), c)
+    init_eval = train.accuracies(trainer.evaluate(state.params, data), data)
+    for i, h in enumerate(host):
+      h['init_eval'] = {k: float(v[i]) for k, v in init_eval.items()}
+
+  writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
+                           start_epoch=start) for d, r in zip(dirs, batch)]
+  active = np.asarray(jax.device_get(state.active))
+  bar = _progress(batch, host, quiet, config.epochs, start)
+  last_saved = start if resume else None
+
+  executables = {}
+
+  def compiled(do_eval: bool):
+    """The epoch, compiled ahead of time once per variant (timed apart from training)."""
+    if do_eval not in executables:
+      t = time.perf_counter()
+      executables[do_eval] = trainer.epoch.lower(state, spec, data, jnp.int32(0),
+                                                 do_eval=do_eval).compile()
+      for h in host:
+        h['compile_seconds'] = h.get('compile_seconds', 0.0) + time.perf_counter() - t
+    return executables[do_eval]
+
+  def save_all(step):
+    nonlocal last_saved
+    for i, m in enumerate(mgrs):
+      checkpoint.save(m, step, train.run_slice(state, i), host[i])
+    last_saved = step
+
+  epoch = start
+  try:
+    with _signal_flag() as flag:
+      t0 = time.perf_counter()
+      for epoch in range(start, config.epochs):
+        if not active.any():
+          break
+        do_eval = epoch % config.eval_every == 0 or epoch == config.epochs - 1
+        if do_eval not in executables:
+          compiled(do_eval)
+          t0 = time.perf_counter()
+        state, m = compiled(do_eval)(state, spec, data, jnp.int32(epoch))
+        m = jax.device_get(m)
+        now = time.perf_counter()
+        if do_eval:
+          m.update(train.accuracies(m, data))
+        for i, (r, h) in enumerate(zip(batch, host)):
+          if not m['trained'][i]:
+            continue
+          h['duration_seconds'] += now - t0
+          h['last_loss'] = float(m['loss'][i])
+          if not math.isfinite(h['last_loss']):
+            logging.error('run %s: non-finite loss at epoch %d; stopped, keeping the '
+                          'weights of epoch %d', r.name, epoch, epoch - 1)
+            h.update(stop_reason=train.STOP_REASONS[train.NON_FINITE], stop_epoch=epoch)
+            continue
+          h['steps'] += steps_per_epoch
+          h['epochs_trained'] += 1
+          h['last_epoch'] = epoch
+          row = {'training_metrics/loss': h['last_loss'],
+                 'training_metrics/perplexity': math.exp(min(h['last_loss'], 700.0)),
+                 'training_metrics/learning_rate': float(optim.cosine_lr(
+                     epoch + 1, r.lr, config.min_lr, config.epochs, xp=np))}
+          if do_eval:
+            ev = {k: float(m[k][i]) for k in ('validation_accuracy', 'training_accuracy')}
+            h['last_eval'] = ev
+            row['training_metrics/training_accuracy'] = ev['training_accuracy']
+            row['training_metrics/validation_accuracy'] = ev['validation_accuracy']
+            if h['memorization_epoch'] is None and ev['training_accuracy'] >= MEMORIZATION_ACC:
+              h['memorization_epoch'] = epoch
+            if (h['generalization_epoch'] is None and
+                ev['validation_accuracy'] >= config.target_acc):
+              h['generalization_epoch'] = epoch
+              h.update(stop_reason=train.STOP_REASONS[train.REACHED_TARGET], stop_epoch=epoch)
+              logging.info('run %s reached %.2f%% validation accuracy at epoch %d', r.name,
+                           ev['validation_accuracy'], epoch)
+            writers[i].write(epoch, row)
+        t0 = now
+        active = np.asarray(jax.device_get(state.active))
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix_str(_postfix(batch, host, active), refresh=False)
+        if flag['signum'] is not None:
+          save_all(epoch + 1)
+          raise Interrupted(flag['signum'], epoch)
+        if epoch % config.checkpoint_every == 0:
+          save_all(epoch + 1)
+      else:
+        epoch = config.epochs
+      # Completion checkpoint (the step is the number of epochs the batch went through).
+      done = min(config.epochs, max([start] + [h['last_epoch'] + 1 for h in host
+                                               if h['last_epoch'] is not None]))
+      if config.epochs and last_saved != done:
+        save_all(done)
+  finally:
+    for m in mgrs:
+      m.wait_until_finished()
+    for w in writers:
+      w.close()
+    if bar is not None:
+      bar.close()
+
+  final_eval = train.accuracies(trainer.evaluate(state.params, data), data)
+  summaries = []
+  for i, (r, d, h) in enumerate(zip(batch, dirs, host)):
+    fe = {k: float(v[i]) for k, v in final_eval.items()}
+    s = _summary(config, r, h, fe, n_params, env, steps_per_epoch)
+    sinks.write_json(os.path.join(d, 'summary.json'), s)
+    checkpoint.save_params(d, train.run_slice(state.params, i))
+    summaries.append(s)
+  for m in mgrs:
+    m.close()
+  return summaries

@@ -1,0 +1,169 @@
+"""Config validation and expansion of one config into a batch of runs.
+
+A config describes R runs: the product of its strategies (``strategy``: one name, a
+comma-separated list or ``all``), ``seeds``, ``lrs`` and ``weight_decays`` (each empty
+tuple meaning the single ``seed`` / ``lr`` / ``weight_decay``). ``validate`` checks every
+field and raises ``ConfigError`` with one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+
+from ordered_jax import optim, orderings
+
+
+class ConfigError(ValueError):
+  """A bad config value; ``str(e)`` is one line: ``config.<field>: <what is allowed>``."""
+
+  def __init__(self, field: str, message: str):
+    where = field if field.startswith('--') else f'config.{field}'
+    super().__init__(f'{where}: {message}')
+    self.field = field
+
+
+GENERATORS = ('reference', 'fast')
+PRECISIONS = ('highest', 'high', 'default')
+ALL = 'all'
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a batch: what varies between runs, and where its files go."""
+
+  name: str
+  strategy: str
+  seed: int
+  lr: float
+  weight_decay: float
+
+
+def strategies(config) -> list[str]:
+  names = [s.strip() for s in str(config.strategy).split(',') if s.strip()]
+  if names == [ALL]:
+    return list(orderings.PAPER_STRATEGIES)
+  return names
+
+
+def _is_prime(n: int) -> bool:
+  return n >= 2 and all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(field, message)
+
+
+def _number(config, field, *, integer=False, lo=None, hi=None, lo_open=False, what=''):
+  v = config[field]
+  kinds = (int,) if integer else (int, float)
+  _check(isinstance(v, kinds) and not isinstance(v, bool), field,
+         f'must be {"an integer" if integer else "a number"}{what}; got {v!r}')
+  if lo is not None:
+    _check(v > lo if lo_open else v >= lo, field,
+           f'must be {">" if lo_open else ">="} {lo}{what}; got {v!r}')
+  if hi is not None:
+    _check(v <= hi, field, f'must be <= {hi}{what}; got {v!r}')
+  return v
+
+
+def validate(config) -> None:
+  """Raise ``ConfigError`` for the first bad field."""
+  names = strategies(config)
+  allowed = ', '.join(orderings.STRATEGIES + (ALL,))
+  _check(bool(names), 'strategy', f'must name at least one of {allowed}')
+  for s in names:
+    _check(s in orderings.STRATEGIES, 'strategy',
+           f'unknown strategy {s!r}; allowed: {allowed} (or a comma-separated list)')
+  _check(len(set(names)) == len(names), 'strategy', f'lists a strategy twice: {config.strategy}')
+
+  p = _number(config, 'p', integer=True, lo=3)
+  _check(_is_prime(p), 'p', f'must be a prime >= 3; got {p}')
+  _check(p * p < 2**31, 'p', f'must be < 46341 (pairs are int32); got {p}')
+  _number(config, 'seed', integer=True, lo=0)
+  train = _number(config, 'train_size', integer=True, lo=1)
+  test = _number(config, 'test_size', integer=True, lo=1)
+  _check(config.data_generator in GENERATORS, 'data_generator',
+         f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
+  if config.data_generator == 'fast':
+    _check(train + test <= p * p, 'train_size',
+           f'train_size + test_size must be <= p*p = {p * p}; got {train + test}')
+  else:  # the reference draws test pairs with replacement: it needs one non-train pair
+    _check(train < p * p, 'train_size', f'must be < p*p = {p * p} (the test pairs must fit); '
+           f'got {train}')
+  _number(config, 'batch_size', integer=True, lo=1, hi=train, what=' (and <= train_size)')
+  _number(config, 'eval_batch_size', integer=True, lo=1)
+  lr = _number(config, 'lr', lo=0, lo_open=True)
+  _number(config, 'min_lr', lo=0, hi=lr, what=' (and <= lr)')
+  _number(config, 'epochs', integer=True, lo=0)
+  d = _number(config, 'embed_dim', integer=True, lo=1)
+  h = _number(config, 'num_heads', integer=True, lo=1)
+  _check(d % h == 0, 'embed_dim', f'must be divisible by num_heads ({h}); got {d}')
+  _number(config, 'layers', integer=True, lo=1)
+  _number(config, 'mlp_dim', integer=True, lo=1)
+  _number(config, 'dropout', lo=0, hi=0.99)
+  _number(config, 'weight_decay', lo=0)
+  _check(config.optimizer in optim.OPTIMIZERS, 'optimizer',
+         f'must be one of {", ".join(optim.OPTIMIZERS)}; got {config.optimizer!r}')
+  _number(config, 'adam_b1', lo=0, hi=0.999999)
+  _number(config, 'adam_b2', lo=0, hi=0.999999)
+  _number(config, 'adam_eps', lo=0, lo_open=True)
+  _number(config, 'stride', integer=True, lo=0, hi=p, what=' (0 = floor(sqrt p))')
+  _number(config, 'target_acc', lo=0, hi=100, lo_open=True, what=' (percent)')
+  for field in ('eval_every', 'probe_every', 'checkpoint_every', 'keep_checkpoints'):
+    _number(config, field, integer=True, lo=1)
+  _number(config, 'keep_every', integer=True, lo=0, what=' (0 = off)')
+  _check(config.matmul_precision in PRECISIONS, 'matmul_precision',
+         f'must be one of {", ".join(PRECISIONS)}; got {config.matmul_precision!r}')
+  for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers'):
+    _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
+  for field, lo, integer in (('seeds', 0, True), ('lrs', 0, False),
+                             ('weight_decays', 0, False)):
+    values = config[field]
+    _check(isinstance(values, (tuple, list)), field,
+           f'must be a tuple such as (1, 2); got {values!r}')
+    for v in values:
+      kinds = (int,) if integer else (int, float)
+      ok = isinstance(v, kinds) and not isinstance(v, bool) and (
+          v >= lo if field != 'lrs' else v > 0)
+      _check(ok, field, f'entries must be {"integers >= 0" if integer else "numbers > 0" if field == "lrs" else "numbers >= 0"}; got {v!r}')
+    _check(len(set(values)) == len(values), field, f'lists a value twice: {values}')
+
+
+def stride(config) -> int:
+  return config.stride or orderings.default_stride(config.p)
+
+
+def expand(config) -> list[Run]:
+  """The runs of a config, in a stable order (strategy, seed, lr, weight decay)."""
+  names = strategies(config)
+  seeds = tuple(config.seeds) or (config.seed,)
+  lrs = tuple(config.lrs) or (config.lr,)
+  wds = tuple(config.weight_decays) or (config.weight_decay,)
+  runs = []
+  for s, seed, lr, wd in itertools.product(names, seeds, lrs, wds):
+    name = s
+    if len(seeds) > 1:
+      name += f'_seed{seed}'
+    if len(lrs) > 1:
+      name += f'_lr{lr:g}'
+    if len(wds) > 1:
+      name += f'_wd{wd:g}'
+    runs.append(Run(name=name, strategy=s, seed=int(seed), lr=float(lr),
+                    weight_decay=float(wd)))
+  return runs
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (or can be made) and is writable."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError('--workdir', f'{workdir!r} is not a writable directory ({e.strerror})') from None

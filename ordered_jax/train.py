@@ -1,0 +1,254 @@
+"""The training core: run state, one jitted epoch (``lax.scan`` over batches), evaluation.
+
+Everything here is written for ONE run and batched with ``jax.vmap`` over a leading runs
+axis R, so a single run is just R = 1. Nothing in an epoch goes back to the host: the
+data and the ordering tables live on device, the ``random`` permutation is drawn on
+device, and stopping (target accuracy reached, non-finite loss) is decided on device by
+masking, which freezes a stopped run exactly where it stopped.
+
+Randomness: a run's root key comes from its seed; initialisation, dropout and the random
+order use ``fold_in`` streams of it (stream, epoch, step), so every random draw is a pure
+function of (seed, epoch, step) and a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from ordered_jax import models, optim, orderings
+
+# fold_in streams of a run's root key.
+INIT_STREAM, DROPOUT_STREAM, ORDER_STREAM = 0, 1, 2
+
+# RunState.stop_reason codes.
+RUNNING, REACHED_TARGET, NON_FINITE = 0, 1, 2
+STOP_REASONS = {RUNNING: 'running', REACHED_TARGET: 'reached_target_acc',
+                NON_FINITE: 'non_finite_loss'}
+
+
+@struct.dataclass
+class RunState:
+  """Everything that evolves during training (checkpointed). Leaves carry the runs axis."""
+
+  params: Any
+  opt_state: Any
+  key: jax.Array          # uint32 raw key data of the run's root key
+  epoch: jax.Array        # int32: epochs completed = the next epoch to run
+  active: jax.Array       # bool: still training
+  stop_reason: jax.Array  # int32, see STOP_REASONS
+
+
+@struct.dataclass
+class RunSpec:
+  """Per-run constants that may differ inside one batch (not checkpointed: from config)."""
+
+  lr: jax.Array            # float32 peak learning rate
+  weight_decay: jax.Array  # float32
+  is_random: jax.Array     # bool: draw a fresh permutation every epoch
+  orders: jax.Array        # int32 [2, N]: row order for even and odd epochs (static strategies)
+
+
+@struct.dataclass
+class Data:
+  """A task's arrays on device; eval splits pre-chunked to [chunks, eval_batch, 3] with masks."""
+
+  train_Nx3: jax.Array
+  train_chunks: jax.Array
+  train_valid: jax.Array
+  test_chunks: jax.Array
+  test_valid: jax.Array
+
+
+def _chunk(abc_Mx3: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  m = abc_Mx3.shape[0]
+  size = max(1, min(size, m))
+  n = -(-m // size)
+  padded = np.zeros((n * size, 3), np.int32)
+  padded[:m] = abc_Mx3
+  valid = np.arange(n * size) < m
+  return padded.reshape(n, size, 3), valid.reshape(n, size)
+
+
+def make_data(train_Nx3: np.ndarray, test_Mx3: np.ndarray, eval_batch_size: int) -> Data:
+  """Host arrays -> one ``Data`` on device (moved once)."""
+  train_chunks, train_valid = _chunk(train_Nx3, eval_batch_size)
+  test_chunks, test_valid = _chunk(test_Mx3, eval_batch_size)
+  return jax.device_put(Data(np.asarray(train_Nx3, np.int32), train_chunks, train_valid,
+                             test_chunks, test_valid))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """Values shared by every run of a batch (static under jit)."""
+
+  batch_size: int
+  epochs: int
+  min_lr: float
+  target_correct: int  # stop when this many test pairs are right (see ``target_correct``)
+  optimizer: str = 'adamw'
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+
+
+class Trainer:
+  """Builds the jitted, vmapped functions for one batch of runs.
+
+  ``epoch(state, spec, data, epoch, do_eval=...)`` trains every active run for one epoch
+  (state donated) and returns per-run metrics; ``evaluate(params, data)`` gives accuracies.
+  ``shared_data`` says whether all runs use one ``Data`` (else ``Data`` has a runs axis).
+  """
+
+  def __init__(self, model: models.Model, hyper: Hyper, *, shared_data: bool = True):
+    self.model = model
+    self.hyper = hyper
+    self.tx = optim.make_optimizer(hyper.optimizer, lr=1e-3, weight_decay=0.0, b1=hyper.b1,
+                                   b2=hyper.b2, eps=hyper.eps)
+    self._data_axis = None if shared_data else 0
+    self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval',),
+                         donate_argnames=('state',))
+    self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, self._data_axis)))
+    self._init_params = jax.jit(model.init)
+
+  # -- initial state -------------------------------------------------------------------
+
+  def init_state(self, seeds: Sequence[int], lrs: Sequence[float],
+                 weight_decays: Sequence[float]) -> RunState:
+    """Fresh state for R runs. Runs with the same seed start from the same weights."""
+    by_seed = {}
+    for s in seeds:
+      if s not in by_seed:
+        root = jax.random.key(s)
+        by_seed[s] = (jax.random.key_data(root),
+                      self._init_params(jax.random.fold_in(root, INIT_STREAM)))
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s][1] for s in seeds])
+    opt_state = jax.vmap(self.tx.init)(params)
+    opt_state = jax.vmap(lambda o, lr, wd: optim.set_hparams(o, learning_rate=lr,
+                                                             weight_decay=wd))(
+        opt_state, jnp.asarray(lrs, jnp.float32), jnp.asarray(weight_decays, jnp.float32))
+    r = len(seeds)
+    return RunState(params=params, opt_state=opt_state,
+                    key=jnp.stack([by_seed[s][0] for s in seeds]),
+                    epoch=jnp.zeros((r,), jnp.int32), active=jnp.ones((r,), bool),
+                    stop_reason=jnp.zeros((r,), jnp.int32))
+
+  # -- single-run functions (vmapped in __init__) ----------------------------------------
+
+  def loss(self, params, abc_Bx3, mask_B, dropout_key):
+    """Mean cross-entropy over the real (unpadded) rows of a batch."""
+    logits_BxV = self.model.apply(params, abc_Bx3[:, :2], dropout_key=dropout_key)
+    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_Bx3[:, 2])
+    mask = mask_B.astype(ce_B.dtype)
+    return jnp.sum(ce_B * mask) / jnp.sum(mask)
+
+  def epoch_order(self, key, spec: RunSpec, epoch, n: int):
+    """The run's row order for ``epoch``: int32 [N]."""
+    static = spec.orders[epoch % 2]
+    drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
+    return jnp.where(spec.is_random, drawn, static)
+
+  def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch):
+    h = self.hyper
+    n = data.train_Nx3.shape[0]
+    root = jax.random.wrap_key_data(state.key)
+    idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
+                                                h.batch_size)
+    lr = optim.cosine_lr(epoch, spec.lr, h.min_lr, h.epochs)
+    opt_state = optim.set_hparams(state.opt_state, learning_rate=lr,
+                                  weight_decay=spec.weight_decay)
+    epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
+
+    def step(carry, xs):
+      params, opt_state = carry
+      i, idx_B, mask_B = xs
+      loss, grads = jax.value_and_grad(self.loss)(
+          params, data.train_Nx3[idx_B], mask_B, jax.random.fold_in(epoch_key, i))
+      updates, opt_state = self.tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    steps = idx_SxB.shape[0]
+    (params, opt_state), loss_S = jax.lax.scan(
+        step, (state.params, opt_state), (jnp.arange(steps), idx_SxB, mask_SxB))
+    # The reference averages batch means (its last, smaller batch weighs like the others).
+    return params, opt_state, jnp.mean(loss_S)
+
+  def _accuracy(self, params, chunks_CxKx3, valid_CxK):
+    def body(total, xs):
+      abc_Kx3, valid_K = xs
+      pred_K = jnp.argmax(self.model.apply(params, abc_Kx3[:, :2]), axis=-1)
+      return total + jnp.sum((pred_K == abc_Kx3[:, 2]) & valid_K), None
+
+    correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (chunks_CxKx3, valid_CxK))
+    return correct
+
+  def _evaluate(self, params, data: Data):
+    """Correct-prediction counts (exact integers; see ``accuracies`` for percentages)."""
+    return {'validation_correct': self._accuracy(params, data.test_chunks, data.test_valid),
+            'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
+
+  def _epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, do_eval: bool):
+    h = self.hyper
+    params, opt_state, loss = self._train_epoch(state, spec, data, epoch)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+    trained = state.active & finite
+    metrics = {'loss': loss, 'trained': state.active}
+    reached = jnp.zeros((), bool)
+    if do_eval:
+      metrics.update(self._evaluate(params, data))
+      reached = metrics['validation_correct'] >= h.target_correct
+    keep = lambda new, old: jnp.where(trained, new, old)
+    new_state = RunState(
+        params=jax.tree.map(keep, params, state.params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        key=state.key,
+        epoch=jnp.where(trained, epoch + 1, state.epoch),
+        active=trained & ~reached,
+        stop_reason=jnp.where(state.active & ~finite, NON_FINITE,
+                              jnp.where(trained & reached, REACHED_TARGET, state.stop_reason)))
+    return new_state, metrics
+
+
+  def _batched_epoch(self, state, spec, data, epoch, do_eval):
+    fn = functools.partial(self._epoch, do_eval=do_eval)
+    return jax.vmap(fn, in_axes=(0, 0, self._data_axis, None))(state, spec, data, epoch)
+
+
+def target_correct(target_acc: float, n_test: int) -> int:
+  """Fewest correct test predictions c with 100 * c / n_test >= target_acc (float64, as the
+  host computes accuracies), so device and host agree on when a run reaches its target."""
+  c = max(0, math.ceil(target_acc * n_test / 100.0))
+  while c > 0 and 100.0 * (c - 1) / n_test >= target_acc:
+    c -= 1
+  while c <= n_test and 100.0 * c / n_test < target_acc:
+    c += 1
+  return c
+
+
+def accuracies(counts: dict, data: Data) -> dict:
+  """Host-side percentages (float64) from ``evaluate``'s counts (any leading axes)."""
+  n_test = int(np.asarray(data.test_valid).sum(axis=(-2, -1)).ravel()[0])
+  n_train = int(np.asarray(data.train_valid).sum(axis=(-2, -1)).ravel()[0])
+  return {'validation_accuracy': 100.0 * np.asarray(counts['validation_correct'],
+                                                     np.float64) / n_test,
+          'training_accuracy': 100.0 * np.asarray(counts['training_correct'],
+                                                   np.float64) / n_train}
+
+
+def run_slice(tree, r: int):
+  """Run ``r`` of a batched pytree."""
+  return jax.tree.map(lambda x: x[r], tree)
+
+
+def stack_runs(trees: Sequence[Any]):
+  """Inverse of ``run_slice``: stack single-run pytrees along a new runs axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
