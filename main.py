@@ -48,10 +48,12 @@ def _parse_flags(argv):
 
 
 class _QuietLibraries:
-  """Drops INFO/DEBUG records from Orbax (it logs every file it writes)."""
+  """Drops INFO/DEBUG records of Orbax (it logs every file it writes) and of JAX internals."""
+
+  NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or f'{os.sep}orbax{os.sep}' not in record.pathname
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
 
 def main(argv):

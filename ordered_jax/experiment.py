@@ -8,6 +8,7 @@ fetches a few scalars per run, writes the sinks and hands checkpoints to Orbax.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -90,6 +91,48 @@ def run_orders(strategy: str, train_Nx3: np.ndarray, stride: int) -> np.ndarray:
                    for k in (0, 1)])
 
 
+@dataclasses.dataclass
+class Batch:
+  """A config's runs, ready to train: trainer, device data, per-run spec, fresh state."""
+
+  runs: list[runs.Run]
+  trainer: train.Trainer
+  data: train.Data
+  spec: train.RunSpec
+  state: train.RunState
+  train_sets: dict[int, np.ndarray]  # host train arrays by seed
+
+
+def build(config) -> Batch:
+  """Data (one copy per distinct seed, shared on device when all runs share it), trainer,
+  orders and initial state for every run of ``config``."""
+  batch = runs.expand(config)
+  t_data = time.perf_counter()
+  host_data = {}
+  for r in batch:
+    if r.seed not in host_data:
+      host_data[r.seed] = tasks.make_mod_add(config.p, config.train_size, config.test_size,
+                                             r.seed, config.data_generator)
+  shared = len(host_data) == 1
+  per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
+              for s, (tr, te) in host_data.items()}
+  data = next(iter(per_seed.values())) if shared else train.stack_runs(
+      [per_seed[r.seed] for r in batch])
+  logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
+               config.train_size, config.test_size, len(host_data),
+               time.perf_counter() - t_data)
+  trainer = make_trainer(config, shared_data=shared)
+  stride = runs.stride(config)
+  spec = jax.device_put(train.RunSpec(
+      lr=np.array([r.lr for r in batch], np.float32),
+      weight_decay=np.array([r.weight_decay for r in batch], np.float32),
+      is_random=np.array([r.strategy == 'random' for r in batch]),
+      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch])))
+  state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
+                             [r.weight_decay for r in batch])
+  return Batch(batch, trainer, data, spec, state, {s: v[0] for s, v in host_data.items()})
+
+
 def _run_config(config, r: runs.Run, env: dict) -> dict:
   cfg = config.to_dict()
   cfg.update(strategy=r.strategy, seed=r.seed, lr=r.lr, weight_decay=r.weight_decay,
@@ -102,7 +145,7 @@ def _occupied(run_dir: str) -> bool:
   return os.path.isdir(run_dir) and bool(os.listdir(run_dir))
 
 
-def _check_workdir(batch, dirs, workdir, resume, overwrite):
+def _check_workdir(dirs, workdir, resume, overwrite):
   if resume and overwrite:
     raise WorkdirError('--resume and --overwrite exclude each other')
   busy = [d for d in dirs if _occupied(d)]
@@ -118,7 +161,6 @@ def _check_workdir(batch, dirs, workdir, resume, overwrite):
           'replace it')
     for d in busy:
       shutil.rmtree(d)
-  del batch
 
 
 def _check_resume_config(run_dir: str, new: dict) -> None:
@@ -209,38 +251,15 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   runs.check_workdir(workdir)
   batch = runs.expand(config)
   dirs = [os.path.join(workdir, r.name) for r in batch]
-  _check_workdir(batch, dirs, workdir, resume, overwrite)
+  _check_workdir(dirs, workdir, resume, overwrite)
   env = environment.metadata()
   run_cfgs = [_run_config(config, r, env) for r in batch]
   if resume:
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
 
-  # Data: one copy per distinct seed; runs that share it share the device arrays.
-  t_data = time.perf_counter()
-  host_data = {}
-  for r in batch:
-    if r.seed not in host_data:
-      host_data[r.seed] = tasks.make_mod_add(config.p, config.train_size, config.test_size,
-                                             r.seed, config.data_generator)
-  shared = len(host_data) == 1
-  per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
-              for s, (tr, te) in host_data.items()}
-  data = next(iter(per_seed.values())) if shared else train.stack_runs(
-      [per_seed[r.seed] for r in batch])
-  logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
-               config.train_size, config.test_size, len(host_data),
-               time.perf_counter() - t_data)
-
-  trainer = make_trainer(config, shared_data=shared)
-  stride = runs.stride(config)
-  spec = jax.device_put(train.RunSpec(
-      lr=np.array([r.lr for r in batch], np.float32),
-      weight_decay=np.array([r.weight_decay for r in batch], np.float32),
-      is_random=np.array([r.strategy == 'random' for r in batch]),
-      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch])))
-  state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
-                             [r.weight_decay for r in batch])
+  b = build(config)
+  trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
   n_params = models.param_count(train.run_slice(state.params, 0))
   steps_per_epoch = orderings.steps_per_epoch(config.train_size, config.batch_size)
   mgrs = [checkpoint.manager(d, keep=config.keep_checkpoints, keep_every=config.keep_every)

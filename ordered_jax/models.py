@@ -140,7 +140,7 @@ class Model:
 
   def init(self, key: jax.Array) -> Params:
     """PyTorch-default initial weights; with identical_layers every layer copies layer 0."""
-    params = nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(params=key))).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(params=key))))
     if self.cfg.identical_layers:
       params['layers'] = {i: params['layers'][0] for i in params['layers']}
     return params

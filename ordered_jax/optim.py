@@ -16,9 +16,15 @@ OPTIMIZERS = ('adamw', 'adam')
 
 def cosine_lr(epoch, lr, min_lr, epochs, xp=jnp):
   """LR used during ``epoch``: PyTorch CosineAnnealingLR(T_max=epochs, eta_min=min_lr)
-  stepped once per epoch, in closed form. ``xp=np`` computes it on the host in float64."""
-  t = xp.asarray(epoch, xp.float32 if xp is jnp else xp.float64) / max(epochs, 1)
-  return min_lr + (lr - min_lr) * (1.0 + xp.cos(xp.pi * t)) / 2.0
+  stepped once per epoch, in closed form. ``xp=np`` computes it on the host in float64.
+
+  Written as (1 + cos(pi e / T)) / 2 = sin(pi (T - e) / (2 T))**2: the remaining fraction
+  (T - e) / T is exact, so float32 keeps its relative precision to the end of the schedule,
+  where the textbook form cancels.
+  """
+  t_max = max(epochs, 1)
+  remaining = (t_max - xp.asarray(epoch, xp.float32 if xp is jnp else xp.float64)) / t_max
+  return min_lr + (lr - min_lr) * xp.sin(xp.pi * remaining / 2.0) ** 2
 
 
 def _adam_coupled_l2(learning_rate, weight_decay, b1, b2, eps):

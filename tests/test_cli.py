@@ -1,0 +1,104 @@
+"""main.py end to end, and every validation error: one line, non-zero exit, no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ordered_jax import runs
+from tests.conftest import MICRO, ROOT, micro_config
+
+MICRO_FLAGS = [f'--config.{k}={v}' for k, v in MICRO.items()]
+
+
+def _main(*args, timeout=240):
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _one_line_error(proc, *needles):
+  assert proc.returncode != 0
+  err = proc.stderr.strip().splitlines()
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  assert len([l for l in err if l.startswith('error:')]) == 1, proc.stderr
+  line = next(l for l in err if l.startswith('error:'))
+  for n in needles:
+    assert n in line, line
+
+
+def test_tiny_preset_end_to_end_then_refuse_then_resume(tmp_path):
+  workdir = str(tmp_path)
+  args = ['--config=configs/tiny.py', f'--workdir={workdir}', '--quiet', *MICRO_FLAGS,
+          '--config.strategy=stride,fixed-random']
+  proc = _main(*args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for run in ('stride', 'fixed-random'):
+    s = json.load(open(os.path.join(workdir, run, 'summary.json')))
+    assert s['training']['epochs_trained'] == MICRO['epochs']
+  _one_line_error(_main(*args), 'already holds a run', '--resume', '--overwrite')
+  _one_line_error(_main(*args, '--resume'), 'already complete')
+  proc = _main(*args, '--overwrite')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize('flag,needles', [
+    ('--config.bogus=1', ('--config.bogus', 'unknown config key')),
+    ('--config.p=100', ('config.p', 'prime')),
+    ('--config.lr=abc', ('--config.lr',)),
+    ('--config.strategy=sorted', ('config.strategy', 'stride')),
+])
+def test_cli_rejects_bad_input_in_one_line(flag, needles, tmp_path):
+  _one_line_error(_main('--config=configs/tiny.py', f'--workdir={tmp_path}', flag), *needles)
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  _one_line_error(_main('--config=configs/tiny.py', f'--workdir={blocker}/sub'), '--workdir')
+
+
+BAD = [
+    ('strategy', 'stride,bogus', 'unknown strategy'), ('strategy', 'stride,stride', 'twice'),
+    ('strategy', '', 'at least one'), ('p', 91, 'prime'), ('p', 2, '>= 3'),
+    ('p', 50021, '46341'), ('seed', -1, '>= 0'), ('train_size', 0, '>= 1'),
+    ('train_size', 169, 'p*p'), ('test_size', 0, '>= 1'),
+    ('batch_size', 0, '>= 1'), ('batch_size', 61, 'train_size'), ('eval_batch_size', 0, '>= 1'),
+    ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),
+    ('embed_dim', 15, 'divisible'), ('num_heads', 0, '>= 1'), ('layers', 0, '>= 1'),
+    ('mlp_dim', 0, '>= 1'), ('dropout', 1.0, '<='), ('weight_decay', -0.1, '>= 0'),
+    ('optimizer', 'sgd', 'adamw'), ('stride', -1, '>= 0'), ('stride', 14, '<= 13'),
+    ('target_acc', 0.0, '> 0'), ('target_acc', 101.0, '<= 100'), ('eval_every', 0, '>= 1'),
+    ('probe_every', 0, '>= 1'), ('checkpoint_every', 0, '>= 1'), ('keep_checkpoints', 0, '>= 1'),
+    ('keep_every', -1, '>= 0'), ('data_generator', 'slow', 'reference'),
+    ('matmul_precision', 'fp8', 'highest'), ('adam_eps', 0.0, '> 0'),
+    ('seeds', (1, -2), 'integers >= 0'), ('seeds', (1, 1), 'twice'), ('lrs', (0.0,), '> 0'),
+    ('weight_decays', (-1.0,), '>= 0'),
+]
+
+
+@pytest.mark.parametrize('field,value,needle', BAD)
+def test_every_validation_error_names_its_field(field, value, needle):
+  config = micro_config()
+  config.unlock()
+  config[field] = value
+  with pytest.raises(runs.ConfigError) as e:
+    runs.validate(config)
+  msg = str(e.value)
+  assert msg.startswith(f'config.{field}:') and needle in msg and '\n' not in msg, msg
+
+
+def test_fast_generator_needs_room_for_both_sets():
+  config = micro_config(data_generator='fast', train_size=100, test_size=70, batch_size=16)
+  with pytest.raises(runs.ConfigError, match=r'config\.train_size: train_size \+ test_size'):
+    runs.validate(config)
+
+
+def test_expand_names_runs_by_what_varies():
+  config = micro_config(strategy='all', seeds=(1, 2), weight_decays=(0.1, 1.0))
+  names = [r.name for r in runs.expand(config)]
+  assert len(names) == 16 and names[0] == 'stride_seed1_wd0.1' and names[-1] == 'target_seed2_wd1'
+  assert [r.name for r in runs.expand(micro_config(strategy='stride, target'))] == [
+      'stride', 'target']
