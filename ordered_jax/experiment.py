@@ -8,6 +8,7 @@ fetches a few scalars per run, writes the sinks and hands checkpoints to Orbax.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -244,6 +245,42 @@ def _summary(config, r: runs.Run, h: dict, final_eval: dict, n_params: int, env:
   }
 
 
+def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
+            steps_per_epoch: int) -> dict | None:
+  """Update run ``r``'s bookkeeping ``h`` with one trained epoch's metrics ``m``.
+
+  Returns the epoch's metrics row, or None when the epoch was not finite (the run stops,
+  its weights are those from before the epoch)."""
+  h['last_loss'] = float(m['loss'])
+  if not math.isfinite(h['last_loss']):
+    logging.error('run %s: non-finite loss or weights in epoch %d; the run stops and keeps '
+                  'its weights from %s', r.name, epoch,
+                  f'after epoch {epoch - 1}' if epoch else 'initialisation')
+    h.update(stop_reason=train.STOP_REASONS[train.NON_FINITE], stop_epoch=epoch)
+    return None
+  h['steps'] += steps_per_epoch
+  h['epochs_trained'] += 1
+  h['last_epoch'] = epoch
+  row = {'training_metrics/loss': h['last_loss'],
+         'training_metrics/perplexity': math.exp(min(h['last_loss'], 700.0)),
+         'training_metrics/learning_rate': float(optim.cosine_lr(
+             epoch + 1, r.lr, config.min_lr, config.epochs, xp=np))}
+  if 'validation_accuracy' not in m:
+    return row
+  ev = {k: float(m[k]) for k in ('validation_accuracy', 'training_accuracy')}
+  h['last_eval'] = ev
+  row['training_metrics/training_accuracy'] = ev['training_accuracy']
+  row['training_metrics/validation_accuracy'] = ev['validation_accuracy']
+  if h['memorization_epoch'] is None and ev['training_accuracy'] >= MEMORIZATION_ACC:
+    h['memorization_epoch'] = epoch
+  if h['generalization_epoch'] is None and ev['validation_accuracy'] >= config.target_acc:
+    h['generalization_epoch'] = epoch
+    h.update(stop_reason=train.STOP_REASONS[train.REACHED_TARGET], stop_epoch=epoch)
+    logging.info('run %s reached %.2f%% validation accuracy at epoch %d', r.name,
+                 ev['validation_accuracy'], epoch)
+  return row
+
+
 def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         quiet: bool = False) -> list[dict]:
   """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries."""
@@ -305,10 +342,10 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   def save_all(step):
     nonlocal last_saved
     for i, m in enumerate(mgrs):
-      checkpoint.save(m, step, train.run_slice(state, i), host[i])
+      checkpoint.save(m, step, train.run_slice(state, i), copy.deepcopy(host[i]))
     last_saved = step
 
-  epoch = start
+  epochs_done = start
   try:
     with _signal_flag() as flag:
       t0 = time.perf_counter()
@@ -325,36 +362,13 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         if do_eval:
           m.update(train.accuracies(m, data))
         for i, (r, h) in enumerate(zip(batch, host)):
-          if not m['trained'][i]:
-            continue
-          h['duration_seconds'] += now - t0
-          h['last_loss'] = float(m['loss'][i])
-          if not math.isfinite(h['last_loss']):
-            logging.error('run %s: non-finite loss at epoch %d; stopped, keeping the '
-                          'weights of epoch %d', r.name, epoch, epoch - 1)
-            h.update(stop_reason=train.STOP_REASONS[train.NON_FINITE], stop_epoch=epoch)
-            continue
-          h['steps'] += steps_per_epoch
-          h['epochs_trained'] += 1
-          h['last_epoch'] = epoch
-          row = {'training_metrics/loss': h['last_loss'],
-                 'training_metrics/perplexity': math.exp(min(h['last_loss'], 700.0)),
-                 'training_metrics/learning_rate': float(optim.cosine_lr(
-                     epoch + 1, r.lr, config.min_lr, config.epochs, xp=np))}
-          if do_eval:
-            ev = {k: float(m[k][i]) for k in ('validation_accuracy', 'training_accuracy')}
-            h['last_eval'] = ev
-            row['training_metrics/training_accuracy'] = ev['training_accuracy']
-            row['training_metrics/validation_accuracy'] = ev['validation_accuracy']
-            if h['memorization_epoch'] is None and ev['training_accuracy'] >= MEMORIZATION_ACC:
-              h['memorization_epoch'] = epoch
-            if (h['generalization_epoch'] is None and
-                ev['validation_accuracy'] >= config.target_acc):
-              h['generalization_epoch'] = epoch
-              h.update(stop_reason=train.STOP_REASONS[train.REACHED_TARGET], stop_epoch=epoch)
-              logging.info('run %s reached %.2f%% validation accuracy at epoch %d', r.name,
-                           ev['validation_accuracy'], epoch)
-            writers[i].write(epoch, row)
+          if m['trained'][i]:
+            h['duration_seconds'] += now - t0
+            row = _record(config, r, h, {k: v[i] for k, v in m.items()}, epoch,
+                          steps_per_epoch)
+            if row is not None and do_eval:
+              writers[i].write(epoch, row)
+        epochs_done = epoch + 1
         t0 = now
         active = np.asarray(jax.device_get(state.active))
         if bar is not None:
@@ -365,13 +379,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
           raise Interrupted(flag['signum'], epoch)
         if epoch % config.checkpoint_every == 0:
           save_all(epoch + 1)
-      else:
-        epoch = config.epochs
       # Completion checkpoint (the step is the number of epochs the batch went through).
-      done = min(config.epochs, max([start] + [h['last_epoch'] + 1 for h in host
-                                               if h['last_epoch'] is not None]))
-      if config.epochs and last_saved != done:
-        save_all(done)
+      if config.epochs and last_saved != epochs_done:
+        save_all(epochs_done)
   finally:
     for m in mgrs:
       m.wait_until_finished()

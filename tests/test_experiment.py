@@ -185,3 +185,25 @@ def test_early_stopped_run_freezes_while_the_other_trains(tmp_path):
     assert s['grokking']['generalization_epoch'] == s['training']['last_epoch']
     rows = sinks.read_jsonl(str(tmp_path / s['run'] / f"{s['run']}.jsonl"))
     assert rows[-1]['epoch'] == s['training']['last_epoch']
+
+
+def test_diverging_run_stops_keeps_its_weights_and_the_other_goes_on(tmp_path):
+  config = micro_config(lrs=(1e-3, 1e3), min_lr=0.0, epochs=3)
+  ok, bad = experiment.run(config, str(tmp_path), quiet=True)
+  assert bad['run'] == 'stride_lr1000' and bad['training']['stop_reason'] == 'non_finite_loss'
+  assert bad['training']['epochs_trained'] == 0 and bad['final_eval'] == bad['init_eval']
+  assert ok['training']['epochs_trained'] == 3 and ok['training']['stop_reason'] == 'completed'
+  init = experiment.build(config).state.params
+  assert _params_equal(_load(str(tmp_path / 'stride_lr1000'), config), train.run_slice(init, 1))
+  assert np.isfinite(jax.tree.leaves(_load(str(tmp_path / 'stride_lr0.001'), config))[0]).all()
+
+
+def test_retention_keeps_the_latest_and_every_kth(tmp_path):
+  mgr = checkpoint.manager(str(tmp_path), keep=2, keep_every=4)
+  for step in range(1, 11):
+    checkpoint.save(mgr, step, {'x': jnp.full((2,), step)}, {'step': step})
+  mgr.wait_until_finished()
+  assert sorted(mgr.all_steps()) == [4, 8, 9, 10]
+  state, meta = checkpoint.restore(mgr, 9, {'x': jnp.zeros((2,), jnp.int32)})
+  assert meta == {'step': 9} and state['x'].tolist() == [9, 9]
+  mgr.close()

@@ -123,6 +123,8 @@ def test_same_seed_is_bit_identical_and_orders_differ():
     runs.append((jax.device_get(state), jax.device_get(m)))
   assert _equal(runs[0][0].params, runs[1][0].params)
   assert _equal(runs[0][1], runs[1][1])
+  first = jax.device_get(_state(trainer, config, 4).params)  # one seed: one initialisation
+  assert all(_equal(train.run_slice(first, 0), train.run_slice(first, i)) for i in range(4))
   p = runs[0][0].params  # different orderings from one init end in different places
   assert not jnp.array_equal(p['decoder']['bias'][0], p['decoder']['bias'][1])
 
