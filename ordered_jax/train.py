@@ -66,6 +66,8 @@ class Data:
   train_valid: jax.Array
   test_chunks: jax.Array
   test_valid: jax.Array
+  n_train: int = struct.field(pytree_node=False, default=0)
+  n_test: int = struct.field(pytree_node=False, default=0)
 
 
 def _chunk(abc_Mx3: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +85,8 @@ def make_data(train_Nx3: np.ndarray, test_Mx3: np.ndarray, eval_batch_size: int)
   train_chunks, train_valid = _chunk(train_Nx3, eval_batch_size)
   test_chunks, test_valid = _chunk(test_Mx3, eval_batch_size)
   return jax.device_put(Data(np.asarray(train_Nx3, np.int32), train_chunks, train_valid,
-                             test_chunks, test_valid))
+                             test_chunks, test_valid, n_train=len(train_Nx3),
+                             n_test=len(test_Mx3)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +107,8 @@ class Trainer:
   """Builds the jitted, vmapped functions for one batch of runs.
 
   ``epoch(state, spec, data, epoch, do_eval=...)`` trains every active run for one epoch
-  (state donated) and returns per-run metrics; ``evaluate(params, data)`` gives accuracies.
+  (state donated) and returns per-run metrics; ``evaluate(params, data)`` gives per-run
+  counts of correct predictions (``accuracies`` turns them into percentages).
   ``shared_data`` says whether all runs use one ``Data`` (else ``Data`` has a runs axis).
   """
 
@@ -219,6 +223,7 @@ class Trainer:
 
 
   def _batched_epoch(self, state, spec, data, epoch, do_eval):
+    """``_epoch`` over the runs axis (the data too unless all runs share it)."""
     fn = functools.partial(self._epoch, do_eval=do_eval)
     return jax.vmap(fn, in_axes=(0, 0, self._data_axis, None))(state, spec, data, epoch)
 
@@ -236,12 +241,10 @@ def target_correct(target_acc: float, n_test: int) -> int:
 
 def accuracies(counts: dict, data: Data) -> dict:
   """Host-side percentages (float64) from ``evaluate``'s counts (any leading axes)."""
-  n_test = int(np.asarray(data.test_valid).sum(axis=(-2, -1)).ravel()[0])
-  n_train = int(np.asarray(data.train_valid).sum(axis=(-2, -1)).ravel()[0])
   return {'validation_accuracy': 100.0 * np.asarray(counts['validation_correct'],
-                                                     np.float64) / n_test,
+                                                     np.float64) / data.n_test,
           'training_accuracy': 100.0 * np.asarray(counts['training_correct'],
-                                                   np.float64) / n_train}
+                                                   np.float64) / data.n_train}
 
 
 def run_slice(tree, r: int):
