@@ -88,12 +88,10 @@ def validate(config) -> None:
   test = _number(config, 'test_size', integer=True, lo=1)
   _check(config.data_generator in GENERATORS, 'data_generator',
          f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
-  if config.data_generator == 'fast':
-    _check(train + test <= p * p, 'train_size',
-           f'train_size + test_size must be <= p*p = {p * p}; got {train + test}')
-  else:  # the reference draws test pairs with replacement: it needs one non-train pair
-    _check(train < p * p, 'train_size', f'must be < p*p = {p * p} (the test pairs must fit); '
-           f'got {train}')
+  # Both sets must fit among the p*p pairs (the reference generator draws its test pairs with
+  # replacement, but a test set larger than the pairs left would be mostly duplicates).
+  _check(train + test <= p * p, 'train_size',
+         f'train_size + test_size must be <= p*p = {p * p}; got {train + test}')
   _number(config, 'batch_size', integer=True, lo=1, hi=train, what=' (and <= train_size)')
   _number(config, 'eval_batch_size', integer=True, lo=1)
   lr = _number(config, 'lr', lo=0, lo_open=True)

@@ -64,7 +64,8 @@ BAD = [
     ('strategy', 'stride,bogus', 'unknown strategy'), ('strategy', 'stride,stride', 'twice'),
     ('strategy', '', 'at least one'), ('p', 91, 'prime'), ('p', 2, '>= 3'),
     ('p', 50021, '46341'), ('seed', -1, '>= 0'), ('train_size', 0, '>= 1'),
-    ('train_size', 169, 'p*p'), ('test_size', 0, '>= 1'),
+    ('train_size', 130, 'train_size + test_size'),
+    ('test_size', 0, '>= 1'),
     ('batch_size', 0, '>= 1'), ('batch_size', 61, 'train_size'), ('eval_batch_size', 0, '>= 1'),
     ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),
     ('embed_dim', 15, 'divisible'), ('num_heads', 0, '>= 1'), ('layers', 0, '>= 1'),
@@ -90,10 +91,12 @@ def test_every_validation_error_names_its_field(field, value, needle):
   assert msg.startswith(f'config.{field}:') and needle in msg and '\n' not in msg, msg
 
 
-def test_fast_generator_needs_room_for_both_sets():
-  config = micro_config(data_generator='fast', train_size=100, test_size=70, batch_size=16)
+@pytest.mark.parametrize('generator', ['reference', 'fast'])
+def test_both_sets_must_fit_in_p_squared(generator):
+  config = micro_config(data_generator=generator, train_size=100, test_size=70, batch_size=16)
   with pytest.raises(runs.ConfigError, match=r'config\.train_size: train_size \+ test_size'):
     runs.validate(config)
+  runs.validate(micro_config(data_generator=generator, train_size=100, test_size=69))
 
 
 def test_expand_names_runs_by_what_varies():
