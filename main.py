@@ -69,9 +69,11 @@ def main(argv):
       compilation_cache=os.environ.get(
           'ORDERED_JAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'ordered_jax')))
   from ordered_jax import experiment, runs  # pylint: disable=g-import-not-at-top
+  import probes  # pylint: disable=g-import-not-at-top
   try:
     summaries = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
-                               overwrite=_OVERWRITE.value, quiet=_QUIET.value)
+                               overwrite=_OVERWRITE.value, quiet=_QUIET.value,
+                               probes=probes.build(config))
   except (runs.ConfigError, experiment.WorkdirError) as e:
     _fail(str(e))
   except experiment.Interrupted as e:

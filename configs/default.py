@@ -48,7 +48,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.target_acc = 99.5          # stop a run when its validation accuracy (percent) reaches it
   c.eval_every = 1
   c.eval_batch_size = 2048     # the reference's 8 * batch_size
-  c.probe_every = 10           # the reference's snapshot_every
+  c.probe_every = 10           # the reference's snapshot_every: probes run every N epochs
+  # Probes (training-dynamics metrics, docs/probes.md); none by default.
+  c.probes = ml_collections.ConfigDict()
+  c.probes.group = 'none'      # none | minimal | observers | full (see docs/probes.md)
+  c.probes.names = ''          # extra probes, comma-separated, e.g. 'fourier,curvature'
+  c.probes.every = c.get_ref('probe_every')  # the same knob as probe_every
+  c.probes.curvature = ml_collections.ConfigDict()
+  c.probes.curvature.batch_size = 512   # fixed probe batch: the first N training pairs
+  c.probes.curvature.k = 3              # top Hessian eigenvalues reported
+  c.probes.curvature.lanczos_steps = 20
+  c.probes.curvature.hutchinson_samples = 8
   # Outputs.
   c.checkpoint_every = 50      # epochs; also at the end, on SIGINT/SIGTERM
   c.keep_checkpoints = 3       # keep the latest N checkpoints ...

@@ -75,13 +75,14 @@ def model_config(config) -> models.ModelConfig:
                             identical_layers=config.identical_layers)
 
 
-def make_trainer(config, shared_data: bool = True) -> train.Trainer:
+def make_trainer(config, shared_data: bool = True, probes=()) -> train.Trainer:
   hyper = train.Hyper(batch_size=config.batch_size, epochs=config.epochs,
                       min_lr=config.min_lr,
                       target_correct=train.target_correct(config.target_acc, config.test_size),
                       optimizer=config.optimizer, b1=config.adam_b1, b2=config.adam_b2,
                       eps=config.adam_eps)
-  return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data)
+  return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
+                       probes=probes)
 
 
 def run_orders(strategy: str, train_Nx3: np.ndarray, stride: int) -> np.ndarray:
@@ -104,9 +105,9 @@ class Batch:
   train_sets: dict[int, np.ndarray]  # host train arrays by seed
 
 
-def build(config) -> Batch:
+def build(config, probes=()) -> Batch:
   """Data (one copy per distinct seed, shared on device when all runs share it), trainer,
-  orders and initial state for every run of ``config``."""
+  orders and initial state for every run of ``config``; ``probes`` go to the trainer."""
   batch = runs.expand(config)
   t_data = time.perf_counter()
   host_data = {}
@@ -122,7 +123,7 @@ def build(config) -> Batch:
   logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
                config.train_size, config.test_size, len(host_data),
                time.perf_counter() - t_data)
-  trainer = make_trainer(config, shared_data=shared)
+  trainer = make_trainer(config, shared_data=shared, probes=probes)
   stride = runs.stride(config)
   spec = jax.device_put(train.RunSpec(
       lr=np.array([r.lr for r in batch], np.float32),
@@ -281,9 +282,32 @@ def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
   return row
 
 
+def probe_epoch(config, epoch: int, probes) -> bool:
+  """Probes run every ``probe_every`` epochs (the reference's snapshot cadence) and at the
+  last epoch."""
+  return bool(probes) and (epoch % config.probe_every == 0 or epoch == config.epochs - 1)
+
+
+def _probe_row(probes, m: dict, i: int) -> dict:
+  """Run ``i``'s probe metrics as JSON-ready values (probes that were not present: none)."""
+  row = {}
+  for p in probes:
+    if not bool(m['probes_present'][p.name][i]):
+      continue
+    prefix = f'{p.name}/'
+    mine = {k[len(prefix):]: np.asarray(v[i]) for k, v in m['probes'].items()
+            if k.startswith(prefix)}
+    host = p.to_host(mine) if hasattr(p, 'to_host') else mine
+    for k, v in host.items():
+      row[prefix + k] = v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
+  return row
+
+
 def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False) -> list[dict]:
-  """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries."""
+        quiet: bool = False, probes=()) -> list[dict]:
+  """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries.
+
+  ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows."""
   runs.validate(config)
   runs.check_workdir(workdir)
   batch = runs.expand(config)
@@ -295,7 +319,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
 
-  b = build(config)
+  b = build(config, probes)
   trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
   n_params = models.param_count(train.run_slice(state.params, 0))
   steps_per_epoch = orderings.steps_per_epoch(config.train_size, config.batch_size)
@@ -329,15 +353,15 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
 
   executables = {}
 
-  def compiled(do_eval: bool):
-    """The epoch, compiled ahead of time once per variant (timed apart from training)."""
-    if do_eval not in executables:
+  def compiled(variant: tuple[bool, bool]):
+    """The epoch for (do_eval, do_probe), compiled ahead of time once (timed apart)."""
+    if variant not in executables:
       t = time.perf_counter()
-      executables[do_eval] = trainer.epoch.lower(state, spec, data, jnp.int32(0),
-                                                 do_eval=do_eval).compile()
+      executables[variant] = trainer.epoch.lower(
+          state, spec, data, jnp.int32(0), do_eval=variant[0], do_probe=variant[1]).compile()
       for h in host:
         h['compile_seconds'] = h.get('compile_seconds', 0.0) + time.perf_counter() - t
-    return executables[do_eval]
+    return executables[variant]
 
   def save_all(step):
     nonlocal last_saved
@@ -353,10 +377,11 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         if not active.any():
           break
         do_eval = epoch % config.eval_every == 0 or epoch == config.epochs - 1
-        if do_eval not in executables:
-          compiled(do_eval)
+        variant = (do_eval, probe_epoch(config, epoch, probes))
+        if variant not in executables:
+          compiled(variant)
           t0 = time.perf_counter()
-        state, m = compiled(do_eval)(state, spec, data, jnp.int32(epoch))
+        state, m = compiled(variant)(state, spec, data, jnp.int32(epoch))
         m = jax.device_get(m)
         now = time.perf_counter()
         if do_eval:
@@ -364,10 +389,12 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         for i, (r, h) in enumerate(zip(batch, host)):
           if m['trained'][i]:
             h['duration_seconds'] += now - t0
-            row = _record(config, r, h, {k: v[i] for k, v in m.items()}, epoch,
+            row = _record(config, r, h, {k: v[i] for k, v in m.items()
+                                         if not k.startswith('probes')}, epoch,
                           steps_per_epoch)
-            if row is not None and do_eval:
-              writers[i].write(epoch, row)
+            extra = _probe_row(probes, m, i) if variant[1] and row is not None else {}
+            if row is not None and (do_eval or extra):
+              writers[i].write(epoch, {**row, **extra})
         epochs_done = epoch + 1
         t0 = now
         active = np.asarray(jax.device_get(state.active))

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from ordered_jax import models, optim, orderings
+from ordered_jax import instrument, models, optim, orderings
 
 # fold_in streams of a run's root key.
-INIT_STREAM, DROPOUT_STREAM, ORDER_STREAM = 0, 1, 2
+INIT_STREAM, DROPOUT_STREAM, ORDER_STREAM, PROBE_STREAM = 0, 1, 2, 3
 
 # RunState.stop_reason codes.
 RUNNING, REACHED_TARGET, NON_FINITE = 0, 1, 2
@@ -45,6 +45,7 @@ class RunState:
   epoch: jax.Array        # int32: epochs completed = the next epoch to run
   active: jax.Array       # bool: still training
   stop_reason: jax.Array  # int32, see STOP_REASONS
+  probes: Any = None      # {probe name: probe state} ({} without probes)
 
 
 @struct.dataclass
@@ -110,15 +111,21 @@ class Trainer:
   (state donated) and returns per-run metrics; ``evaluate(params, data)`` gives per-run
   counts of correct predictions (``accuracies`` turns them into percentages).
   ``shared_data`` says whether all runs use one ``Data`` (else ``Data`` has a runs axis).
+  ``probes`` (see ``ordered_jax.instrument``) run inside the epoch: their step functions
+  every epoch, their epoch functions when ``epoch(..., do_probe=True)``.
   """
 
-  def __init__(self, model: models.Model, hyper: Hyper, *, shared_data: bool = True):
+  def __init__(self, model: models.Model, hyper: Hyper, *, shared_data: bool = True,
+               probes: Sequence[instrument.Probe] = ()):
     self.model = model
     self.hyper = hyper
+    self.probes = tuple(probes)
+    self._step_probes = tuple(p for p in self.probes if 'steps' in p.needs)
+    self._grad_mean = any('grad_mean' in p.needs for p in self.probes)
     self.tx = optim.make_optimizer(hyper.optimizer, lr=1e-3, weight_decay=0.0, b1=hyper.b1,
                                    b2=hyper.b2, eps=hyper.eps)
     self._data_axis = None if shared_data else 0
-    self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval',),
+    self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval', 'do_probe'),
                          donate_argnames=('state',))
     self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, self._data_axis)))
     self._init_params = jax.jit(model.init)
@@ -140,10 +147,13 @@ class Trainer:
                                                              weight_decay=wd))(
         opt_state, jnp.asarray(lrs, jnp.float32), jnp.asarray(weight_decays, jnp.float32))
     r = len(seeds)
+    # Copies: a probe state may start as the params themselves, and both are donated.
+    probes = jax.tree.map(jnp.copy, jax.vmap(
+        lambda p: {pr.name: pr.init(p) for pr in self.probes})(params))
     return RunState(params=params, opt_state=opt_state,
                     key=jnp.stack([by_seed[s][0] for s in seeds]),
                     epoch=jnp.zeros((r,), jnp.int32), active=jnp.ones((r,), bool),
-                    stop_reason=jnp.zeros((r,), jnp.int32))
+                    stop_reason=jnp.zeros((r,), jnp.int32), probes=probes)
 
   # -- single-run functions (vmapped in __init__) ----------------------------------------
 
@@ -160,7 +170,8 @@ class Trainer:
     drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
     return jnp.where(spec.is_random, drawn, static)
 
-  def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch):
+  def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool):
+    """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient)."""
     h = self.hyper
     n = data.train_Nx3.shape[0]
     root = jax.random.wrap_key_data(state.key)
@@ -170,20 +181,32 @@ class Trainer:
     opt_state = optim.set_hparams(state.opt_state, learning_rate=lr,
                                   weight_decay=spec.weight_decay)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
+    probes = {p.name: (p.begin_epoch(state.probes[p.name]) if hasattr(p, 'begin_epoch')
+                       else state.probes[p.name]) for p in self._step_probes}
+    grad_sum = jax.tree.map(jnp.zeros_like, state.params) if grad_mean else None
 
     def step(carry, xs):
-      params, opt_state = carry
+      params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
       loss, grads = jax.value_and_grad(self.loss)(
           params, data.train_Nx3[idx_B], mask_B, jax.random.fold_in(epoch_key, i))
       updates, opt_state = self.tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      new_params = optax.apply_updates(params, updates)
+      if self._step_probes:
+        info = instrument.StepInfo(step=i, params_before=params, params_after=new_params,
+                                   grads=grads, loss=loss, learning_rate=lr)
+        probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
+      if grad_sum is not None:
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (new_params, opt_state, probes, grad_sum), loss
 
     steps = idx_SxB.shape[0]
-    (params, opt_state), loss_S = jax.lax.scan(
-        step, (state.params, opt_state), (jnp.arange(steps), idx_SxB, mask_SxB))
+    (params, opt_state, probes, grad_sum), loss_S = jax.lax.scan(
+        step, (state.params, opt_state, probes, grad_sum),
+        (jnp.arange(steps), idx_SxB, mask_SxB))
+    grad_mean = None if grad_sum is None else jax.tree.map(lambda g: g / steps, grad_sum)
     # The reference averages batch means (its last, smaller batch weighs like the others).
-    return params, opt_state, jnp.mean(loss_S)
+    return params, opt_state, jnp.mean(loss_S), {**state.probes, **probes}, grad_mean
 
   def _accuracy(self, params, chunks_CxKx3, valid_CxK):
     def body(total, xs):
@@ -199,17 +222,38 @@ class Trainer:
     return {'validation_correct': self._accuracy(params, data.test_chunks, data.test_valid),
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
-  def _epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, do_eval: bool):
-    h = self.hyper
-    params, opt_state, loss = self._train_epoch(state, spec, data, epoch)
+  def _run_probes(self, state: RunState, probes: dict, params, opt_state, loss, grad_mean,
+                  data: Data, epoch):
+    """Every probe's ``on_epoch``: (new probe states, {probe/metric: value}, presence)."""
+    root = jax.random.wrap_key_data(state.key)
+    info = instrument.EpochInfo(
+        epoch=epoch, params=params, params_before=state.params, opt_state=opt_state,
+        grad_mean=grad_mean, loss=loss,
+        learning_rate=opt_state.hyperparams['learning_rate'],
+        key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
+        train_Nx3=data.train_Nx3, apply=self.model.apply, loss_fn=self.loss)
+    new, metrics, present = dict(probes), {}, {}
+    for p in self.probes:
+      new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
+      metrics.update({f'{p.name}/{k}': v for k, v in m.items()})
+    return new, metrics, present
+
+  def _epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, do_eval: bool,
+             do_probe: bool = False):
+    do_probe = do_probe and bool(self.probes)
+    params, opt_state, loss, probes, grad_mean = self._train_epoch(
+        state, spec, data, epoch, grad_mean=do_probe and self._grad_mean)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
     trained = state.active & finite
     metrics = {'loss': loss, 'trained': state.active}
+    if do_probe:
+      probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
+          state, probes, params, opt_state, loss, grad_mean, data, epoch)
     reached = jnp.zeros((), bool)
     if do_eval:
       metrics.update(self._evaluate(params, data))
-      reached = metrics['validation_correct'] >= h.target_correct
+      reached = metrics['validation_correct'] >= self.hyper.target_correct
     keep = lambda new, old: jnp.where(trained, new, old)
     new_state = RunState(
         params=jax.tree.map(keep, params, state.params),
@@ -218,13 +262,13 @@ class Trainer:
         epoch=jnp.where(trained, epoch + 1, state.epoch),
         active=trained & ~reached,
         stop_reason=jnp.where(state.active & ~finite, NON_FINITE,
-                              jnp.where(trained & reached, REACHED_TARGET, state.stop_reason)))
+                              jnp.where(trained & reached, REACHED_TARGET, state.stop_reason)),
+        probes=jax.tree.map(keep, probes, state.probes))
     return new_state, metrics
 
-
-  def _batched_epoch(self, state, spec, data, epoch, do_eval):
+  def _batched_epoch(self, state, spec, data, epoch, do_eval, do_probe=False):
     """``_epoch`` over the runs axis (the data too unless all runs share it)."""
-    fn = functools.partial(self._epoch, do_eval=do_eval)
+    fn = functools.partial(self._epoch, do_eval=do_eval, do_probe=do_probe)
     return jax.vmap(fn, in_axes=(0, 0, self._data_axis, None))(state, spec, data, epoch)
 
 

@@ -1,0 +1,68 @@
+"""The probe protocol: how training-dynamics metrics plug into the jitted epoch.
+
+``ordered_jax`` never imports ``probes/``; ``main.py`` builds the enabled probes from the
+config and hands them to the trainer. A probe is a small object with pure functions of
+ONE run (the trainer ``vmap``s them with the rest of the epoch):
+
+* ``init(params) -> state``: the probe's persistent state (windows, tracked sets,
+  previous vectors, ...). It lives in ``RunState.probes[name]``, so checkpoints carry it
+  and a resumed run emits what an uninterrupted one would.
+* ``begin_epoch(state) -> state`` (optional): reset per-epoch accumulators.
+* ``on_step(state, StepInfo) -> state`` (only if ``'steps' in needs``): accumulate per
+  optimiser step inside the scanned epoch (nothing leaves the device).
+* ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics
+  is a dict of arrays, ``present`` a bool saying whether to emit them (e.g. a cosine with
+  the previous epoch needs a previous epoch).
+* ``to_host(metrics) -> dict`` (optional): JSON-ready values (lists, dicts) from arrays.
+
+``needs`` may contain ``'grad_mean'`` (the epoch-mean gradient is accumulated in the
+scan) and ``'steps'``. Probes read the trajectory and never change it: with no probes
+the epoch program is exactly the plain one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+  """One optimiser step of one run, as seen by ``on_step`` (traced arrays)."""
+
+  step: jax.Array           # 0-based step within the epoch
+  params_before: Any
+  params_after: Any
+  grads: Any                # gradient of the batch loss at params_before
+  loss: jax.Array
+  learning_rate: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochInfo:
+  """The end of one run's epoch, as seen by ``on_epoch`` (traced arrays)."""
+
+  epoch: jax.Array
+  params: Any               # after the epoch
+  params_before: Any        # before the epoch
+  opt_state: Any
+  grad_mean: Any            # epoch-mean batch gradient (None unless a probe needs it)
+  loss: jax.Array           # epoch-mean loss
+  learning_rate: jax.Array  # the rate used during the epoch
+  key: jax.Array            # a probe key: fold_in(root, PROBE_STREAM, epoch)
+  train_Nx3: jax.Array      # the training table on device
+  apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
+  loss_fn: Callable         # loss_fn(params, abc_Bx3, mask_B, dropout_key) -> mean CE
+
+
+class Probe(Protocol):
+  name: str
+  needs: frozenset
+
+  def init(self, params) -> Any:
+    ...
+
+  def on_epoch(self, state, info: EpochInfo) -> tuple[Any, dict, jax.Array]:
+    ...

@@ -1,0 +1,74 @@
+"""Training-dynamics probes: pure JAX functions run inside the jitted epoch.
+
+``build(config)`` turns ``config.probes`` into the probe objects the trainer takes (see
+``ordered_jax.instrument`` for the protocol and docs/probes.md for every metric).
+"""
+
+from __future__ import annotations
+
+from ordered_jax import experiment, orderings, runs
+from probes import curvature, dynamics, fourier, gradients
+
+# The reference's hooks ported so far, and our additions.
+OBSERVERS = ('norms', 'consecutive', 'fourier', 'parameter_delta', 'path_length',
+             'training_diagnostics')
+GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'full': OBSERVERS + ('curvature',)}
+NOT_YET_PORTED = ('variance', 'attention', 'phases', 'weight_tracking', 'token_gradient',
+                  'gradient_projection', 'subspace_gradient_info', 'batch_dynamics',
+                  'counterfactual', 'counterfactual_validator', 'hessian', 'adam_dynamics')
+
+
+def _factories(config):
+  cfg = experiment.model_config(config)
+  c = config.probes.curvature
+  return {
+      'norms': lambda: gradients.Norms(cfg),
+      'consecutive': lambda: gradients.Consecutive(cfg),
+      'fourier': lambda: fourier.Fourier(cfg),
+      'parameter_delta': dynamics.ParameterDelta,
+      'path_length': dynamics.PathLength,
+      'training_diagnostics': lambda: dynamics.TrainingDiagnostics(
+          orderings.steps_per_epoch(config.train_size, config.batch_size)),
+      'curvature': lambda: curvature.Curvature(
+          batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
+          hutchinson_samples=c.hutchinson_samples, b1=config.adam_b1, b2=config.adam_b2,
+          eps=config.adam_eps),
+  }
+
+
+def names(config) -> list[str]:
+  """The enabled probe names: the group's, then ``probes.names``, without repeats."""
+  group = config.probes.group
+  if group not in GROUPS:
+    extra = ' (the interventions group is not ported yet)' if group in (
+        'interventions',) else ''
+    raise runs.ConfigError('probes.group', f'must be one of {", ".join(GROUPS)}; got '
+                           f'{group!r}{extra}')
+  out = list(GROUPS[group])
+  for n in (s.strip() for s in config.probes.names.split(',')):
+    if n and n not in out:
+      out.append(n)
+  return out
+
+
+def build(config) -> list:
+  """The probe objects for ``config`` (validated: one-line ``ConfigError`` on bad input)."""
+  factories = _factories(config)
+  selected = names(config)
+  for n in selected:
+    if n not in factories:
+      later = ' (not ported yet)' if n in NOT_YET_PORTED else ''
+      raise runs.ConfigError('probes.names', f'unknown probe {n!r}{later}; available: '
+                             f'{", ".join(factories)}')
+  c = config.probes.curvature
+  for field in ('batch_size', 'k', 'lanczos_steps'):
+    if not isinstance(c[field], int) or c[field] < 1:
+      raise runs.ConfigError(f'probes.curvature.{field}', f'must be an integer >= 1; got '
+                             f'{c[field]!r}')
+  if c.k > c.lanczos_steps:
+    raise runs.ConfigError('probes.curvature.k', f'must be <= lanczos_steps '
+                           f'({c.lanczos_steps}); got {c.k}')
+  if not isinstance(c.hutchinson_samples, int) or c.hutchinson_samples < 1:
+    raise runs.ConfigError('probes.curvature.hutchinson_samples',
+                           f'must be an integer >= 1; got {c.hutchinson_samples!r}')
+  return [factories[n]() for n in selected]

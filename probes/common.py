@@ -1,0 +1,34 @@
+"""Vector views of parameter pytrees shared by the probes (the reference's conventions)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ordered_jax import models
+
+
+def reference_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
+  """{reference parameter name: array in PyTorch layout} (e.g. 'embedding.weight')."""
+  return models.to_reference(tree, cfg)
+
+
+def non_bias_names(cfg: models.ModelConfig) -> list[str]:
+  """Sorted reference names without 'bias': what the reference's flat() concatenates."""
+  names = [n for n, _, _ in models._reference_layout(cfg)]  # pylint: disable=protected-access
+  return sorted(n for n in names if 'bias' not in n)
+
+
+def flat_non_bias(tree, cfg: models.ModelConfig) -> jax.Array:
+  """The reference's flat(): non-bias parameters, sorted by name, concatenated."""
+  view = reference_view(tree, cfg)
+  return jnp.concatenate([view[n].ravel() for n in non_bias_names(cfg)])
+
+
+def flat_all(tree) -> jax.Array:
+  """Every leaf of a pytree concatenated (biases included)."""
+  return jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+
+
+def cos(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:
+  return jnp.dot(u, v) / (jnp.linalg.norm(u) * jnp.linalg.norm(v) + eps)

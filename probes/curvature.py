@@ -1,0 +1,115 @@
+"""Curvature of the training loss: exact Hessian-vector products, Lanczos, Hutchinson.
+
+The loss is the mean cross-entropy on a fixed probe batch (the first ``batch_size``
+training pairs) in eval mode (no dropout) and without weight decay (AdamW's decay is not
+part of the loss). Hv is forward-over-reverse, ``jvp(grad(loss))``: exact, no finite
+difference, no dropout noise (the reference's hessian hook has both problems).
+
+Metrics: ``lambda_max`` and ``top_eigenvalues`` (Lanczos Ritz values, k largest),
+``trace`` (Hutchinson, Rademacher probes), ``edge_of_stability_ratio`` = lambda_max /
+(2 / lr) (1 = gradient descent's stability edge), and for Adam the preconditioned
+sharpness ``preconditioned_lambda_max`` = lambda_max(P^-1/2 H P^-1/2), P = diag(sqrt(v_hat)
++ eps), with ``preconditioned_eos_ratio`` against (2 + 2 b1) / ((1 - b1) lr) (Cohen et al.,
+2022). Cost per probe epoch: lanczos_steps (x2 with Adam) + hutchinson_samples HVPs on the
+probe batch, each about two forward-backward passes; memory lanczos_steps parameter vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+
+def hvp(loss: Callable, params, v):
+  """H(params) v for a scalar ``loss(params)``, forward-over-reverse."""
+  return jax.jvp(jax.grad(loss), (params,), (v,))[1]
+
+
+def lanczos(matvec: Callable, dim: int, steps: int, key) -> jax.Array:
+  """Ritz values (ascending) of a symmetric operator after ``steps`` Lanczos iterations,
+  with full reorthogonalisation (two passes of classical Gram-Schmidt per step)."""
+  v0 = jax.random.normal(key, (dim,), jnp.float32)
+  v0 = v0 / jnp.linalg.norm(v0)
+
+  def body(i, carry):
+    basis, alphas, betas, v, v_prev, beta = carry
+    basis = basis.at[i].set(v)
+    w = matvec(v) - beta * v_prev
+    alpha = jnp.dot(w, v)
+    w = w - alpha * v
+    for _ in range(2):
+      w = w - basis.T @ (basis @ w)
+    beta_next = jnp.linalg.norm(w)
+    v_next = jnp.where(beta_next > 1e-10, w / jnp.where(beta_next > 1e-10, beta_next, 1.0),
+                       jnp.zeros_like(w))
+    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_next), v_next, v, beta_next)
+
+  init = (jnp.zeros((steps, dim), jnp.float32), jnp.zeros((steps,)), jnp.zeros((steps,)),
+          v0, jnp.zeros_like(v0), jnp.zeros(()))
+  _, alphas, betas, _, _, _ = jax.lax.fori_loop(0, steps, body, init)
+  tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+  return jnp.linalg.eigvalsh(tri)
+
+
+def hutchinson_trace(matvec: Callable, dim: int, samples: int, key) -> jax.Array:
+  """Unbiased trace estimate: mean of z^T A z over Rademacher vectors z."""
+  z = jax.random.rademacher(key, (samples, dim), jnp.float32)
+  return jnp.mean(jax.lax.map(lambda zi: jnp.dot(zi, matvec(zi)), z))
+
+
+def _adam_state(opt_state):
+  """The ScaleByAdamState inside an optax state, or None."""
+  found = [x for x in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+           if isinstance(x, optax.ScaleByAdamState)]
+  return found[0] if found else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Curvature:
+  batch_size: int = 512
+  k: int = 3
+  lanczos_steps: int = 20
+  hutchinson_samples: int = 8
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  name: str = 'curvature'
+  needs: frozenset = frozenset()
+
+  def init(self, params):
+    del params
+    return {}
+
+  def on_epoch(self, state, info):
+    n = min(self.batch_size, info.train_Nx3.shape[0])
+    batch = info.train_Nx3[:n]
+    mask = jnp.ones((n,), bool)
+    flat, unravel = ravel_pytree(info.params)
+    dim = flat.shape[0]
+    loss = lambda f: info.loss_fn(unravel(f), batch, mask, None)
+    matvec = lambda v: hvp(loss, flat, v)
+    k_lanczos, k_trace, k_pre = jax.random.split(info.key, 3)
+    ritz = lanczos(matvec, dim, self.lanczos_steps, k_lanczos)
+    top = ritz[::-1][:self.k]
+    lr = info.learning_rate
+    m = {'lambda_max': top[0], 'top_eigenvalues': top,
+         'trace': hutchinson_trace(matvec, dim, self.hutchinson_samples, k_trace),
+         'edge_of_stability_ratio': top[0] * lr / 2.0}
+    adam = _adam_state(info.opt_state)
+    if adam is not None:
+      v_hat = ravel_pytree(adam.nu)[0] / (1.0 - self.b2 ** jnp.maximum(adam.count, 1))
+      inv_sqrt_p = 1.0 / jnp.sqrt(jnp.sqrt(v_hat) + self.eps)
+      pre = lambda v: inv_sqrt_p * matvec(inv_sqrt_p * v)
+      pre_max = lanczos(pre, dim, self.lanczos_steps, k_pre)[-1]
+      m['preconditioned_lambda_max'] = pre_max
+      m['preconditioned_eos_ratio'] = pre_max * lr * (1 - self.b1) / (2 + 2 * self.b1)
+    return state, m, jnp.array(True)
+
+  def to_host(self, m: dict) -> dict:
+    return {k: (v.tolist() if k == 'top_eigenvalues' else v) for k, v in m.items()}

@@ -1,0 +1,277 @@
+"""Probes against independent computations, and the framework's guarantees."""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import probes
+from ordered_jax import checkpoint, experiment, instrument, models, sinks, train
+from probes import common, curvature, dynamics, fourier, gradients
+from tests.conftest import micro_config
+
+CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
+MODEL = models.Model(CFG)
+
+
+def _tree(seed):
+  return MODEL.init(jax.random.key(seed))
+
+
+def _numpy_flat_non_bias(tree):
+  sd = {k: np.asarray(v, np.float64) for k, v in models.to_reference(tree, CFG).items()}
+  return np.concatenate([sd[k].ravel() for k in sorted(sd) if 'bias' not in k]), sd
+
+
+def _info(**kw):
+  base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
+              grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
+              key=jax.random.key(0), train_Nx3=None, apply=MODEL.apply, loss_fn=None)
+  base.update(kw)
+  return instrument.EpochInfo(**base)
+
+
+def test_norms_match_numpy():
+  g = _tree(1)
+  _, m, present = gradients.Norms(CFG).on_epoch({}, _info(grad_mean=g))
+  flat, sd = _numpy_flat_non_bias(g)
+  assert bool(present)
+  assert float(m['total_norm']) == pytest.approx(np.linalg.norm(flat), rel=1e-5)
+  assert float(m['max_component']) == pytest.approx(np.abs(flat).max(), rel=1e-6)
+  assert float(m['mean_component']) == pytest.approx(np.abs(flat).mean(), rel=1e-5)
+  assert float(m['norm_embedding.weight']) == pytest.approx(
+      np.linalg.norm(sd['embedding.weight']), rel=1e-5)
+  assert not any('bias' in k for k in m)
+  assert 'norm_transformer.layers.1.linear2.weight' in m
+
+
+def test_consecutive_cosine_and_first_epoch_absent():
+  probe = gradients.Consecutive(CFG)
+  g1, g2 = _tree(1), _tree(2)
+  state = probe.init(g1)
+  state, _, present = probe.on_epoch(state, _info(grad_mean=g1))
+  assert not bool(present)
+  _, m, present = probe.on_epoch(state, _info(grad_mean=g2))
+  a, b = _numpy_flat_non_bias(g1)[0], _numpy_flat_non_bias(g2)[0]
+  want = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-8)
+  assert bool(present) and float(m['cos_sim']) == pytest.approx(want, rel=1e-4)
+  assert float(m['angle_degrees']) == pytest.approx(math.degrees(math.acos(want)), rel=1e-4)
+
+
+def _numpy_spectrum(w):
+  power = (np.abs(np.fft.fft(np.asarray(w, np.float64), axis=0)) ** 2).mean(axis=1)
+  return power / (power.sum() + 1e-8)
+
+
+def test_fourier_matches_numpy_and_tracks_frequencies():
+  cfg = models.ModelConfig(vocab=61, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
+  p = cfg.vocab
+  params = models.Model(cfg).init(jax.random.key(3))
+  t = np.arange(p)[:, None]
+  # Make the embedding a strong frequency-3 signal plus a little noise.
+  emb = np.cos(2 * np.pi * 3 * t / p) * np.ones((1, 8)) + 0.01 * np.asarray(
+      params['embedding']['embedding'])
+  params = {**params, 'embedding': {'embedding': jnp.asarray(emb, jnp.float32)}}
+  probe = fourier.Fourier(cfg)
+  state, m, _ = probe.on_epoch(probe.init(params), _info(params=params))
+  ph = _numpy_spectrum(emb)
+  tau = 10 / p
+  assert float(m['low_freq_power']) == pytest.approx(ph[:max(p // 20, 10)].sum(), rel=1e-4)
+  assert float(m['spectral_entropy']) == pytest.approx(
+      -(ph * np.log(ph + 1e-12)).sum() / math.log(p), rel=1e-4)
+  assert int(m['peak_frequency']) == 3 == 1 + int(np.argmax(ph[1:p // 2]))
+  assert int(m['n_significant_freqs']) == int((ph > tau).sum()) == 2  # k = 3 and p - 3
+  s = math.isqrt(p)
+  assert float(m['stride_harmonic_power']) == pytest.approx(
+      sum(ph[k * s] for k in range(1, min(10, p // s))), rel=1e-4, abs=1e-9)
+  dec = np.asarray(params['decoder']['kernel']).T
+  dph = _numpy_spectrum(dec)
+  assert float(m['decoder_spectral_entropy']) == pytest.approx(
+      -(dph * np.log(dph + 1e-12)).sum() / math.log(p), rel=1e-4)
+  sd = models.to_reference(params, cfg)
+  top1, ent = [], []
+  for i in range(cfg.layers):
+    r = np.asarray(sd[f'transformer.layers.{i}.linear1.weight'], np.float64) @ emb.T
+    pw = np.abs(np.fft.fft(r, axis=1))[:, 1:p // 2 + 1] ** 2
+    q = pw / (pw.sum(1, keepdims=True) + 1e-8)
+    top1.append(q.max(1).mean())
+    ent.append((-(q * np.log(q + 1e-12)).sum(1) / math.log(p // 2)).mean())
+  assert float(m['neuron_fourier_top1']) == pytest.approx(np.mean(top1), rel=1e-3)
+  assert float(m['neuron_fourier_entropy']) == pytest.approx(np.mean(ent), rel=1e-3)
+  host = probe.to_host({k: np.asarray(v) for k, v in m.items()})
+  assert host['newly_acquired_freqs'] == [3] and list(host['freq_powers']) == ['3']
+  assert host['freq_powers']['3'] == pytest.approx(ph[3], abs=2e-7)  # rounded to 8 places
+  _, m2, _ = probe.on_epoch(state, _info(params=params))  # nothing new the second time
+  assert 'newly_acquired_freqs' not in probe.to_host({k: np.asarray(v) for k, v in m2.items()})
+  assert int(m2['n_tracked_freqs']) == 1
+
+
+def _step(i, before, after, grads, loss, lr=1e-2):
+  return instrument.StepInfo(step=jnp.int32(i), params_before=before, params_after=after,
+                             grads=grads, loss=jnp.float32(loss), learning_rate=jnp.float32(lr))
+
+
+def test_step_probes_match_numpy():
+  thetas = [_tree(s) for s in range(4)]
+  grads = [_tree(10 + s) for s in range(3)]
+  losses = [2.0, 1.5, 1.7]
+  flat = lambda t: np.asarray(ravel_pytree(t)[0], np.float64)
+  path, diag = dynamics.PathLength(), dynamics.TrainingDiagnostics(steps_per_epoch=3)
+  ps, ds = path.init(thetas[0]), diag.init(thetas[0])
+  for i in range(3):
+    s = _step(i, thetas[i], thetas[i + 1], grads[i], losses[i])
+    ps, ds = path.on_step(ps, s), diag.on_step(ds, s)
+  _, m, _ = path.on_epoch(ps, _info(params=thetas[3]))
+  want_path = sum(np.linalg.norm(flat(thetas[i + 1]) - flat(thetas[i])) for i in range(3))
+  net = np.linalg.norm(flat(thetas[3]) - flat(thetas[0]))
+  assert float(m['path_length']) == pytest.approx(want_path, rel=1e-5)
+  assert float(m['path_efficiency']) == pytest.approx(net / want_path, rel=1e-5)
+  _, m, _ = diag.on_epoch(ds, _info())
+  loss = np.array(losses)
+  d = loss - loss.mean()
+  g = np.array([np.linalg.norm(flat(x)) for x in grads])
+  w = np.array([np.linalg.norm(flat(x)) for x in thetas[1:]])
+  assert float(m['loss_std']) == pytest.approx(loss.std(ddof=1), rel=1e-5)
+  assert float(m['loss_autocorrelation']) == pytest.approx((d[:-1] * d[1:]).sum() / (d * d).sum(),
+                                                           rel=1e-5)
+  assert float(m['grad_norm_cv']) == pytest.approx(g.std(ddof=1) / g.mean(), rel=1e-4)
+  assert float(m['update_ratio_mean']) == pytest.approx((1e-2 * g / w).mean(), rel=1e-5)
+  assert float(m['weight_norm']) == pytest.approx(w[-1], rel=1e-5)
+  delta = dynamics.ParameterDelta()
+  st, _, present = delta.on_epoch(delta.init(thetas[0]), _info(params=thetas[1]))
+  assert bool(present)  # init stores theta_0, so the first probe epoch has a delta
+  _, m, _ = delta.on_epoch(st, _info(params=thetas[2]))
+  assert float(m['absolute_delta']) == pytest.approx(
+      np.linalg.norm(flat(thetas[2]) - flat(thetas[1])), rel=1e-5)
+
+
+# -- curvature against the explicit Hessian ---------------------------------------------
+
+TINY = models.ModelConfig(vocab=5, embed_dim=4, num_heads=1, layers=1, mlp_dim=4)
+
+
+@pytest.fixture(scope='module')
+def dense():
+  model = models.Model(TINY)
+  params = model.init(jax.random.key(0))
+  x = jnp.array([[a, b] for a in range(5) for b in range(5)])
+  abc = jnp.concatenate([x, (x.sum(1, keepdims=True) % 5)], axis=1)
+  trainer = train.Trainer(model, train.Hyper(batch_size=8, epochs=1, min_lr=0.0,
+                                             target_correct=1))
+  flat, unravel = ravel_pytree(params)
+  loss = lambda f: trainer.loss(unravel(f), abc, jnp.ones((25,), bool), None)
+  return flat, loss, np.asarray(jax.hessian(loss)(flat), np.float64), trainer, abc, unravel
+
+
+def test_hvp_equals_the_explicit_hessian(dense):
+  flat, loss, h, *_ = dense
+  v = jax.random.normal(jax.random.key(1), flat.shape)
+  np.testing.assert_allclose(np.asarray(curvature.hvp(loss, flat, v)), h @ np.asarray(v),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_lanczos_and_hutchinson_against_eigvalsh(dense):
+  flat, loss, h, *_ = dense
+  dim = flat.shape[0]
+  eig = np.linalg.eigvalsh(h)
+  matvec = lambda v: curvature.hvp(loss, flat, v)
+  ritz = np.asarray(curvature.lanczos(matvec, dim, 30, jax.random.key(2)))
+  assert ritz[-1] == pytest.approx(eig[-1], rel=1e-3)
+  assert ritz[-2] == pytest.approx(eig[-2], rel=1e-2)
+  est = float(curvature.hutchinson_trace(matvec, dim, 2000, jax.random.key(3)))
+  assert est == pytest.approx(np.trace(h), rel=0.1)
+
+
+def test_curvature_probe_and_adam_preconditioning(dense):
+  flat, loss, h, trainer, abc, unravel = dense
+  params = unravel(flat)
+  opt_state = trainer.tx.init(params)
+  nu = jax.tree.map(lambda x: jnp.full_like(x, 4.0), params)  # v_hat = 4 / (1 - b2)
+  inner = opt_state.inner_state
+  opt_state = opt_state._replace(inner_state=(inner[0]._replace(nu=nu, count=jnp.int32(1)),)
+                                 + tuple(inner[1:]))
+  probe = curvature.Curvature(batch_size=25, k=2, lanczos_steps=flat.shape[0],
+                              hutchinson_samples=4)
+  _, m, _ = probe.on_epoch({}, _info(params=params, opt_state=opt_state, train_Nx3=abc,
+                                     loss_fn=trainer.loss, learning_rate=jnp.float32(0.1)))
+  eig = np.linalg.eigvalsh(h)
+  assert float(m['lambda_max']) == pytest.approx(eig[-1], rel=1e-3)
+  np.testing.assert_allclose(np.asarray(m['top_eigenvalues']), eig[::-1][:2], rtol=1e-3)
+  assert float(m['edge_of_stability_ratio']) == pytest.approx(eig[-1] * 0.1 / 2, rel=1e-3)
+  scale = 1 / (np.sqrt(4.0 / (1 - 0.999)) + 1e-8)
+  assert float(m['preconditioned_lambda_max']) == pytest.approx(eig[-1] * scale, rel=1e-3)
+
+
+# -- the framework -------------------------------------------------------------------------
+
+
+def test_build_groups_and_errors():
+  c = micro_config()
+  assert probes.build(c) == []
+  c.probes.group = 'observers'
+  assert [p.name for p in probes.build(c)] == list(probes.OBSERVERS)
+  c.probes.names = 'curvature, norms'
+  assert [p.name for p in probes.build(c)][-1] == 'curvature'
+  c.probes.names = 'hessian'
+  with pytest.raises(Exception, match=r"config\.probes\.names: unknown probe 'hessian' \(not ported"):
+    probes.build(c)
+  c.probes.names = ''
+  c.probes.group = 'interventions'
+  with pytest.raises(Exception, match=r'config\.probes\.group'):
+    probes.build(c)
+
+
+@pytest.fixture(scope='module')
+def probed(tmp_path_factory):
+  """The same two-run batch with every probe and with none."""
+  out = {}
+  for label, group in (('plain', 'none'), ('full', 'full')):
+    c = micro_config(strategy='stride,random', probe_every=2)
+    c.probes.group = group
+    c.probes.curvature.batch_size = 32
+    c.probes.curvature.lanczos_steps = 6
+    d = str(tmp_path_factory.mktemp(label))
+    experiment.run(c, d, quiet=True, probes=probes.build(c))
+    out[label] = (c, d)
+  return out
+
+
+def test_probes_never_change_the_trajectory(probed):
+  (c, plain), (_, full) = probed['plain'], probed['full']
+  model = models.Model(experiment.model_config(c))
+  for run in ('stride', 'random'):
+    a = checkpoint.load_params(os.path.join(plain, run), model)
+    b = checkpoint.load_params(os.path.join(full, run), model)
+    assert all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+    rows_a = sinks.read_jsonl(os.path.join(plain, run, f'{run}.jsonl'))
+    rows_b = sinks.read_jsonl(os.path.join(full, run, f'{run}.jsonl'))
+    strip = lambda r: {k: v for k, v in r.items()
+                       if k == 'epoch' or k.startswith('training_metrics/')}
+    assert [strip(r) for r in rows_b] == rows_a
+    probe_epochs = [r['epoch'] for r in rows_b if 'norms/total_norm' in r]
+    assert probe_epochs == [0, 2, 4, 5]
+    assert all(math.isfinite(v) for r in rows_b for k, v in r.items()
+               if isinstance(v, float))
+
+
+def test_resume_keeps_probe_state(probed, tmp_path, monkeypatch):
+  c, full = probed['full']
+  real_write = sinks.JsonlSink.write
+
+  def crash(self, epoch, metrics):
+    real_write(self, epoch, metrics)
+    if epoch == 4:
+      raise RuntimeError('simulated crash')
+
+  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
+  with pytest.raises(RuntimeError):
+    experiment.run(c, str(tmp_path), quiet=True, probes=probes.build(c))
+  monkeypatch.setattr(sinks.JsonlSink, 'write', real_write)
+  experiment.run(c, str(tmp_path), resume=True, quiet=True, probes=probes.build(c))
+  for run in ('stride', 'random'):
+    assert (sinks.read_jsonl(str(tmp_path / run / f'{run}.jsonl')) ==
+            sinks.read_jsonl(os.path.join(full, run, f'{run}.jsonl')))
