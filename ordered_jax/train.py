@@ -171,7 +171,8 @@ class Trainer:
     return jnp.where(spec.is_random, drawn, static)
 
   def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool):
-    """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient)."""
+    """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient,
+    the epoch's first batch)."""
     h = self.hyper
     n = data.train_Nx3.shape[0]
     root = jax.random.wrap_key_data(state.key)
@@ -206,7 +207,8 @@ class Trainer:
         (jnp.arange(steps), idx_SxB, mask_SxB))
     grad_mean = None if grad_sum is None else jax.tree.map(lambda g: g / steps, grad_sum)
     # The reference averages batch means (its last, smaller batch weighs like the others).
-    return params, opt_state, jnp.mean(loss_S), {**state.probes, **probes}, grad_mean
+    return (params, opt_state, jnp.mean(loss_S), {**state.probes, **probes}, grad_mean,
+            data.train_Nx3[idx_SxB[0]])
 
   def _accuracy(self, params, chunks_CxKx3, valid_CxK):
     def body(total, xs):
@@ -223,7 +225,7 @@ class Trainer:
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
   def _run_probes(self, state: RunState, probes: dict, params, opt_state, loss, grad_mean,
-                  data: Data, epoch):
+                  first_batch, data: Data, epoch):
     """Every probe's ``on_epoch``: (new probe states, {probe/metric: value}, presence)."""
     root = jax.random.wrap_key_data(state.key)
     info = instrument.EpochInfo(
@@ -231,7 +233,8 @@ class Trainer:
         grad_mean=grad_mean, loss=loss,
         learning_rate=opt_state.hyperparams['learning_rate'],
         key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
-        train_Nx3=data.train_Nx3, apply=self.model.apply, loss_fn=self.loss)
+        train_Nx3=data.train_Nx3, first_batch_Bx3=first_batch, apply=self.model.apply,
+        loss_fn=self.loss)
     new, metrics, present = dict(probes), {}, {}
     for p in self.probes:
       new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
@@ -241,7 +244,7 @@ class Trainer:
   def _epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, do_eval: bool,
              do_probe: bool = False):
     do_probe = do_probe and bool(self.probes)
-    params, opt_state, loss, probes, grad_mean = self._train_epoch(
+    params, opt_state, loss, probes, grad_mean, first_batch = self._train_epoch(
         state, spec, data, epoch, grad_mean=do_probe and self._grad_mean)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
@@ -249,7 +252,7 @@ class Trainer:
     metrics = {'loss': loss, 'trained': state.active}
     if do_probe:
       probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
-          state, probes, params, opt_state, loss, grad_mean, data, epoch)
+          state, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch)
     reached = jnp.zeros((), bool)
     if do_eval:
       metrics.update(self._evaluate(params, data))

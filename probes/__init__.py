@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 from ordered_jax import experiment, orderings, runs
-from probes import curvature, dynamics, fourier, gradients
+from probes import curvature, dynamics, fourier, gradients, weights
 
 # The reference's hooks ported so far, and our additions.
-OBSERVERS = ('norms', 'consecutive', 'fourier', 'parameter_delta', 'path_length',
-             'training_diagnostics')
+OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'weight_tracking',
+             'token_gradient', 'parameter_delta', 'path_length', 'training_diagnostics')
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'full': OBSERVERS + ('curvature',)}
-NOT_YET_PORTED = ('variance', 'attention', 'phases', 'weight_tracking', 'token_gradient',
-                  'gradient_projection', 'subspace_gradient_info', 'batch_dynamics',
+NOT_YET_PORTED = ('phases', 'gradient_projection', 'subspace_gradient_info', 'batch_dynamics',
                   'counterfactual', 'counterfactual_validator', 'hessian', 'adam_dynamics')
 
 
@@ -24,6 +23,10 @@ def _factories(config):
   return {
       'norms': lambda: gradients.Norms(cfg),
       'consecutive': lambda: gradients.Consecutive(cfg),
+      'variance': lambda: gradients.Variance(cfg),
+      'token_gradient': lambda: gradients.TokenGradient(cfg),
+      'attention': lambda: weights.Attention(cfg),
+      'weight_tracking': lambda: weights.WeightTracking(cfg),
       'fourier': lambda: fourier.Fourier(cfg),
       'parameter_delta': dynamics.ParameterDelta,
       'path_length': dynamics.PathLength,

@@ -7,7 +7,9 @@ before that batch's step, accumulated inside the scanned epoch.
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import jax
 import jax.numpy as jnp
 
 from ordered_jax import models
@@ -53,3 +55,75 @@ class Consecutive:
     c = common.cos(g, state['prev'])
     m = {'cos_sim': c, 'angle_degrees': jnp.degrees(jnp.arccos(jnp.clip(c, -1.0, 1.0)))}
     return {'prev': g, 'has_prev': jnp.array(True)}, m, state['has_prev']
+
+
+@dataclasses.dataclass(frozen=True)
+class Variance:
+  """Over a window of the last ``window`` probe epochs' flat(g) (emitted from 2 on):
+  gradient_variance = mean over elements and members of (g_i - g_bar)^2 (population);
+  mean_pairwise_cos over pairs j < k; signal_to_noise = |g_bar| / (|std_unbiased| + 1e-8);
+  window_mean_norm = |g_bar|."""
+
+  cfg: models.ModelConfig
+  window: int = 10
+  name: str = 'variance'
+  needs: frozenset = frozenset({'grad_mean'})
+
+  def init(self, params):
+    d = common.flat_non_bias(params, self.cfg).shape[0]
+    return {'buf': jnp.zeros((self.window, d)), 'count': jnp.zeros((), jnp.int32)}
+
+  def on_epoch(self, state, info):
+    g = common.flat_non_bias(info.grad_mean, self.cfg)
+    buf = state['buf'].at[state['count'] % self.window].set(g)
+    count = state['count'] + 1
+    n = jnp.minimum(count, self.window)
+    valid = (jnp.arange(self.window) < n).astype(buf.dtype)
+    mean = jnp.sum(buf * valid[:, None], axis=0) / n
+    sq = jnp.sum(jnp.square(buf - mean) * valid[:, None], axis=0)
+    norms = jnp.linalg.norm(buf, axis=1)
+    cos_jk = (buf @ buf.T) / (norms[:, None] * norms[None, :] + 1e-8)
+    pairs = valid[:, None] * valid[None, :] * jnp.triu(jnp.ones_like(cos_jk), 1)
+    n_f = n.astype(buf.dtype)
+    m = {'gradient_variance': jnp.sum(sq) / (n_f * g.shape[0]),
+         'mean_pairwise_cos': jnp.sum(cos_jk * pairs) / jnp.maximum(jnp.sum(pairs), 1.0),
+         'signal_to_noise': jnp.linalg.norm(mean) / (
+             jnp.linalg.norm(jnp.sqrt(sq / jnp.maximum(n_f - 1, 1.0))) + 1e-8),
+         'window_mean_norm': jnp.linalg.norm(mean)}
+    return {'buf': buf, 'count': count}, m, n >= 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenGradient:
+  """On the embedding rows of g, r_t = |g_E[t]|: gradient_sparsity (share of tokens with
+  r_t < 0.1 mean r), gradient_gini, stride_group_variance and stride_group_max_ratio
+  (groups t mod floor(sqrt p)), tokens_for_50pct / 90pct of the cumulative share (largest
+  first) and concentration_ratio = tokens_for_50pct / p."""
+
+  cfg: models.ModelConfig
+  name: str = 'token_gradient'
+  needs: frozenset = frozenset({'grad_mean'})
+
+  def init(self, params):
+    del params
+    return {}
+
+  def on_epoch(self, state, info):
+    p = self.cfg.vocab
+    s = math.isqrt(p)
+    r = jnp.linalg.norm(common.reference_view(info.grad_mean, self.cfg)['embedding.weight'],
+                        axis=1)
+    asc = jnp.sort(r)
+    gini = (2 * jnp.sum(jnp.arange(1, p + 1) * asc) - (p + 1) * jnp.sum(r)) / (
+        p * jnp.sum(r) + 1e-8)
+    groups = jnp.arange(p) % s
+    group_mean = (jax.ops.segment_sum(r, groups, num_segments=s) /
+                  jax.ops.segment_sum(jnp.ones_like(r), groups, num_segments=s))
+    share = jnp.cumsum(asc[::-1]) / jnp.sum(r)
+    t50 = jnp.sum(share < 0.5) + 1
+    m = {'gradient_sparsity': jnp.mean(r < 0.1 * jnp.mean(r)), 'gradient_gini': gini,
+         'stride_group_variance': jnp.var(group_mean),
+         'stride_group_max_ratio': jnp.max(group_mean) / (jnp.mean(group_mean) + 1e-8),
+         'tokens_for_50pct': t50, 'tokens_for_90pct': jnp.sum(share < 0.9) + 1,
+         'concentration_ratio': t50 / p}
+    return state, m, jnp.array(True)

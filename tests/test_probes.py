@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 import probes
 from ordered_jax import checkpoint, experiment, instrument, models, sinks, train
-from probes import common, curvature, dynamics, fourier, gradients
+from probes import curvature, dynamics, fourier, gradients, weights
 from tests.conftest import micro_config
 
 CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
@@ -30,7 +30,8 @@ def _numpy_flat_non_bias(tree):
 def _info(**kw):
   base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
               grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-              key=jax.random.key(0), train_Nx3=None, apply=MODEL.apply, loss_fn=None)
+              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None, apply=MODEL.apply,
+              loss_fn=None)
   base.update(kw)
   return instrument.EpochInfo(**base)
 
@@ -275,3 +276,86 @@ def test_resume_keeps_probe_state(probed, tmp_path, monkeypatch):
   for run in ('stride', 'random'):
     assert (sinks.read_jsonl(str(tmp_path / run / f'{run}.jsonl')) ==
             sinks.read_jsonl(os.path.join(full, run, f'{run}.jsonl')))
+
+
+def test_variance_window_matches_numpy():
+  probe = gradients.Variance(CFG, window=3)
+  trees = [_tree(20 + i) for i in range(5)]
+  state = probe.init(trees[0])
+  state, _, present = probe.on_epoch(state, _info(grad_mean=trees[0]))
+  assert not bool(present)  # needs two members
+  for t in trees[1:]:
+    state, m, present = probe.on_epoch(state, _info(grad_mean=t))
+  w = np.stack([_numpy_flat_non_bias(t)[0] for t in trees[-3:]])  # the last 3 only
+  mean = w.mean(0)
+  unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+  pair_cos = [unit[j] @ unit[k] for j in range(3) for k in range(j + 1, 3)]
+  assert bool(present)
+  assert float(m['gradient_variance']) == pytest.approx(((w - mean) ** 2).mean(), rel=1e-4)
+  assert float(m['mean_pairwise_cos']) == pytest.approx(np.mean(pair_cos), rel=1e-4, abs=1e-6)
+  assert float(m['signal_to_noise']) == pytest.approx(
+      np.linalg.norm(mean) / (np.linalg.norm(w.std(0, ddof=1)) + 1e-8), rel=1e-4)
+  assert float(m['window_mean_norm']) == pytest.approx(np.linalg.norm(mean), rel=1e-5)
+
+
+def test_token_gradient_matches_numpy():
+  g = _tree(7)
+  _, m, _ = gradients.TokenGradient(CFG).on_epoch({}, _info(grad_mean=g))
+  r = np.linalg.norm(np.asarray(g['embedding']['embedding'], np.float64), axis=1)
+  p, s = 13, 3
+  asc = np.sort(r)
+  gini = (2 * np.sum(np.arange(1, p + 1) * asc) - (p + 1) * r.sum()) / (p * r.sum() + 1e-8)
+  groups = np.array([r[np.arange(p) % s == j].mean() for j in range(s)])
+  share = np.cumsum(asc[::-1]) / r.sum()
+  assert float(m['gradient_gini']) == pytest.approx(gini, rel=1e-4)
+  assert float(m['gradient_sparsity']) == pytest.approx(np.mean(r < 0.1 * r.mean()))
+  assert float(m['stride_group_variance']) == pytest.approx(groups.var(), rel=1e-4)
+  assert float(m['stride_group_max_ratio']) == pytest.approx(groups.max() / groups.mean(),
+                                                             rel=1e-5)
+  assert int(m['tokens_for_50pct']) == int((share < 0.5).sum()) + 1
+  assert int(m['tokens_for_90pct']) == int((share < 0.9).sum()) + 1
+
+
+def test_weight_tracking_matches_numpy():
+  params, g = _tree(8), _tree(9)
+  _, m, _ = weights.WeightTracking(CFG).on_epoch({}, _info(params=params, grad_mean=g))
+  w = {k: np.asarray(v, np.float64) for k, v in models.to_reference(params, CFG).items()}
+  gw = {k: np.asarray(v, np.float64) for k, v in models.to_reference(g, CFG).items()}
+  names = sorted(k for k in w if 'bias' not in k and w[k].ndim == 2)
+  assert {f'top_sv/{n}' for n in names} <= set(m) and 'top_sv/decoder.weight' in m
+  ranks = []
+  for n in names:
+    s = np.linalg.svd(w[n], compute_uv=False)
+    ranks.append(s.sum() ** 2 / (s ** 2).sum())
+    assert float(m[f'top_sv/{n}']) == pytest.approx(s[0], rel=1e-4)
+    assert float(m[f'weight_norm/{n}']) == pytest.approx(np.linalg.norm(w[n]), rel=1e-5)
+    want = gw[n].ravel() @ w[n].ravel() / (np.linalg.norm(gw[n]) * np.linalg.norm(w[n]) + 1e-8)
+    assert float(m[f'grad_weight_align/{n}']) == pytest.approx(want, rel=1e-3, abs=1e-6)
+  assert float(m['mean_effective_rank']) == pytest.approx(np.mean(ranks), rel=1e-4)
+
+
+def test_attention_matches_a_direct_softmax():
+  params = _tree(4)
+  batch = jnp.array([[1, 2, 3], [4, 5, 9], [7, 7, 1], [0, 12, 12]])
+  _, m, _ = weights.Attention(CFG).on_epoch({}, _info(params=params, first_batch_Bx3=batch))
+  sd = {k: np.asarray(v, np.float64) for k, v in models.to_reference(params, CFG).items()}
+  # Layer 0's attention probabilities, written directly from the reference's weights.
+  h = sd['embedding.weight'][np.asarray(batch[:, :2])] + sd['pos_embedding']
+  z = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+  z = z * sd['transformer.layers.0.norm1.weight'] + sd['transformer.layers.0.norm1.bias']
+  qkv = z @ sd['transformer.layers.0.self_attn.in_proj_weight'].T + sd[
+      'transformer.layers.0.self_attn.in_proj_bias']
+  q, k = qkv[..., :8].reshape(4, 2, 2, 4), qkv[..., 8:16].reshape(4, 2, 2, 4)
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
+  a = np.exp(logits - logits.max(-1, keepdims=True))
+  a = a / a.sum(-1, keepdims=True)
+  ent = (-(a * np.log(a + 1e-12)).sum(-1) / np.log(2)).mean()
+  assert float(m['attn_entropy/0']) == pytest.approx(ent, rel=1e-4)
+  assert float(m['attn_variance/0']) == pytest.approx(a.var(0, ddof=1).mean(), rel=1e-3)
+  want = []
+  for layer in range(2):
+    qkv = sd[f'transformer.layers.{layer}.self_attn.in_proj_weight']
+    for blk in range(3):
+      sv = np.linalg.svd(qkv[8 * blk:8 * (blk + 1)], compute_uv=False)
+      want.append((sv[:5] ** 2).sum() / (sv ** 2).sum())
+  assert float(m['top5_explained_var']) == pytest.approx(np.mean(want), rel=1e-4)
