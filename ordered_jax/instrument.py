@@ -7,7 +7,6 @@ ONE run (the trainer ``vmap``s them with the rest of the epoch):
 * ``init(params) -> state``: the probe's persistent state (windows, tracked sets,
   previous vectors, ...). It lives in ``RunState.probes[name]``, so checkpoints carry it
   and a resumed run emits what an uninterrupted one would.
-* ``begin_epoch(state) -> state`` (optional): reset per-epoch accumulators.
 * ``on_step(state, StepInfo) -> state`` (only if ``'steps' in needs``): accumulate per
   optimiser step inside the scanned epoch (nothing leaves the device).
 * ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics

@@ -182,8 +182,7 @@ class Trainer:
     opt_state = optim.set_hparams(state.opt_state, learning_rate=lr,
                                   weight_decay=spec.weight_decay)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
-    probes = {p.name: (p.begin_epoch(state.probes[p.name]) if hasattr(p, 'begin_epoch')
-                       else state.probes[p.name]) for p in self._step_probes}
+    probes = {p.name: state.probes[p.name] for p in self._step_probes}
     grad_sum = jax.tree.map(jnp.zeros_like, state.params) if grad_mean else None
 
     def step(carry, xs):

@@ -11,9 +11,10 @@ from probes import curvature, dynamics, fourier, gradients, weights
 
 # The reference's hooks ported so far, and our additions.
 OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'weight_tracking',
-             'token_gradient', 'parameter_delta', 'path_length', 'training_diagnostics')
+             'token_gradient', 'parameter_delta', 'path_length', 'batch_dynamics',
+             'training_diagnostics')
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'full': OBSERVERS + ('curvature',)}
-NOT_YET_PORTED = ('phases', 'gradient_projection', 'subspace_gradient_info', 'batch_dynamics',
+NOT_YET_PORTED = ('phases', 'gradient_projection', 'subspace_gradient_info',
                   'counterfactual', 'counterfactual_validator', 'hessian', 'adam_dynamics')
 
 
@@ -30,6 +31,7 @@ def _factories(config):
       'fourier': lambda: fourier.Fourier(cfg),
       'parameter_delta': dynamics.ParameterDelta,
       'path_length': dynamics.PathLength,
+      'batch_dynamics': dynamics.BatchDynamics,
       'training_diagnostics': lambda: dynamics.TrainingDiagnostics(
           orderings.steps_per_epoch(config.train_size, config.batch_size)),
       'curvature': lambda: curvature.Curvature(

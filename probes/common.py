@@ -32,3 +32,12 @@ def flat_all(tree) -> jax.Array:
 
 def cos(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:
   return jnp.dot(u, v) / (jnp.linalg.norm(u) * jnp.linalg.norm(v) + eps)
+
+
+def flat_non_bias_raw(tree) -> jax.Array:
+  """Non-bias parameters concatenated in our own layout (no transposes): the same vector as
+  ``flat_non_bias`` up to a fixed permutation, so norms, dot products and Gram matrices are
+  equal; cheap enough for every optimiser step."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return jnp.concatenate([x.ravel() for path, x in leaves
+                          if getattr(path[-1], 'key', None) != 'bias'])

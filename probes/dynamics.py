@@ -10,6 +10,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from probes import common
 
 
 def _tree_norm(tree):
@@ -94,3 +97,72 @@ class TrainingDiagnostics:
     m['loss_volatility'] = m['loss_std'] / jnp.abs(m['loss_mean'])
     m['grad_norm_cv'] = m['grad_norm_std'] / m['grad_norm_mean']
     return state, m, jnp.array(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchDynamics:
+  """Geometry of consecutive batch gradients x = flat(g_batch), over a FIFO of the last
+  ``max_lag`` of them that persists across epochs. Per step, for each lag l <= the FIFO's
+  length: cos(x, x_{-l}) (steps with |x| < 1e-12 skipped). Per probe epoch: lag_{l} = mean
+  of that epoch's cosines, autocorrelation_mean = mean over the lags present,
+  efficiency_{w} = |sum of the last w| / sum of their norms, and from the eigenvalues of the
+  uncentred Gram matrix of the FIFO: top1_variance = l_1 / sum l, effective_rank =
+  exp(entropy of l / sum l)."""
+
+  lags: tuple = (1, 2, 5, 10, 20, 50)
+  windows: tuple = (2, 5, 10, 20, 50)
+  max_lag: int = 50
+  name: str = 'batch_dynamics'
+  needs: frozenset = frozenset({'steps'})
+
+  def init(self, params):
+    d = common.flat_non_bias_raw(params).shape[0]
+    z = jnp.zeros((len(self.lags),), jnp.float32)
+    return {'buf': jnp.zeros((self.max_lag, d)), 'norms': jnp.zeros((self.max_lag,)),
+            'count': jnp.zeros((), jnp.int32), 'cos_sum': z, 'cos_n': z}
+
+  def on_step(self, state, s):
+    x = common.flat_non_bias_raw(s.grads)
+    n = jnp.linalg.norm(x)
+    count, buf, norms = state['count'], state['buf'], state['norms']
+    cos_sum, cos_n = state['cos_sum'], state['cos_n']
+    for j, lag in enumerate(self.lags):
+      slot = (count - lag) % self.max_lag
+      ok = (lag <= jnp.minimum(count, self.max_lag)) & (n >= 1e-12) & (norms[slot] >= 1e-12)
+      c = jnp.dot(x, buf[slot]) / (n * norms[slot] + 1e-8)
+      cos_sum = cos_sum.at[j].add(jnp.where(ok, c, 0.0))
+      cos_n = cos_n.at[j].add(ok.astype(jnp.float32))
+    slot = count % self.max_lag
+    return {'buf': buf.at[slot].set(x), 'norms': norms.at[slot].set(n), 'count': count + 1,
+            'cos_sum': cos_sum, 'cos_n': cos_n}
+
+  def on_epoch(self, state, info):
+    del info
+    filled = jnp.minimum(state['count'], self.max_lag)
+    m = {}
+    lag_means = state['cos_sum'] / jnp.maximum(state['cos_n'], 1.0)
+    for j, lag in enumerate(self.lags):
+      m[f'lag_{lag}'] = jnp.where(state['cos_n'][j] > 0, lag_means[j], jnp.nan)
+    has = state['cos_n'] > 0
+    m['autocorrelation_mean'] = jnp.sum(jnp.where(has, lag_means, 0.0)) / jnp.maximum(
+        jnp.sum(has), 1)
+    age = (state['count'] - 1 - jnp.arange(self.max_lag)) % self.max_lag  # 0 = newest
+    for w in self.windows:
+      sel = (age < jnp.minimum(w, filled)).astype(jnp.float32)
+      total = jnp.linalg.norm(sel @ state['buf'])
+      m[f'efficiency_{w}'] = jnp.where(w <= filled, total / jnp.sum(sel * state['norms']),
+                                       jnp.nan)
+    use = ((jnp.arange(self.max_lag) < filled) & (state['norms'] >= 1e-12)).astype(jnp.float32)
+    gram = (state['buf'] * use[:, None]) @ (state['buf'] * use[:, None]).T
+    lam = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0)
+    q = lam / jnp.sum(lam)
+    m['top1_variance'] = jnp.max(lam) / jnp.sum(lam)
+    m['effective_rank'] = jnp.exp(-jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)),
+                                                     0.0)))
+    reset = {**state, 'cos_sum': jnp.zeros_like(state['cos_sum']),
+             'cos_n': jnp.zeros_like(state['cos_n'])}
+    return reset, m, filled >= 1
+
+  def to_host(self, m: dict) -> dict:
+    """Lags and windows the FIFO cannot serve yet are left out, as in the reference."""
+    return {k: v for k, v in m.items() if not (v.ndim == 0 and np.isnan(v))}

@@ -359,3 +359,43 @@ def test_attention_matches_a_direct_softmax():
       sv = np.linalg.svd(qkv[8 * blk:8 * (blk + 1)], compute_uv=False)
       want.append((sv[:5] ** 2).sum() / (sv ** 2).sum())
   assert float(m['top5_explained_var']) == pytest.approx(np.mean(want), rel=1e-4)
+
+
+def test_raw_flattening_is_a_permutation_of_the_reference_one():
+  a, b = _tree(30), _tree(31)
+  from probes import common  # pylint: disable=g-import-not-at-top
+  ra, rb = common.flat_non_bias_raw(a), common.flat_non_bias_raw(b)
+  fa, fb = _numpy_flat_non_bias(a)[0], _numpy_flat_non_bias(b)[0]
+  assert ra.shape == fa.shape
+  np.testing.assert_allclose(np.sort(np.asarray(ra)), np.sort(fa), rtol=1e-6)
+  assert float(jnp.dot(ra, rb)) == pytest.approx(fa @ fb, rel=1e-4)
+
+
+def test_batch_dynamics_matches_a_numpy_fifo():
+  probe = dynamics.BatchDynamics(lags=(1, 2, 5), windows=(2, 3), max_lag=3)
+  grads = [_tree(40 + i) for i in range(7)]
+  xs = [_numpy_flat_non_bias(g)[0] for g in grads]
+  state = probe.init(grads[0])
+  fifo, cosines = [], {1: [], 2: [], 5: []}
+  for i, g in enumerate(grads):
+    state = probe.on_step(state, _step(i, grads[0], grads[0], g, 1.0))
+    for lag in cosines:
+      if lag <= len(fifo):
+        y = fifo[-lag]
+        cosines[lag].append(xs[i] @ y / (np.linalg.norm(xs[i]) * np.linalg.norm(y) + 1e-8))
+    fifo = (fifo + [xs[i]])[-3:]
+  _, m, present = probe.on_epoch(state, _info())
+  host = probe.to_host({k: np.asarray(v) for k, v in m.items()})
+  assert bool(present) and 'lag_5' not in host  # the FIFO is 3 deep
+  for lag in (1, 2):
+    assert host[f'lag_{lag}'] == pytest.approx(np.mean(cosines[lag]), rel=1e-4, abs=1e-6)
+  assert host['autocorrelation_mean'] == pytest.approx(
+      np.mean([np.mean(cosines[1]), np.mean(cosines[2])]), rel=1e-4, abs=1e-6)
+  for w in (2, 3):
+    last = fifo[-w:]
+    want = np.linalg.norm(np.sum(last, 0)) / sum(np.linalg.norm(v) for v in last)
+    assert host[f'efficiency_{w}'] == pytest.approx(want, rel=1e-4)
+  lam = np.clip(np.linalg.eigvalsh(np.stack(fifo) @ np.stack(fifo).T), 0, None)
+  q = lam / lam.sum()
+  assert host['top1_variance'] == pytest.approx(lam.max() / lam.sum(), rel=1e-4)
+  assert host['effective_rank'] == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-4)
