@@ -115,29 +115,35 @@ class BatchDynamics:
   name: str = 'batch_dynamics'
   needs: frozenset = frozenset({'steps'})
 
+  # The ring has one slot more than max_lag: each step writes its gradient first and then
+  # reads the lagged ones from the updated ring (none of them is the slot just written), so
+  # XLA updates the ring in place instead of copying it every step.
+
   def init(self, params):
     d = common.flat_non_bias_raw(params).shape[0]
     z = jnp.zeros((len(self.lags),), jnp.float32)
-    return {'buf': jnp.zeros((self.max_lag, d)), 'norms': jnp.zeros((self.max_lag,)),
+    return {'buf': jnp.zeros((self.max_lag + 1, d)), 'norms': jnp.zeros((self.max_lag + 1,)),
             'count': jnp.zeros((), jnp.int32), 'cos_sum': z, 'cos_n': z}
 
   def on_step(self, state, s):
+    depth = self.max_lag + 1
     x = common.flat_non_bias_raw(s.grads)
     n = jnp.linalg.norm(x)
-    count, buf, norms = state['count'], state['buf'], state['norms']
-    cos_sum, cos_n = state['cos_sum'], state['cos_n']
-    for j, lag in enumerate(self.lags):
-      slot = (count - lag) % self.max_lag
-      ok = (lag <= jnp.minimum(count, self.max_lag)) & (n >= 1e-12) & (norms[slot] >= 1e-12)
-      c = jnp.dot(x, buf[slot]) / (n * norms[slot] + 1e-8)
-      cos_sum = cos_sum.at[j].add(jnp.where(ok, c, 0.0))
-      cos_n = cos_n.at[j].add(ok.astype(jnp.float32))
-    slot = count % self.max_lag
-    return {'buf': buf.at[slot].set(x), 'norms': norms.at[slot].set(n), 'count': count + 1,
-            'cos_sum': cos_sum, 'cos_n': cos_n}
+    count = state['count']
+    buf = jax.lax.dynamic_update_slice(state['buf'], x[None], (count % depth, 0))
+    norms = state['norms'].at[count % depth].set(n)
+    lags = jnp.array(self.lags)
+    slots = (count - lags) % depth
+    lag_norms = norms[slots]
+    c = jnp.take(buf, slots, axis=0) @ x / (n * lag_norms + 1e-8)
+    ok = (lags <= jnp.minimum(count, self.max_lag)) & (n >= 1e-12) & (lag_norms >= 1e-12)
+    return {'buf': buf, 'norms': norms, 'count': count + 1,
+            'cos_sum': state['cos_sum'] + jnp.where(ok, c, 0.0),
+            'cos_n': state['cos_n'] + ok.astype(jnp.float32)}
 
   def on_epoch(self, state, info):
     del info
+    depth = self.max_lag + 1
     filled = jnp.minimum(state['count'], self.max_lag)
     m = {}
     lag_means = state['cos_sum'] / jnp.maximum(state['cos_n'], 1.0)
@@ -146,13 +152,13 @@ class BatchDynamics:
     has = state['cos_n'] > 0
     m['autocorrelation_mean'] = jnp.sum(jnp.where(has, lag_means, 0.0)) / jnp.maximum(
         jnp.sum(has), 1)
-    age = (state['count'] - 1 - jnp.arange(self.max_lag)) % self.max_lag  # 0 = newest
+    age = (state['count'] - 1 - jnp.arange(depth)) % depth  # 0 = newest
     for w in self.windows:
       sel = (age < jnp.minimum(w, filled)).astype(jnp.float32)
       total = jnp.linalg.norm(sel @ state['buf'])
       m[f'efficiency_{w}'] = jnp.where(w <= filled, total / jnp.sum(sel * state['norms']),
                                        jnp.nan)
-    use = ((jnp.arange(self.max_lag) < filled) & (state['norms'] >= 1e-12)).astype(jnp.float32)
+    use = ((age < filled) & (state['norms'] >= 1e-12)).astype(jnp.float32)
     gram = (state['buf'] * use[:, None]) @ (state['buf'] * use[:, None]).T
     lam = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0)
     q = lam / jnp.sum(lam)
