@@ -376,8 +376,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
       for epoch in range(start, config.epochs):
         if not active.any():
           break
-        do_eval = epoch % config.eval_every == 0 or epoch == config.epochs - 1
-        variant = (do_eval, probe_epoch(config, epoch, probes))
+        do_probe = probe_epoch(config, epoch, probes)
+        do_eval = do_probe or epoch % config.eval_every == 0 or epoch == config.epochs - 1
+        variant = (do_eval, do_probe)
         if variant not in executables:
           compiled(variant)
           t0 = time.perf_counter()

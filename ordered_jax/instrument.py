@@ -53,6 +53,7 @@ class EpochInfo:
   key: jax.Array            # a probe key: fold_in(root, PROBE_STREAM, epoch)
   train_Nx3: jax.Array      # the training table on device
   first_batch_Bx3: jax.Array  # the epoch's first batch (the reference's attention sample)
+  validation_accuracy: jax.Array  # percent after the epoch (probe epochs always evaluate)
   apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
   loss_fn: Callable         # loss_fn(params, abc_Bx3, mask_B, dropout_key) -> mean CE
 

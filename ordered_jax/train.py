@@ -224,7 +224,7 @@ class Trainer:
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
   def _run_probes(self, state: RunState, probes: dict, params, opt_state, loss, grad_mean,
-                  first_batch, data: Data, epoch):
+                  first_batch, data: Data, epoch, validation_accuracy):
     """Every probe's ``on_epoch``: (new probe states, {probe/metric: value}, presence)."""
     root = jax.random.wrap_key_data(state.key)
     info = instrument.EpochInfo(
@@ -232,8 +232,8 @@ class Trainer:
         grad_mean=grad_mean, loss=loss,
         learning_rate=opt_state.hyperparams['learning_rate'],
         key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
-        train_Nx3=data.train_Nx3, first_batch_Bx3=first_batch, apply=self.model.apply,
-        loss_fn=self.loss)
+        train_Nx3=data.train_Nx3, first_batch_Bx3=first_batch,
+        validation_accuracy=validation_accuracy, apply=self.model.apply, loss_fn=self.loss)
     new, metrics, present = dict(probes), {}, {}
     for p in self.probes:
       new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
@@ -249,13 +249,16 @@ class Trainer:
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
     trained = state.active & finite
     metrics = {'loss': loss, 'trained': state.active}
-    if do_probe:
-      probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
-          state, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch)
+    do_eval = do_eval or do_probe  # as the reference's snapshots, probe epochs evaluate
     reached = jnp.zeros((), bool)
     if do_eval:
       metrics.update(self._evaluate(params, data))
       reached = metrics['validation_correct'] >= self.hyper.target_correct
+    if do_probe:
+      val_acc = 100.0 * metrics['validation_correct'] / jnp.sum(data.test_valid)
+      probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
+          state, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch,
+          val_acc)
     keep = lambda new, old: jnp.where(trained, new, old)
     new_state = RunState(
         params=jax.tree.map(keep, params, state.params),

@@ -10,11 +10,12 @@ from ordered_jax import experiment, orderings, runs
 from probes import curvature, dynamics, fourier, gradients, weights
 
 # The reference's hooks ported so far, and our additions.
-OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'weight_tracking',
+OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases',
+             'weight_tracking',
              'token_gradient', 'parameter_delta', 'path_length', 'batch_dynamics',
              'training_diagnostics')
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'full': OBSERVERS + ('curvature',)}
-NOT_YET_PORTED = ('phases', 'gradient_projection', 'subspace_gradient_info',
+NOT_YET_PORTED = ('gradient_projection', 'subspace_gradient_info',
                   'counterfactual', 'counterfactual_validator', 'hessian', 'adam_dynamics')
 
 
@@ -25,6 +26,7 @@ def _factories(config):
       'norms': lambda: gradients.Norms(cfg),
       'consecutive': lambda: gradients.Consecutive(cfg),
       'variance': lambda: gradients.Variance(cfg),
+      'phases': lambda: gradients.Phases(cfg),
       'token_gradient': lambda: gradients.TokenGradient(cfg),
       'attention': lambda: weights.Attention(cfg),
       'weight_tracking': lambda: weights.WeightTracking(cfg),

@@ -127,3 +127,37 @@ class TokenGradient:
          'tokens_for_50pct': t50, 'tokens_for_90pct': jnp.sum(share < 0.9) + 1,
          'concentration_ratio': t50 / p}
     return state, m, jnp.array(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+  """At probe epochs (the reference's snapshots): n = |flat(g)|; grad_velocity = n - n_prev
+  and grad_acceleration = v - v_prev (0 until defined); embedding_change = |E - E_prev|_F and
+  embedding_change_normalized = that / (|E_prev| + 1e-8) (0 the first time); phase_code from
+  the validation accuracy a (%): a < 5 -> 0, < 20 -> 1, < 80 -> 2, < 99 -> 3, else 4."""
+
+  cfg: models.ModelConfig
+  name: str = 'phases'
+  needs: frozenset = frozenset({'grad_mean'})
+
+  def init(self, params):
+    emb = common.reference_view(params, self.cfg)['embedding.weight']
+    z = jnp.zeros((), jnp.float32)
+    return {'norm': z, 'velocity': z, 'embedding': jnp.zeros_like(emb),
+            'count': jnp.zeros((), jnp.int32)}
+
+  def on_epoch(self, state, info):
+    n = jnp.linalg.norm(common.flat_non_bias(info.grad_mean, self.cfg))
+    emb = common.reference_view(info.params, self.cfg)['embedding.weight']
+    count = state['count']
+    velocity = jnp.where(count >= 1, n - state['norm'], 0.0)
+    change = jnp.where(count >= 1, jnp.linalg.norm(emb - state['embedding']), 0.0)
+    a = info.validation_accuracy
+    m = {'grad_velocity': velocity,
+         'grad_acceleration': jnp.where(count >= 2, velocity - state['velocity'], 0.0),
+         'embedding_change': change,
+         'embedding_change_normalized': jnp.where(
+             count >= 1, change / (jnp.linalg.norm(state['embedding']) + 1e-8), 0.0),
+         'phase_code': jnp.searchsorted(jnp.array([5.0, 20.0, 80.0, 99.0]), a, side='right')}
+    new = {'norm': n, 'velocity': velocity, 'embedding': emb, 'count': count + 1}
+    return new, m, jnp.array(True)

@@ -30,8 +30,8 @@ def _numpy_flat_non_bias(tree):
 def _info(**kw):
   base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
               grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None, apply=MODEL.apply,
-              loss_fn=None)
+              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None,
+              validation_accuracy=jnp.float32(0.0), apply=MODEL.apply, loss_fn=None)
   base.update(kw)
   return instrument.EpochInfo(**base)
 
@@ -399,3 +399,24 @@ def test_batch_dynamics_matches_a_numpy_fifo():
   q = lam / lam.sum()
   assert host['top1_variance'] == pytest.approx(lam.max() / lam.sum(), rel=1e-4)
   assert host['effective_rank'] == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-4)
+
+
+def test_phases_velocity_acceleration_and_codes():
+  probe = gradients.Phases(CFG)
+  trees = [_tree(50 + i) for i in range(3)]
+  state = probe.init(trees[0])
+  rows = []
+  for t, acc in zip(trees, (4.9, 20.0, 99.5)):
+    state, m, _ = probe.on_epoch(state, _info(params=t, grad_mean=t,
+                                               validation_accuracy=jnp.float32(acc)))
+    rows.append({k: float(v) for k, v in m.items()})
+  n = [np.linalg.norm(_numpy_flat_non_bias(t)[0]) for t in trees]
+  emb = [np.asarray(t['embedding']['embedding'], np.float64) for t in trees]
+  assert rows[0]['grad_velocity'] == 0 and rows[0]['embedding_change'] == 0
+  assert rows[1]['grad_velocity'] == pytest.approx(n[1] - n[0], rel=1e-4)
+  assert rows[1]['grad_acceleration'] == 0
+  assert rows[2]['grad_acceleration'] == pytest.approx((n[2] - n[1]) - (n[1] - n[0]), rel=1e-3)
+  assert rows[2]['embedding_change'] == pytest.approx(np.linalg.norm(emb[2] - emb[1]), rel=1e-5)
+  assert rows[2]['embedding_change_normalized'] == pytest.approx(
+      np.linalg.norm(emb[2] - emb[1]) / np.linalg.norm(emb[1]), rel=1e-5)
+  assert [r['phase_code'] for r in rows] == [0, 2, 4]
