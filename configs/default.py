@@ -51,9 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe_every = 10           # the reference's snapshot_every: probes run every N epochs
   # Probes (training-dynamics metrics, docs/probes.md); none by default.
   c.probes = ml_collections.ConfigDict()
-  c.probes.group = 'none'      # none | minimal | observers | full (see docs/probes.md)
+  c.probes.group = 'none'      # none | minimal | observers | interventions | full
   c.probes.names = ''          # extra probes, comma-separated, e.g. 'fourier,curvature'
   c.probes.every = c.get_ref('probe_every')  # the same knob as probe_every
+  c.probes.hessian = ml_collections.ConfigDict(   # the reference's bursts of steps
+      dict(every_n_steps=1000, burst_length=11, warmup=1000))
+  c.probes.adam_dynamics = ml_collections.ConfigDict(
+      dict(every_n_steps=500, burst_length=10, warmup=500))
   c.probes.curvature = ml_collections.ConfigDict()
   c.probes.curvature.batch_size = 512   # fixed probe batch: the first N training pairs
   c.probes.curvature.k = 3              # top Hessian eigenvalues reported

@@ -37,6 +37,12 @@ class StepInfo:
   grads: Any                # gradient of the batch loss at params_before
   loss: jax.Array
   learning_rate: jax.Array
+  epoch: jax.Array = None   # the epoch (the same for every run of a batch)
+  opt_state: Any = None     # after the step
+  batch_Bx3: jax.Array = None
+  mask_B: jax.Array = None
+  dropout_key: jax.Array = None  # the step's dropout key (loss_fn(p, batch, mask, key))
+  loss_fn: Callable = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,13 +188,15 @@ class Trainer:
     def step(carry, xs):
       params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
-      loss, grads = jax.value_and_grad(self.loss)(
-          params, data.train_Nx3[idx_B], mask_B, jax.random.fold_in(epoch_key, i))
+      batch_Bx3, step_key = data.train_Nx3[idx_B], jax.random.fold_in(epoch_key, i)
+      loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, step_key)
       updates, opt_state = self.tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       if self._step_probes:
-        info = instrument.StepInfo(step=i, params_before=params, params_after=new_params,
-                                   grads=grads, loss=loss, learning_rate=lr)
+        info = instrument.StepInfo(
+            step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
+            learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_Bx3=batch_Bx3,
+            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss)
         probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
       if grad_sum is not None:
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads)

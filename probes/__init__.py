@@ -7,21 +7,25 @@
 from __future__ import annotations
 
 from ordered_jax import experiment, orderings, runs
-from probes import curvature, dynamics, fourier, gradients, weights
+from probes import curvature, dynamics, fourier, gradients, steps, weights
 
 # The reference's hooks ported so far, and our additions.
 OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases',
              'weight_tracking',
              'token_gradient', 'parameter_delta', 'path_length', 'batch_dynamics',
              'training_diagnostics')
-GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'full': OBSERVERS + ('curvature',)}
+INTERVENTIONS = ('hessian', 'adam_dynamics')  # the reference's (counterfactual: not yet)
+GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'interventions': INTERVENTIONS,
+          'full': OBSERVERS + INTERVENTIONS + ('curvature',)}
 NOT_YET_PORTED = ('gradient_projection', 'subspace_gradient_info',
-                  'counterfactual', 'counterfactual_validator', 'hessian', 'adam_dynamics')
+                  'counterfactual', 'counterfactual_validator')
 
 
 def _factories(config):
   cfg = experiment.model_config(config)
   c = config.probes.curvature
+  spe = orderings.steps_per_epoch(config.train_size, config.batch_size)
+  h, a = config.probes.hessian, config.probes.adam_dynamics
   return {
       'norms': lambda: gradients.Norms(cfg),
       'consecutive': lambda: gradients.Consecutive(cfg),
@@ -34,8 +38,12 @@ def _factories(config):
       'parameter_delta': dynamics.ParameterDelta,
       'path_length': dynamics.PathLength,
       'batch_dynamics': dynamics.BatchDynamics,
-      'training_diagnostics': lambda: dynamics.TrainingDiagnostics(
-          orderings.steps_per_epoch(config.train_size, config.batch_size)),
+      'training_diagnostics': lambda: dynamics.TrainingDiagnostics(spe),
+      'hessian': lambda: steps.Hessian(spe, every=h.every_n_steps, burst=h.burst_length,
+                                       warmup=h.warmup),
+      'adam_dynamics': lambda: steps.AdamDynamics(
+          spe, every=a.every_n_steps, burst=a.burst_length, warmup=a.warmup,
+          b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
       'curvature': lambda: curvature.Curvature(
           batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
           hutchinson_samples=c.hutchinson_samples, b1=config.adam_b1, b2=config.adam_b2,
@@ -47,10 +55,8 @@ def names(config) -> list[str]:
   """The enabled probe names: the group's, then ``probes.names``, without repeats."""
   group = config.probes.group
   if group not in GROUPS:
-    extra = ' (the interventions group is not ported yet)' if group in (
-        'interventions',) else ''
     raise runs.ConfigError('probes.group', f'must be one of {", ".join(GROUPS)}; got '
-                           f'{group!r}{extra}')
+                           f'{group!r}')
   out = list(GROUPS[group])
   for n in (s.strip() for s in config.probes.names.split(',')):
     if n and n not in out:
@@ -67,6 +73,12 @@ def build(config) -> list:
       later = ' (not ported yet)' if n in NOT_YET_PORTED else ''
       raise runs.ConfigError('probes.names', f'unknown probe {n!r}{later}; available: '
                              f'{", ".join(factories)}')
+  for probe in ('hessian', 'adam_dynamics'):
+    for field in ('every_n_steps', 'burst_length', 'warmup'):
+      v = config.probes[probe][field]
+      lo = 0 if field == 'warmup' else 1
+      if not isinstance(v, int) or v < lo:
+        raise runs.ConfigError(f'probes.{probe}.{field}', f'must be an integer >= {lo}; got {v!r}')
   c = config.probes.curvature
   for field in ('batch_size', 'k', 'lanczos_steps'):
     if not isinstance(c[field], int) or c[field] < 1:

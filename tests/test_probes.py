@@ -217,12 +217,19 @@ def test_build_groups_and_errors():
   assert [p.name for p in probes.build(c)] == list(probes.OBSERVERS)
   c.probes.names = 'curvature, norms'
   assert [p.name for p in probes.build(c)][-1] == 'curvature'
-  c.probes.names = 'hessian'
-  with pytest.raises(Exception, match=r"config\.probes\.names: unknown probe 'hessian' \(not ported"):
+  c.probes.names = 'counterfactual'
+  with pytest.raises(Exception, match=r"config\.probes\.names: unknown probe "
+                     r"'counterfactual' \(not ported"):
     probes.build(c)
   c.probes.names = ''
   c.probes.group = 'interventions'
+  assert [p.name for p in probes.build(c)] == ['hessian', 'adam_dynamics']
+  c.probes.group = 'everything'
   with pytest.raises(Exception, match=r'config\.probes\.group'):
+    probes.build(c)
+  c.probes.group = 'none'
+  c.probes.hessian.burst_length = 0
+  with pytest.raises(Exception, match=r'config\.probes\.hessian\.burst_length'):
     probes.build(c)
 
 
@@ -420,3 +427,76 @@ def test_phases_velocity_acceleration_and_codes():
   assert rows[2]['embedding_change_normalized'] == pytest.approx(
       np.linalg.norm(emb[2] - emb[1]) / np.linalg.norm(emb[1]), rel=1e-5)
   assert [r['phase_code'] for r in rows] == [0, 2, 4]
+
+
+def _nonbias_mask(tree):
+  """Which entries of ravel_pytree(tree) are not biases (what flat_non_bias_raw keeps)."""
+  marked = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, 0.0 if getattr(path[-1], 'key', None) == 'bias'
+                                    else 1.0), tree)
+  return np.asarray(ravel_pytree(marked)[0]) > 0
+
+
+def test_hessian_probe_uses_the_exact_hessian(dense):
+  from probes import steps  # pylint: disable=g-import-not-at-top
+  flat, loss, h, trainer, abc, unravel = dense
+  params = unravel(flat)
+  g_a = unravel(jax.random.normal(jax.random.key(5), flat.shape))
+  g_b = unravel(jax.random.normal(jax.random.key(6), flat.shape))
+  probe = steps.Hessian(steps_per_epoch=4, every=10, burst=3, warmup=0)
+  state = {**probe.init(params), 'prev_grads': g_a, 'has_prev': jnp.array(True)}
+  info = instrument.StepInfo(step=jnp.int32(1), params_before=params, params_after=params,
+                             grads=g_b, loss=jnp.float32(1.0), learning_rate=jnp.float32(0.5),
+                             epoch=jnp.int32(0), batch_Bx3=abc, mask_B=jnp.ones((25,), bool),
+                             dropout_key=None, loss_fn=trainer.loss)
+  state = probe.on_step(state, info)
+  rec = {k: float(v[1]) for k, v in state['rec'].items() if k != 'active'}
+  assert bool(state['rec']['active'][1]) and not bool(state['rec']['active'][0])
+  keep = _nonbias_mask(params)
+  ga, gb = np.asarray(ravel_pytree(g_a)[0]), np.asarray(ravel_pytree(g_b)[0])
+  hv = (h @ ga)[keep]
+  ent, gb_k, ga_k = 0.5 * hv, gb[keep], ga[keep]
+  assert rec['entanglement_norm'] == pytest.approx(np.linalg.norm(ent), rel=1e-3)
+  assert rec['content_norm'] == pytest.approx(np.linalg.norm(gb_k + ent), rel=1e-3)
+  assert rec['rayleigh_quotient'] == pytest.approx(ga_k @ hv / (ga_k @ ga_k), rel=1e-3)
+  assert rec['amplification_ratio'] == pytest.approx(np.linalg.norm(hv) / np.linalg.norm(ga_k),
+                                                     rel=1e-3)
+  assert rec['edge_of_stability'] == pytest.approx(rec['amplification_ratio'], rel=1e-5)
+  assert math.isnan(rec['entanglement_coherence'])  # the first active step of a burst
+  # The schedule: steps g >= warmup with g % every < burst.
+  sched = steps.Hessian(steps_per_epoch=7, every=5, burst=2, warmup=3)
+  on = [int(e * 7 + i) for e in range(3) for i in range(7)
+        if bool(sched.active(instrument.StepInfo(jnp.int32(i), None, None, None, None, None,
+                                                 epoch=jnp.int32(e))))]
+  assert on == [5, 6, 10, 11, 15, 16, 20]
+
+
+def test_adam_dynamics_matches_numpy():
+  from probes import steps  # pylint: disable=g-import-not-at-top
+  trainer = train.Trainer(MODEL, train.Hyper(batch_size=8, epochs=1, min_lr=0.0,
+                                             target_correct=1))
+  params = _tree(60)
+  opt = trainer.tx.init(params)
+  for seed in (61, 62):
+    _, opt = trainer.tx.update(_tree(seed), opt, params)
+  g = _tree(63)
+  probe = steps.AdamDynamics(steps_per_epoch=2, every=1, burst=1, warmup=0)
+  info = instrument.StepInfo(step=jnp.int32(0), params_before=params, params_after=params,
+                             grads=g, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
+                             epoch=jnp.int32(0), opt_state=opt)
+  rec = {k: float(v[0]) for k, v in probe.on_step(probe.init(params), info)['rec'].items()
+         if k != 'active'}
+  adam = opt.inner_state[0]
+  keep = _nonbias_mask(params)
+  f = lambda t: np.asarray(ravel_pytree(t)[0], np.float64)[keep]
+  m, v, gg = f(adam.mu), f(adam.nu), f(g)
+  u = 1e-3 * (m / (1 - 0.9 ** 2)) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+  eff = 1e-3 / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+  proj = (u @ gg) / (gg @ gg) * gg
+  assert rec['momentum_grad_cossim'] == pytest.approx(
+      m @ gg / (np.linalg.norm(m) * np.linalg.norm(gg)), rel=1e-4)
+  assert rec['amplification_ratio'] == pytest.approx(
+      np.linalg.norm(u) / (1e-3 * np.linalg.norm(gg)), rel=1e-4)
+  assert rec['update_deflection'] == pytest.approx(
+      np.linalg.norm(u - proj) / np.linalg.norm(u), rel=1e-4)
+  assert rec['effective_lr_cv'] == pytest.approx(eff.std(ddof=1) / eff.mean(), rel=1e-4)

@@ -1,0 +1,165 @@
+"""Step-level probes in bursts: hessian (entanglement) and adam_dynamics.
+
+As in the reference, they act at optimiser steps g (0-based, counted over the whole run:
+g = epoch * steps_per_epoch + step) with g >= warmup and g % every < burst. The burst
+test depends only on g, which every run of a batch shares, so under ``vmap`` it stays a
+real ``lax.cond`` and inactive steps cost nothing. Values are reported as the reference's
+per-epoch lists (one entry per active step) for the steps of the probe epoch; with
+``probe_every = 1`` that is every epoch, as the reference writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from probes import common
+
+
+def _cos(u, v, eps=1e-12):
+  nu, nv = jnp.linalg.norm(u), jnp.linalg.norm(v)
+  return jnp.where((nu < 1e-12) | (nv < 1e-12), 0.0, jnp.dot(u, v) / (nu * nv + eps))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Burst:
+  """Shared burst schedule and per-epoch list storage of named step metrics."""
+
+  steps_per_epoch: int
+  every: int
+  burst: int
+  warmup: int
+  keys: tuple = ()
+
+  def active(self, s):
+    g = s.epoch * self.steps_per_epoch + s.step
+    return (g >= self.warmup) & (g % self.every < self.burst)
+
+  def _empty(self):
+    z = jnp.zeros((self.steps_per_epoch,), jnp.float32)
+    return {'active': jnp.zeros((self.steps_per_epoch,), bool), **{k: z for k in self.keys}}
+
+  def _store(self, rec, s, on, values: dict):
+    out = {'active': rec['active'].at[s.step].set(on)}
+    for k in self.keys:
+      out[k] = rec[k].at[s.step].set(values[k])
+    return out
+
+  def on_epoch(self, state, info):
+    del info
+    rec = state['rec']
+    return state, dict(rec), jnp.any(rec['active'])
+
+  def to_host(self, m: dict) -> dict:
+    on = np.asarray(m['active'], bool)
+    return {k: np.asarray(v)[on].tolist() for k, v in m.items() if k != 'active'}
+
+
+HESSIAN_KEYS = ('entanglement_norm', 'content_norm', 'observed_grad_norm',
+                'entanglement_energy_ratio', 'entanglement_content_cossim', 'rayleigh_quotient',
+                'amplification_ratio', 'edge_of_stability', 'entanglement_coherence')
+
+
+@dataclasses.dataclass(frozen=True)
+class Hessian(_Burst):
+  """The cross-batch entanglement eta H_B(theta) g_A at each active step: A is the previous
+  step's batch, B the current one, theta the parameters before the current step. Hv is
+  exact (jvp of grad) with the step's own dropout key, where the reference takes a finite
+  difference of two gradients with different dropout masks (noise 1e4 times the signal).
+  With ent = eta H_B g_A and content = g_B + ent (flat, non-bias):
+  entanglement_norm |ent|, content_norm, observed_grad_norm |g_B|, entanglement_energy_ratio
+  |ent|^2 / (|g_B|^2 + 1e-12), entanglement_content_cossim, rayleigh_quotient g_A.H g_A /
+  |g_A|^2, amplification_ratio |H g_A| / |g_A|, edge_of_stability = 2 eta amplification,
+  entanglement_coherence cos(ent, previous active step's ent) within a burst (else NaN)."""
+
+  name: str = 'hessian'
+  needs: frozenset = frozenset({'steps'})
+  keys: tuple = HESSIAN_KEYS
+
+  def init(self, params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    d = common.flat_non_bias_raw(params).shape[0]
+    return {'prev_grads': zeros, 'has_prev': jnp.array(False), 'prev_ent': jnp.zeros((d,)),
+            'prev_active': jnp.array(False), 'rec': self._empty()}
+
+  def on_step(self, state, s):
+    on = self.active(s) & state['has_prev']
+
+    def measure(_):
+      loss = lambda p: s.loss_fn(p, s.batch_Bx3, s.mask_B, s.dropout_key)
+      hv = jax.jvp(jax.grad(loss), (s.params_before,), (state['prev_grads'],))[1]
+      g_a = common.flat_non_bias_raw(state['prev_grads'])
+      hv_f = common.flat_non_bias_raw(hv)
+      g_b = common.flat_non_bias_raw(s.grads)
+      ent = s.learning_rate * hv_f
+      content = g_b + ent
+      n_ga, n_ent, n_gb = jnp.linalg.norm(g_a), jnp.linalg.norm(ent), jnp.linalg.norm(g_b)
+      amp = jnp.linalg.norm(hv_f) / n_ga
+      vals = {'entanglement_norm': n_ent, 'content_norm': jnp.linalg.norm(content),
+              'observed_grad_norm': n_gb,
+              'entanglement_energy_ratio': n_ent ** 2 / (n_gb ** 2 + 1e-12),
+              'entanglement_content_cossim': _cos(ent, content),
+              'rayleigh_quotient': jnp.dot(g_a, hv_f) / n_ga ** 2,
+              'amplification_ratio': amp, 'edge_of_stability': 2 * s.learning_rate * amp,
+              'entanglement_coherence': jnp.where(state['prev_active'],
+                                                  _cos(ent, state['prev_ent']), jnp.nan)}
+      return vals, ent
+
+    def skip(_):
+      return {k: jnp.zeros((), jnp.float32) for k in self.keys}, state['prev_ent']
+
+    vals, ent = jax.lax.cond(on, measure, skip, None)
+    return {'prev_grads': s.grads, 'has_prev': jnp.array(True), 'prev_ent': ent,
+            'prev_active': on, 'rec': self._store(state['rec'], s, on, vals)}
+
+
+ADAM_KEYS = ('momentum_grad_cossim', 'amplification_ratio', 'update_deflection',
+             'effective_lr_cv')
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamDynamics(_Burst):
+  """After each active step, from the optimiser state (non-bias parameters, flat): with
+  m_hat, v_hat the bias-corrected moments, u = lr m_hat / (sqrt(v_hat) + eps) and
+  l = lr / (sqrt(v_hat) + eps): momentum_grad_cossim cos(m, g), amplification_ratio
+  |u| / (lr |g|), update_deflection |u - proj_g u| / |u|, effective_lr_cv = unbiased std(l)
+  / mean(l). (The reference's solution-direction tier needs reference weights: not yet.)"""
+
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  name: str = 'adam_dynamics'
+  needs: frozenset = frozenset({'steps'})
+  keys: tuple = ADAM_KEYS
+
+  def init(self, params):
+    del params
+    return {'rec': self._empty()}
+
+  def on_step(self, state, s):
+    on = self.active(s)
+
+    def measure(_):
+      adam = [x for x in jax.tree.leaves(
+          s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+              if isinstance(x, optax.ScaleByAdamState)][0]
+      t = adam.count.astype(jnp.float32)
+      m = common.flat_non_bias_raw(adam.mu)
+      v_hat = common.flat_non_bias_raw(adam.nu) / (1 - self.b2 ** t)
+      g = common.flat_non_bias_raw(s.grads)
+      lr = s.learning_rate
+      u = lr * (m / (1 - self.b1 ** t)) / (jnp.sqrt(v_hat) + self.eps)
+      eff = lr / (jnp.sqrt(v_hat) + self.eps)
+      proj = jnp.dot(u, g) / jnp.maximum(jnp.dot(g, g), 1e-30) * g
+      return {'momentum_grad_cossim': _cos(m, g),
+              'amplification_ratio': jnp.linalg.norm(u) / (lr * jnp.linalg.norm(g)),
+              'update_deflection': jnp.linalg.norm(u - proj) / jnp.linalg.norm(u),
+              'effective_lr_cv': jnp.std(eff, ddof=1) / jnp.mean(eff)}
+
+    vals = jax.lax.cond(on, measure,
+                        lambda _: {k: jnp.zeros((), jnp.float32) for k in self.keys}, None)
+    return {'rec': self._store(state['rec'], s, on, vals)}
