@@ -1,1 +1,1 @@
-"""Plots and tables from run folders (ours; the reference's layout is issue 4's work)."""
+"""Plots, tables and reports from run folders, ours and the reference's (docs/analysis.md)."""
