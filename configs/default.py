@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seeds = ()                 # several seeds in one batch; () = (seed,)
   c.lrs = ()                   # several peak learning rates in one batch; () = (lr,)
   c.weight_decays = ()         # several weight decays in one batch; () = (weight_decay,)
+  c.init_from = ''             # start from these weights: a reference .pt file or one of our runs
   # Task.
   c.p = 9973                   # prime modulus = vocabulary = number of classes
   c.train_size = 300_000
@@ -54,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.probes.group = 'none'      # none | minimal | observers | interventions | full
   c.probes.names = ''          # extra probes, comma-separated, e.g. 'fourier,curvature'
   c.probes.every = c.get_ref('probe_every')  # the same knob as probe_every
+  c.probes.reference_weights = ''  # '' | 'auto' (this workdir's earlier run) | a workdir
   c.probes.hessian = ml_collections.ConfigDict(   # the reference's bursts of steps
       dict(every_n_steps=1000, burst_length=11, warmup=1000))
   c.probes.adam_dynamics = ml_collections.ConfigDict(

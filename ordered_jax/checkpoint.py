@@ -113,3 +113,28 @@ def _relabel(stored, target):
     return {k: _relabel(stored[k] if k in stored else stored[str(k)], v)
             for k, v in target.items()}
   return stored
+
+
+def load_weights(path: str, model) -> Any:
+  """Parameters shaped for ``model`` from any saved form (``init_from``, analysis).
+
+  ``path`` is a reference ``.pt`` file (read without torch, ``ordered_jax.torch_import``),
+  one of our run folders (final weights, else the latest checkpoint), its
+  ``final_params/`` or one ``checkpoints/<step>/`` folder. Raises FileNotFoundError or
+  ValueError (wrong shapes, unreadable file)."""
+  from ordered_jax import torch_import  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if os.path.isfile(path):
+    return torch_import.load_params(path, model.cfg)[0]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no such file or directory: {path}')
+  target = _target(model.abstract_params())
+  if os.path.isdir(os.path.join(path, 'state')):  # checkpoints/<step>/
+    with ocp.StandardCheckpointer() as ckptr:
+      stored = ckptr.restore(os.path.join(path, 'state'))['params']
+    return jax.tree.map(lambda t, x: jax.numpy.asarray(x, t.dtype), target,
+                        _relabel(stored, target))
+  if os.path.exists(os.path.join(path, '_CHECKPOINT_METADATA')):  # final_params/
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(path, target)
+  return load_params(path, model)

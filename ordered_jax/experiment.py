@@ -105,9 +105,42 @@ class Batch:
   train_sets: dict[int, np.ndarray]  # host train arrays by seed
 
 
-def build(config, probes=()) -> Batch:
+def load_reference(config, batch: list[runs.Run], source: str) -> list[Any]:
+  """Each run's reference ("solution") parameters from ``<source>/<run>/final_params``.
+
+  ``source`` is the workdir of an earlier run of the same runs; a missing or unreadable
+  file is a ``ConfigError`` naming ``probes.reference_weights``."""
+  model = models.Model(model_config(config))
+  out = []
+  for r in batch:
+    path = os.path.join(source, r.name)
+    try:
+      out.append(checkpoint.load_params(path, model))
+    except Exception as e:  # pylint: disable=broad-except
+      raise runs.ConfigError('probes.reference_weights', f'cannot read the final weights of '
+                             f'run {r.name!r} under {source!r} ({type(e).__name__}); give the '
+                             'workdir of a finished run of the same config') from None
+  return out
+
+
+def load_init(config) -> Any:
+  """The weights ``config.init_from`` names (a reference ``.pt`` file, one of our run
+  folders or checkpoints; see ``checkpoint.load_weights``), shaped for the config's model;
+  a missing, unreadable or differently shaped file is a ``ConfigError``."""
+  path = config.init_from
+  try:
+    return checkpoint.load_weights(path, models.Model(model_config(config)))
+  except Exception as e:  # pylint: disable=broad-except
+    why = (str(e).splitlines() or [''])[0][:200]
+    raise runs.ConfigError('init_from', f'cannot load weights from {path!r}: '
+                           f'{type(e).__name__}: {why}') from None
+
+
+def build(config, probes=(), reference=None, init_params=None) -> Batch:
   """Data (one copy per distinct seed, shared on device when all runs share it), trainer,
-  orders and initial state for every run of ``config``; ``probes`` go to the trainer."""
+  orders and initial state for every run of ``config``; ``probes`` go to the trainer and
+  ``reference`` (one parameter tree per run, or None) to the probes; ``init_params`` (one
+  tree, or None) replaces every run's initial weights."""
   batch = runs.expand(config)
   t_data = time.perf_counter()
   host_data = {}
@@ -129,9 +162,10 @@ def build(config, probes=()) -> Batch:
       lr=np.array([r.lr for r in batch], np.float32),
       weight_decay=np.array([r.weight_decay for r in batch], np.float32),
       is_random=np.array([r.strategy == 'random' for r in batch]),
-      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch])))
+      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch]),
+      reference=None if reference is None else train.stack_runs(reference)))
   state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
-                             [r.weight_decay for r in batch])
+                             [r.weight_decay for r in batch], params=init_params)
   return Batch(batch, trainer, data, spec, state, {s: v[0] for s, v in host_data.items()})
 
 
@@ -312,6 +346,11 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   runs.check_workdir(workdir)
   batch = runs.expand(config)
   dirs = [os.path.join(workdir, r.name) for r in batch]
+  source = config.probes.reference_weights if 'probes' in config else ''
+  reference = None
+  if probes and source:  # read before --overwrite may delete it ('auto' = this workdir)
+    reference = load_reference(config, batch, workdir if source == 'auto' else source)
+  init_params = load_init(config) if config.get('init_from') and not resume else None
   _check_workdir(dirs, workdir, resume, overwrite)
   env = environment.metadata()
   run_cfgs = [_run_config(config, r, env) for r in batch]
@@ -319,7 +358,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
 
-  b = build(config, probes)
+  b = build(config, probes, reference, init_params)
   trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
   n_params = models.param_count(train.run_slice(state.params, 0))
   steps_per_epoch = orderings.steps_per_epoch(config.train_size, config.batch_size)

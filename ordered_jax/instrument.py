@@ -12,7 +12,12 @@ ONE run (the trainer ``vmap``s them with the rest of the epoch):
 * ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics
   is a dict of arrays, ``present`` a bool saying whether to emit them (e.g. a cosine with
   the previous epoch needs a previous epoch).
-* ``to_host(metrics) -> dict`` (optional): JSON-ready values (lists, dicts) from arrays.
+* ``to_host(metrics) -> dict`` (optional): JSON-ready values (lists, dicts) from ONE run's
+  numpy arrays; where host-side work (spectra) happens.
+
+No probe calls LAPACK (eigh, svd, ...) inside the epoch: jaxlib 0.10's CPU kernels
+deadlock XLA:CPU when several run at once. Spectra are taken on the host from small Gram
+matrices (``probes.spectra``).
 
 ``needs`` may contain ``'grad_mean'`` (the epoch-mean gradient is accumulated in the
 scan) and ``'steps'``. Probes read the trajectory and never change it: with no probes
@@ -43,6 +48,7 @@ class StepInfo:
   mask_B: jax.Array = None
   dropout_key: jax.Array = None  # the step's dropout key (loss_fn(p, batch, mask, key))
   loss_fn: Callable = None
+  reference: Any = None     # reference ("solution") parameters, if configured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ class EpochInfo:
   validation_accuracy: jax.Array  # percent after the epoch (probe epochs always evaluate)
   apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
   loss_fn: Callable         # loss_fn(params, abc_Bx3, mask_B, dropout_key) -> mean CE
+  reference: Any = None     # reference ("solution") parameters, if configured
+  replay: Callable = None   # replay(order_N, key) -> epoch-mean gradient of an extra epoch
+                            # from the pre-epoch state over rows order_N (interventions)
 
 
 class Probe(Protocol):

@@ -118,6 +118,8 @@ def validate(config) -> None:
          f'must be one of {", ".join(PRECISIONS)}; got {config.matmul_precision!r}')
   for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
+  _check(isinstance(config.get('init_from', ''), str), 'init_from',
+         f"must be a path ('' = fresh weights); got {config.get('init_from')!r}")
   for field, lo, integer in (('seeds', 0, True), ('lrs', 0, False),
                              ('weight_decays', 0, False)):
     values = config[field]

@@ -56,6 +56,7 @@ class RunSpec:
   weight_decay: jax.Array  # float32
   is_random: jax.Array     # bool: draw a fresh permutation every epoch
   orders: jax.Array        # int32 [2, N]: row order for even and odd epochs (static strategies)
+  reference: Any = None    # reference ("solution") parameters for probes, or None
 
 
 @struct.dataclass
@@ -133,13 +134,14 @@ class Trainer:
   # -- initial state -------------------------------------------------------------------
 
   def init_state(self, seeds: Sequence[int], lrs: Sequence[float],
-                 weight_decays: Sequence[float]) -> RunState:
-    """Fresh state for R runs. Runs with the same seed start from the same weights."""
+                 weight_decays: Sequence[float], params: Any = None) -> RunState:
+    """Fresh state for R runs. Runs with the same seed start from the same weights;
+    ``params`` (one tree, e.g. ``config.init_from``'s) replaces them in every run."""
     by_seed = {}
     for s in seeds:
       if s not in by_seed:
         root = jax.random.key(s)
-        by_seed[s] = (jax.random.key_data(root),
+        by_seed[s] = (jax.random.key_data(root), params if params is not None else
                       self._init_params(jax.random.fold_in(root, INIT_STREAM)))
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s][1] for s in seeds])
     opt_state = jax.vmap(self.tx.init)(params)
@@ -170,6 +172,36 @@ class Trainer:
     drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
     return jnp.where(spec.is_random, drawn, static)
 
+  def _step(self, params, opt_state, batch_Bx3, mask_B, dropout_key):
+    """One optimiser step: (batch loss, gradient, new params, new optimiser state)."""
+    loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, dropout_key)
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    return loss, grads, optax.apply_updates(params, updates), opt_state
+
+  def _epoch_opt_state(self, opt_state, spec: RunSpec, epoch):
+    """The optimiser state with the epoch's learning rate and the run's weight decay."""
+    lr = optim.cosine_lr(epoch, spec.lr, self.hyper.min_lr, self.hyper.epochs)
+    return optim.set_hparams(opt_state, learning_rate=lr, weight_decay=spec.weight_decay), lr
+
+  def _replay(self, state: RunState, spec: RunSpec, data: Data, epoch, order_N, key):
+    """The epoch-mean gradient of one extra training epoch (optimiser steps, dropout from
+    ``key``) from the run's state before ``epoch`` over the rows in ``order_N``; the run
+    itself is untouched. The counterfactual probes' intervention."""
+    idx_SxB, mask_SxB = orderings.batch_indices(order_N, self.hyper.batch_size)
+    opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch)
+
+    def step(carry, xs):
+      params, opt_state, grad_sum = carry
+      i, idx_B, mask_B = xs
+      _, grads, params, opt_state = self._step(params, opt_state, data.train_Nx3[idx_B],
+                                               mask_B, jax.random.fold_in(key, i))
+      return (params, opt_state, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (_, _, grad_sum), _ = jax.lax.scan(step, (state.params, opt_state, zeros),
+                                       (jnp.arange(idx_SxB.shape[0]), idx_SxB, mask_SxB))
+    return jax.tree.map(lambda g: g / idx_SxB.shape[0], grad_sum)
+
   def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool):
     """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient,
     the epoch's first batch)."""
@@ -178,9 +210,7 @@ class Trainer:
     root = jax.random.wrap_key_data(state.key)
     idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
                                                 h.batch_size)
-    lr = optim.cosine_lr(epoch, spec.lr, h.min_lr, h.epochs)
-    opt_state = optim.set_hparams(state.opt_state, learning_rate=lr,
-                                  weight_decay=spec.weight_decay)
+    opt_state, lr = self._epoch_opt_state(state.opt_state, spec, epoch)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
     probes = {p.name: state.probes[p.name] for p in self._step_probes}
     grad_sum = jax.tree.map(jnp.zeros_like, state.params) if grad_mean else None
@@ -189,14 +219,13 @@ class Trainer:
       params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
       batch_Bx3, step_key = data.train_Nx3[idx_B], jax.random.fold_in(epoch_key, i)
-      loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, step_key)
-      updates, opt_state = self.tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
+      loss, grads, new_params, opt_state = self._step(params, opt_state, batch_Bx3, mask_B,
+                                                      step_key)
       if self._step_probes:
         info = instrument.StepInfo(
             step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
             learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_Bx3=batch_Bx3,
-            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss)
+            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference)
         probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
       if grad_sum is not None:
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
@@ -225,8 +254,8 @@ class Trainer:
     return {'validation_correct': self._accuracy(params, data.test_chunks, data.test_valid),
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
-  def _run_probes(self, state: RunState, probes: dict, params, opt_state, loss, grad_mean,
-                  first_batch, data: Data, epoch, validation_accuracy):
+  def _run_probes(self, state: RunState, spec: RunSpec, probes: dict, params, opt_state, loss,
+                  grad_mean, first_batch, data: Data, epoch, validation_accuracy):
     """Every probe's ``on_epoch``: (new probe states, {probe/metric: value}, presence)."""
     root = jax.random.wrap_key_data(state.key)
     info = instrument.EpochInfo(
@@ -235,7 +264,9 @@ class Trainer:
         learning_rate=opt_state.hyperparams['learning_rate'],
         key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
         train_Nx3=data.train_Nx3, first_batch_Bx3=first_batch,
-        validation_accuracy=validation_accuracy, apply=self.model.apply, loss_fn=self.loss)
+        validation_accuracy=validation_accuracy, apply=self.model.apply, loss_fn=self.loss,
+        reference=spec.reference,
+        replay=functools.partial(self._replay, state, spec, data, epoch))
     new, metrics, present = dict(probes), {}, {}
     for p in self.probes:
       new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
@@ -259,7 +290,7 @@ class Trainer:
     if do_probe:
       val_acc = 100.0 * metrics['validation_correct'] / jnp.sum(data.test_valid)
       probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
-          state, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch,
+          state, spec, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch,
           val_acc)
     keep = lambda new, old: jnp.where(trained, new, old)
     new_state = RunState(
@@ -306,3 +337,6 @@ def run_slice(tree, r: int):
 def stack_runs(trees: Sequence[Any]):
   """Inverse of ``run_slice``: stack single-run pytrees along a new runs axis."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+

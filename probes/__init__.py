@@ -7,18 +7,18 @@
 from __future__ import annotations
 
 from ordered_jax import experiment, orderings, runs
-from probes import curvature, dynamics, fourier, gradients, steps, weights
+from probes import curvature, dynamics, fourier, gradients, solution, steps, weights
 
 # The reference's hooks ported so far, and our additions.
 OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases',
              'weight_tracking',
-             'token_gradient', 'parameter_delta', 'path_length', 'batch_dynamics',
-             'training_diagnostics')
+             'token_gradient', 'subspace_gradient_info', 'parameter_delta', 'path_length',
+             'batch_dynamics', 'training_diagnostics')
+NEEDS_REFERENCE = ('gradient_projection',)  # join the groups when reference weights are set
 INTERVENTIONS = ('hessian', 'adam_dynamics')  # the reference's (counterfactual: not yet)
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'interventions': INTERVENTIONS,
           'full': OBSERVERS + INTERVENTIONS + ('curvature',)}
-NOT_YET_PORTED = ('gradient_projection', 'subspace_gradient_info',
-                  'counterfactual', 'counterfactual_validator')
+NOT_YET_PORTED = ('counterfactual', 'counterfactual_validator')
 
 
 def _factories(config):
@@ -38,6 +38,9 @@ def _factories(config):
       'parameter_delta': dynamics.ParameterDelta,
       'path_length': dynamics.PathLength,
       'batch_dynamics': dynamics.BatchDynamics,
+      'gradient_projection': lambda: solution.GradientProjection(cfg),
+      'subspace_gradient_info': lambda: solution.SubspaceGradientInfo(
+          cfg, with_reference=bool(config.probes.reference_weights)),
       'training_diagnostics': lambda: dynamics.TrainingDiagnostics(spe),
       'hessian': lambda: steps.Hessian(spe, every=h.every_n_steps, burst=h.burst_length,
                                        warmup=h.warmup),
@@ -58,6 +61,8 @@ def names(config) -> list[str]:
     raise runs.ConfigError('probes.group', f'must be one of {", ".join(GROUPS)}; got '
                            f'{group!r}')
   out = list(GROUPS[group])
+  if group in ('observers', 'full') and config.probes.reference_weights:
+    out += list(NEEDS_REFERENCE)
   for n in (s.strip() for s in config.probes.names.split(',')):
     if n and n not in out:
       out.append(n)
@@ -73,6 +78,11 @@ def build(config) -> list:
       later = ' (not ported yet)' if n in NOT_YET_PORTED else ''
       raise runs.ConfigError('probes.names', f'unknown probe {n!r}{later}; available: '
                              f'{", ".join(factories)}')
+  needing = [n for n in selected if n in NEEDS_REFERENCE]
+  if needing and not config.probes.reference_weights:
+    raise runs.ConfigError('probes.reference_weights', f'probe {needing[0]!r} needs reference '
+                           "weights: 'auto' (an earlier run of this config in the workdir) "
+                           'or the workdir of a finished run')
   for probe in ('hessian', 'adam_dynamics'):
     for field in ('every_n_steps', 'burst_length', 'warmup'):
       v = config.probes[probe][field]

@@ -21,6 +21,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg  # pylint: disable=unused-import
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -52,8 +53,8 @@ def lanczos(matvec: Callable, dim: int, steps: int, key) -> jax.Array:
   init = (jnp.zeros((steps, dim), jnp.float32), jnp.zeros((steps,)), jnp.zeros((steps,)),
           v0, jnp.zeros_like(v0), jnp.zeros(()))
   _, alphas, betas, _, _, _ = jax.lax.fori_loop(0, steps, body, init)
-  tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-  return jnp.linalg.eigvalsh(tri)
+  # Pure JAX (bisection), not LAPACK: see probes.spectra for why no probe calls LAPACK.
+  return jax.scipy.linalg.eigh_tridiagonal(alphas, betas[:-1], eigvals_only=True)
 
 
 def hutchinson_trace(matvec: Callable, dim: int, samples: int, key) -> jax.Array:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probes import common
+from probes import common, spectra
 
 
 def _tree_norm(tree):
@@ -159,16 +159,17 @@ class BatchDynamics:
       m[f'efficiency_{w}'] = jnp.where(w <= filled, total / jnp.sum(sel * state['norms']),
                                        jnp.nan)
     use = ((age < filled) & (state['norms'] >= 1e-12)).astype(jnp.float32)
-    gram = (state['buf'] * use[:, None]) @ (state['buf'] * use[:, None]).T
-    lam = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0)
-    q = lam / jnp.sum(lam)
-    m['top1_variance'] = jnp.max(lam) / jnp.sum(lam)
-    m['effective_rank'] = jnp.exp(-jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)),
-                                                     0.0)))
+    m[spectra.GRAM] = spectra.gram((state['buf'] * use[:, None]).T)  # [depth, depth]
     reset = {**state, 'cos_sum': jnp.zeros_like(state['cos_sum']),
              'cos_n': jnp.zeros_like(state['cos_n'])}
     return reset, m, filled >= 1
 
   def to_host(self, m: dict) -> dict:
-    """Lags and windows the FIFO cannot serve yet are left out, as in the reference."""
-    return {k: v for k, v in m.items() if not (v.ndim == 0 and np.isnan(v))}
+    """The Gram spectrum's summaries (``probes.spectra``); lags and windows the FIFO cannot
+    serve yet are left out, as in the reference."""
+    m = dict(m)
+    lam = spectra.eigenvalues(m.pop(spectra.GRAM))
+    q = lam / np.sum(lam)
+    m['top1_variance'] = np.max(lam) / np.sum(lam)
+    m['effective_rank'] = np.exp(-np.sum(q[q > 0] * np.log(q[q > 0])))
+    return {k: v for k, v in m.items() if not (np.ndim(v) == 0 and np.isnan(v))}

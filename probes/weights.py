@@ -1,8 +1,8 @@
 """Probes of the weights: weight_tracking and attention (the reference's hooks).
 
-Singular values are exact (``jnp.linalg.svd``), where the reference uses a randomized
-``svd_lowrank``; as there, only the top 20 enter the rank-type summaries of a matrix whose
-smaller side exceeds 64.
+Singular values are exact (eigenvalues of the Gram matrix, taken on the host: see
+``probes.spectra``), where the reference uses a randomized ``svd_lowrank``; as there, only
+the top 20 enter the rank-type summaries of a matrix whose smaller side exceeds 64.
 """
 
 from __future__ import annotations
@@ -11,21 +11,22 @@ import dataclasses
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 from ordered_jax import models
-from probes import common
+from probes import common, spectra
 
 TOP = 20
 
 
-def top_singular_values(w: jnp.ndarray, q: int = TOP) -> jnp.ndarray:
-  """Exact singular values, descending; the top q when min(shape) > 64, else all."""
-  s = jnp.linalg.svd(w, compute_uv=False)
-  return s if min(w.shape) <= 64 else s[:q]
+def top_singular_values(g: np.ndarray, q: int = TOP) -> np.ndarray:
+  """Singular values from a Gram matrix, descending; the top q when min(shape) > 64."""
+  s = spectra.singular_values(g)
+  return s if g.shape[0] <= 64 else s[:q]
 
 
 def _rank(s):
-  return jnp.sum(s) ** 2 / (jnp.sum(s * s) + 1e-8)
+  return np.sum(s) ** 2 / (np.sum(s * s) + 1e-8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +48,30 @@ class WeightTracking:
     w = common.reference_view(info.params, self.cfg)
     g = common.reference_view(info.grad_mean, self.cfg)
     names = [n for n in common.non_bias_names(self.cfg) if w[n].ndim == 2]
-    m, norms, tops, ranks, aligns = {}, [], [], [], []
+    m, norms, aligns = {}, [], []
     for n in names:
-      s = top_singular_values(w[n])
       norms.append(jnp.linalg.norm(w[n]))
-      tops.append(s[0])
-      ranks.append(_rank(s))
       aligns.append(common.cos(g[n].ravel(), w[n].ravel()))
-      m.update({f'weight_norm/{n}': norms[-1], f'top_sv/{n}': tops[-1],
-                f'effective_rank/{n}': ranks[-1], f'grad_weight_align/{n}': aligns[-1]})
-    norms, tops = jnp.stack(norms), jnp.stack(tops)
+      m.update({f'weight_norm/{n}': norms[-1], f'grad_weight_align/{n}': aligns[-1],
+                f'{spectra.GRAM}/{n}': spectra.gram(w[n])})
+    norms = jnp.stack(norms)
     m.update({'total_weight_norm': jnp.sqrt(jnp.sum(norms ** 2)),
-              'mean_weight_norm': jnp.mean(norms), 'mean_top_sv': jnp.mean(tops),
-              'max_top_sv': jnp.max(tops), 'mean_effective_rank': jnp.mean(jnp.stack(ranks)),
+              'mean_weight_norm': jnp.mean(norms),
               'mean_grad_weight_align': jnp.mean(jnp.stack(aligns))})
     return state, m, jnp.array(True)
+
+  def to_host(self, m: dict) -> dict:
+    """top_sv/{name}, effective_rank/{name} and their summaries, from the Gram matrices."""
+    m, grams = spectra.pop_grams(m)
+    tops, ranks = [], []
+    for n, gram in grams.items():
+      s = top_singular_values(gram)
+      tops.append(s[0])
+      ranks.append(_rank(s))
+      m[f'top_sv/{n}'], m[f'effective_rank/{n}'] = tops[-1], ranks[-1]
+    m.update({'mean_top_sv': np.mean(tops), 'max_top_sv': np.max(tops),
+              'mean_effective_rank': np.mean(ranks)})
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in m.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +95,11 @@ class Attention:
   def on_epoch(self, state, info):
     d = self.cfg.embed_dim
     w = common.reference_view(info.params, self.cfg)
-    conc, rank, top5 = [], [], []
+    m = {}
     for layer in range(self.cfg.layers):
       qkv = w[f'transformer.layers.{layer}.self_attn.in_proj_weight']
       for block in range(3):
-        s = jnp.linalg.svd(qkv[block * d:(block + 1) * d], compute_uv=False)[:min(TOP, d)]
-        conc.append(s[0] / (jnp.sum(s) + 1e-8))
-        rank.append(_rank(s))
-        top5.append(jnp.sum(s[:5] ** 2) / jnp.sum(s ** 2))
-    m = {'sv_concentration': jnp.mean(jnp.stack(conc)), 'effective_rank': jnp.mean(
-        jnp.stack(rank)), 'top5_explained_var': jnp.mean(jnp.stack(top5))}
+        m[f'{spectra.GRAM}/{layer}.{block}'] = spectra.gram(qkv[block * d:(block + 1) * d])
     _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_Bx3[:, :2], return_attn=True)
     ent = -jnp.sum(attn_LxBxHxTxT * jnp.log(attn_LxBxHxTxT + 1e-12), axis=-1) / math.log(2)
     ent_L = jnp.mean(ent, axis=(1, 2, 3))
@@ -105,3 +110,16 @@ class Attention:
     m['attn_entropy'] = jnp.mean(ent_L)
     m['attn_variance'] = jnp.mean(var_L)
     return state, m, jnp.array(True)
+
+  def to_host(self, m: dict) -> dict:
+    """The singular-value summaries of W_Q, W_K, W_V, from their Gram matrices."""
+    m, grams = spectra.pop_grams(m)
+    conc, rank, top5 = [], [], []
+    for gram in grams.values():
+      s = spectra.singular_values(gram)[:TOP]
+      conc.append(s[0] / (np.sum(s) + 1e-8))
+      rank.append(_rank(s))
+      top5.append(np.sum(s[:5] ** 2) / np.sum(s ** 2))
+    m.update({'sv_concentration': np.mean(conc), 'effective_rank': np.mean(rank),
+              'top5_explained_var': np.mean(top5)})
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in m.items()}

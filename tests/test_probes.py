@@ -36,6 +36,11 @@ def _info(**kw):
   return instrument.EpochInfo(**base)
 
 
+def _host(probe, m):
+  """A probe's metrics as the experiment writes them (through ``to_host``)."""
+  return probe.to_host({k: np.asarray(v) for k, v in m.items()})
+
+
 def test_norms_match_numpy():
   g = _tree(1)
   _, m, present = gradients.Norms(CFG).on_epoch({}, _info(grad_mean=g))
@@ -325,7 +330,8 @@ def test_token_gradient_matches_numpy():
 
 def test_weight_tracking_matches_numpy():
   params, g = _tree(8), _tree(9)
-  _, m, _ = weights.WeightTracking(CFG).on_epoch({}, _info(params=params, grad_mean=g))
+  probe = weights.WeightTracking(CFG)
+  m = _host(probe, probe.on_epoch({}, _info(params=params, grad_mean=g))[1])
   w = {k: np.asarray(v, np.float64) for k, v in models.to_reference(params, CFG).items()}
   gw = {k: np.asarray(v, np.float64) for k, v in models.to_reference(g, CFG).items()}
   names = sorted(k for k in w if 'bias' not in k and w[k].ndim == 2)
@@ -344,7 +350,8 @@ def test_weight_tracking_matches_numpy():
 def test_attention_matches_a_direct_softmax():
   params = _tree(4)
   batch = jnp.array([[1, 2, 3], [4, 5, 9], [7, 7, 1], [0, 12, 12]])
-  _, m, _ = weights.Attention(CFG).on_epoch({}, _info(params=params, first_batch_Bx3=batch))
+  probe = weights.Attention(CFG)
+  m = _host(probe, probe.on_epoch({}, _info(params=params, first_batch_Bx3=batch))[1])
   sd = {k: np.asarray(v, np.float64) for k, v in models.to_reference(params, CFG).items()}
   # Layer 0's attention probabilities, written directly from the reference's weights.
   h = sd['embedding.weight'][np.asarray(batch[:, :2])] + sd['pos_embedding']
@@ -500,3 +507,109 @@ def test_adam_dynamics_matches_numpy():
   assert rec['update_deflection'] == pytest.approx(
       np.linalg.norm(u - proj) / np.linalg.norm(u), rel=1e-4)
   assert rec['effective_lr_cv'] == pytest.approx(eff.std(ddof=1) / eff.mean(), rel=1e-4)
+
+
+def test_gradient_projection_matches_numpy():
+  from probes import solution  # pylint: disable=g-import-not-at-top
+  prev, now, ref, g = _tree(70), _tree(71), _tree(72), _tree(73)
+  probe = solution.GradientProjection(CFG)
+  _, m, present = probe.on_epoch({'prev': prev}, _info(params=now, grad_mean=g, reference=ref))
+  sd = lambda t: {k: np.asarray(v, np.float64) for k, v in models.to_reference(t, CFG).items()}
+  p, n, r, gg = sd(prev), sd(now), sd(ref), sd(g)
+  names = list(r)
+  cat = lambda f: np.concatenate([f(k).ravel() for k in names])
+  cosine = lambda u, v: u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+  d = cat(lambda k: r[k] - p[k])
+  assert bool(present)
+  assert float(m['overall_grad_cossim_to_solution']) == pytest.approx(
+      cosine(cat(lambda k: -gg[k]), d), rel=1e-4)
+  assert float(m['overall_disp_cossim_to_solution']) == pytest.approx(
+      cosine(cat(lambda k: n[k] - p[k]), d), rel=1e-4)
+  assert float(m['distance_to_reference']) == pytest.approx(
+      np.linalg.norm(cat(lambda k: r[k] - n[k])), rel=1e-5)
+  per = {k: cosine(-gg[k].ravel(), (r[k] - p[k]).ravel()) for k in names
+         if np.linalg.norm(gg[k]) > 1e-12 and np.linalg.norm(r[k] - p[k]) > 1e-12}
+  assert len(per) < len(names)  # zero-initialised biases have no direction: skipped
+  assert float(m['mean_layer_grad_cossim_to_solution']) == pytest.approx(
+      np.mean(list(per.values())), rel=1e-4)
+  assert float(m['grad_cossim_to_solution/decoder.weight']) == pytest.approx(
+      per['decoder.weight'], rel=1e-4)
+  assert 'grad_cossim_to_solution/decoder.bias' not in m
+
+
+def test_subspace_gradient_info_matches_numpy_svd():
+  from probes import solution  # pylint: disable=g-import-not-at-top
+  probe = solution.SubspaceGradientInfo(CFG, window=4, n_components=3, with_reference=True)
+  grads = [_tree(80 + i) for i in range(6)]
+  params, ref = _tree(90), _tree(91)
+  state = probe.init(params)
+  for g in grads:
+    state, m, present = probe.on_epoch(state, _info(params=params, grad_mean=g, reference=ref))
+  m = _host(probe, m)
+  w = np.stack([_numpy_flat_non_bias(g)[0] for g in grads[-4:]])
+  centred = w - w.mean(0)
+  _, s, vt = np.linalg.svd(centred, full_matrices=False)
+  s, vt = s[:3], vt[:3]
+  total = (s ** 2).sum() + 1e-8
+  cum = np.cumsum(s ** 2) / total
+  assert bool(present)
+  assert float(m['svd_total_variance']) == pytest.approx(total, rel=1e-4)
+  assert int(m['dims_for_90pct']) == int((cum < 0.9).sum()) + 1
+  assert float(m['participation_ratio']) == pytest.approx(
+      (s ** 2).sum() ** 2 / ((s ** 4).sum() + 1e-8), rel=1e-4)
+  assert float(m['top_sv_ratio']) == pytest.approx(s[0] / s.sum(), rel=1e-4)
+  assert float(m['top1_explained']) == pytest.approx(cum[0], rel=1e-4)
+  assert float(m['top5_explained']) == pytest.approx(cum[2], rel=1e-4)  # min(5, q) - 1
+  sol = _numpy_flat_non_bias(ref)[0] - _numpy_flat_non_bias(params)[0]
+  proj = vt @ (sol / np.linalg.norm(sol))
+  assert float(m['grad_energy_fraction_toward_solution']) == pytest.approx(
+      (s ** 2 * proj ** 2).sum() / total, rel=1e-3)
+  assert float(m['top1_energy_fraction_toward_solution']) == pytest.approx(
+      s[0] ** 2 * proj[0] ** 2 / total, rel=1e-3, abs=1e-8)  # a fraction: abs is enough
+
+
+def test_reference_weights_auto_and_missing(tmp_path):
+  c = micro_config(epochs=2)
+  c.probes.names = 'gradient_projection'
+  with pytest.raises(Exception, match=r'config\.probes\.reference_weights: probe'):
+    probes.build(c)
+  c.probes.reference_weights = 'auto'
+  with pytest.raises(Exception, match=r'config\.probes\.reference_weights: cannot read'):
+    experiment.run(c, str(tmp_path), quiet=True, probes=probes.build(c))
+  experiment.run(micro_config(epochs=2), str(tmp_path), quiet=True)  # the paper's first run
+  experiment.run(c, str(tmp_path), overwrite=True, quiet=True, probes=probes.build(c))
+  rows = sinks.read_jsonl(str(tmp_path / 'stride' / 'stride.jsonl'))
+  assert rows[-1]['gradient_projection/distance_to_reference'] == 0.0  # its own end point
+
+
+def _primitives(jaxpr) -> set:
+  """Every primitive name in a jaxpr, sub-jaxprs (scan, cond, while, pjit) included."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          names |= _primitives(inner)
+  return names
+
+
+def test_no_lapack_inside_the_probed_epoch():
+  """jaxlib 0.10's CPU LAPACK kernels deadlock XLA:CPU when several run at once (see
+  probes.spectra): no probe may put one in the jitted epoch."""
+  c = micro_config(strategy='stride,random')
+  c.probes.group = 'full'
+  c.probes.reference_weights = 'given'
+  ps = probes.build(c)
+  assert {'subspace_gradient_info', 'gradient_projection', 'curvature', 'attention',
+          'weight_tracking', 'batch_dynamics'} <= {p.name for p in ps}
+  model = models.Model(experiment.model_config(c))
+  ref = model.init(jax.random.key(5))
+  b = experiment.build(c, ps, reference=[ref, ref])
+  fn = lambda *a: b.trainer._batched_epoch(*a, do_eval=True, do_probe=True)  # pylint: disable=protected-access
+  names = _primitives(jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr)
+  assert 'scan' in names and 'dot_general' in names  # the walk reaches the epoch's body
+  lapack = {'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr', 'householder_product', 'schur',
+            'hessenberg', 'tridiagonal', 'geqrf', 'geqp3', 'lu_pivots_to_permutation'}
+  assert not names & lapack, names & lapack
