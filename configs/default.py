@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
       dict(every_n_steps=1000, burst_length=11, warmup=1000))
   c.probes.adam_dynamics = ml_collections.ConfigDict(
       dict(every_n_steps=500, burst_length=10, warmup=500))
+  c.probes.counterfactual = ml_collections.ConfigDict(  # K shuffled replays per probe epoch
+      dict(k=3, window=20))                               # (the validator runs K + 1)
+  c.probes.progress = ml_collections.ConfigDict(   # Nanda et al.'s progress measures
+      dict(n_key=5, strip_rows=8, train_pairs=8192))
   c.probes.curvature = ml_collections.ConfigDict()
   c.probes.curvature.batch_size = 512   # fixed probe batch: the first N training pairs
   c.probes.curvature.k = 3              # top Hessian eigenvalues reported

@@ -105,21 +105,35 @@ class Batch:
   train_sets: dict[int, np.ndarray]  # host train arrays by seed
 
 
-def load_reference(config, batch: list[runs.Run], source: str) -> list[Any]:
-  """Each run's reference ("solution") parameters from ``<source>/<run>/final_params``.
+def _is_single_weights(path: str) -> bool:
+  """A file, one of our run folders, its final_params/ or one checkpoints/<step>/."""
+  return os.path.isfile(path) or any(os.path.exists(os.path.join(path, p)) for p in (
+      'final_params', 'checkpoints', 'state', '_CHECKPOINT_METADATA'))
 
-  ``source`` is the workdir of an earlier run of the same runs; a missing or unreadable
-  file is a ``ConfigError`` naming ``probes.reference_weights``."""
+
+def load_reference(config, batch: list[runs.Run], source: str) -> list[Any]:
+  """Each run's reference ("solution") parameters.
+
+  ``source`` is the workdir of an earlier run of the same runs (each run reads
+  ``<source>/<run>``'s final weights), or one set of weights for every run: one of our run
+  folders or checkpoints, or a reference ``.pt`` file (``checkpoint.load_weights``). A
+  missing or unreadable file is a ``ConfigError`` naming ``probes.reference_weights``."""
   model = models.Model(model_config(config))
+  single = _is_single_weights(source)
   out = []
   for r in batch:
-    path = os.path.join(source, r.name)
+    path = source if single else os.path.join(source, r.name)
     try:
-      out.append(checkpoint.load_params(path, model))
+      out.append(checkpoint.load_weights(path, model) if single else
+                 checkpoint.load_params(path, model))
     except Exception as e:  # pylint: disable=broad-except
-      raise runs.ConfigError('probes.reference_weights', f'cannot read the final weights of '
-                             f'run {r.name!r} under {source!r} ({type(e).__name__}); give the '
-                             'workdir of a finished run of the same config') from None
+      what = repr(source) if single else f'run {r.name!r} under {source!r}'
+      raise runs.ConfigError('probes.reference_weights', f'cannot read the weights of {what} '
+                             f'({type(e).__name__}); give a finished run, one of its '
+                             'checkpoints, a reference .pt file or the workdir of a finished '
+                             'run of the same config') from None
+    if single:
+      return out * len(batch)
   return out
 
 
@@ -337,6 +351,21 @@ def _probe_row(probes, m: dict, i: int) -> dict:
   return row
 
 
+def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
+  """Evaluate-only (``epochs = 0``): one row at epoch 0 with the weight-only probes and
+  the accuracies of the initial (or ``init_from``) weights; other probes need training."""
+  skipped = [p.name for p in trainer.probes if p not in trainer.weight_probes]
+  if skipped:
+    logging.info('epochs=0: probes that need training are skipped: %s', ', '.join(skipped))
+  metrics, present, counts = jax.device_get(trainer.probe_weights(state, spec, data))
+  acc = train.accuracies(counts, data)
+  m = {'probes': metrics, 'probes_present': present}
+  for i, w in enumerate(writers):
+    w.write(0, {'training_metrics/training_accuracy': float(acc['training_accuracy'][i]),
+                'training_metrics/validation_accuracy': float(acc['validation_accuracy'][i]),
+                **_probe_row(trainer.weight_probes, m, i)})
+
+
 def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         quiet: bool = False, probes=()) -> list[dict]:
   """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries.
@@ -409,6 +438,8 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     last_saved = step
 
   epochs_done = start
+  if config.epochs == 0 and trainer.weight_probes and not resume:
+    _probe_untrained(trainer, state, spec, data, batch, writers)
   try:
     with _signal_flag() as flag:
       t0 = time.perf_counter()

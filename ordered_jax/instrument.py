@@ -12,6 +12,9 @@ ONE run (the trainer ``vmap``s them with the rest of the epoch):
 * ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics
   is a dict of arrays, ``present`` a bool saying whether to emit them (e.g. a cosine with
   the previous epoch needs a previous epoch).
+* ``weight_only`` (optional, default False): the probe reads only the weights (and at
+  most the mean gradient), so evaluate-only runs (``epochs = 0``) run it on the initial or
+  ``init_from`` weights.
 * ``to_host(metrics) -> dict`` (optional): JSON-ready values (lists, dicts) from ONE run's
   numpy arrays; where host-side work (spectra) happens.
 

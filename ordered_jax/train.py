@@ -129,6 +129,9 @@ class Trainer:
     self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval', 'do_probe'),
                          donate_argnames=('state',))
     self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, self._data_axis)))
+    self.weight_probes = tuple(p for p in self.probes if getattr(p, 'weight_only', False))
+    self.probe_weights = jax.jit(jax.vmap(self._probe_weights,
+                                          in_axes=(0, 0, self._data_axis)))
     self._init_params = jax.jit(model.init)
 
   # -- initial state -------------------------------------------------------------------
@@ -254,9 +257,42 @@ class Trainer:
     return {'validation_correct': self._accuracy(params, data.test_chunks, data.test_valid),
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
+  def _probe_weights(self, state: RunState, spec: RunSpec, data: Data):
+    """The weight-only probes (``weight_only = True``) on the state's weights, untrained:
+    evaluate-only runs (``epochs = 0``) probe initial or restored weights. The epoch-mean
+    gradient some read is taken at these fixed weights over epoch 0's batches (dropout as
+    in training, no optimiser step). Returns ({probe/metric: value}, presence, counts)."""
+    n = data.train_Nx3.shape[0]
+    root = jax.random.wrap_key_data(state.key)
+    epoch = jnp.int32(0)
+    idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
+                                                self.hyper.batch_size)
+    epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
+
+    def body(carry, xs):
+      loss_sum, grad_sum = carry
+      i, idx_B, mask_B = xs
+      loss, grads = jax.value_and_grad(self.loss)(state.params, data.train_Nx3[idx_B], mask_B,
+                                                  jax.random.fold_in(epoch_key, i))
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    steps = idx_SxB.shape[0]
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(body, (jnp.zeros(()), zeros),
+                                           (jnp.arange(steps), idx_SxB, mask_SxB))
+    counts = self._evaluate(state.params, data)
+    val_acc = 100.0 * counts['validation_correct'] / jnp.sum(data.test_valid)
+    opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch)
+    _, metrics, present = self._run_probes(
+        state, spec, state.probes, state.params, opt_state, loss_sum / steps,
+        jax.tree.map(lambda g: g / steps, grad_sum), data.train_Nx3[idx_SxB[0]], data, epoch,
+        val_acc, only=self.weight_probes)
+    return metrics, present, counts
+
   def _run_probes(self, state: RunState, spec: RunSpec, probes: dict, params, opt_state, loss,
-                  grad_mean, first_batch, data: Data, epoch, validation_accuracy):
-    """Every probe's ``on_epoch``: (new probe states, {probe/metric: value}, presence)."""
+                  grad_mean, first_batch, data: Data, epoch, validation_accuracy, only=None):
+    """Every probe's (or ``only`` those probes') ``on_epoch``: (new probe states,
+    {probe/metric: value}, presence)."""
     root = jax.random.wrap_key_data(state.key)
     info = instrument.EpochInfo(
         epoch=epoch, params=params, params_before=state.params, opt_state=opt_state,
@@ -268,7 +304,7 @@ class Trainer:
         reference=spec.reference,
         replay=functools.partial(self._replay, state, spec, data, epoch))
     new, metrics, present = dict(probes), {}, {}
-    for p in self.probes:
+    for p in self.probes if only is None else only:
       new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
       metrics.update({f'{p.name}/{k}': v for k, v in m.items()})
     return new, metrics, present

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from ordered_jax import experiment, orderings, runs
-from probes import curvature, dynamics, fourier, gradients, solution, steps, weights
+from probes import (counterfactual, curvature, dynamics, fourier, gradients, progress,
+                    solution, steps, weights)
 
 # The reference's hooks ported so far, and our additions.
 OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases',
@@ -15,10 +16,11 @@ OBSERVERS = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases
              'token_gradient', 'subspace_gradient_info', 'parameter_delta', 'path_length',
              'batch_dynamics', 'training_diagnostics')
 NEEDS_REFERENCE = ('gradient_projection',)  # join the groups when reference weights are set
-INTERVENTIONS = ('hessian', 'adam_dynamics')  # the reference's (counterfactual: not yet)
+INTERVENTIONS = ('hessian', 'counterfactual', 'adam_dynamics')
+# 'full' is the reference's observers + interventions (its debug counterfactual_validator
+# only by name) plus our curvature and progress measures.
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'interventions': INTERVENTIONS,
-          'full': OBSERVERS + INTERVENTIONS + ('curvature',)}
-NOT_YET_PORTED = ('counterfactual', 'counterfactual_validator')
+          'full': OBSERVERS + INTERVENTIONS + ('curvature', 'progress')}
 
 
 def _factories(config):
@@ -26,6 +28,8 @@ def _factories(config):
   c = config.probes.curvature
   spe = orderings.steps_per_epoch(config.train_size, config.batch_size)
   h, a = config.probes.hessian, config.probes.adam_dynamics
+  cf, pm = config.probes.counterfactual, config.probes.progress
+  ref = bool(config.probes.reference_weights)
   return {
       'norms': lambda: gradients.Norms(cfg),
       'consecutive': lambda: gradients.Consecutive(cfg),
@@ -40,13 +44,21 @@ def _factories(config):
       'batch_dynamics': dynamics.BatchDynamics,
       'gradient_projection': lambda: solution.GradientProjection(cfg),
       'subspace_gradient_info': lambda: solution.SubspaceGradientInfo(
-          cfg, with_reference=bool(config.probes.reference_weights)),
+          cfg, with_reference=ref),
+      'counterfactual': lambda: counterfactual.Counterfactual(
+          cfg, k=cf.k, window=cf.window, with_reference=ref),
+      'counterfactual_validator': lambda: counterfactual.CounterfactualValidator(
+          cfg, k=cf.k, with_reference=ref),
       'training_diagnostics': lambda: dynamics.TrainingDiagnostics(spe),
-      'hessian': lambda: steps.Hessian(spe, every=h.every_n_steps, burst=h.burst_length,
-                                       warmup=h.warmup),
+      'hessian': lambda: steps.Hessian(
+          spe, every=h.every_n_steps, burst=h.burst_length, warmup=h.warmup,
+          keys=steps.hessian_keys(cfg, ref), cfg=cfg),
       'adam_dynamics': lambda: steps.AdamDynamics(
           spe, every=a.every_n_steps, burst=a.burst_length, warmup=a.warmup,
-          b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+          b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+          keys=steps.ADAM_KEYS + (steps.ADAM_REFERENCE_KEYS if ref else ())),
+      'progress': lambda: progress.ProgressMeasures(
+          cfg, n_key=pm.n_key, strip_rows=pm.strip_rows, train_pairs=pm.train_pairs),
       'curvature': lambda: curvature.Curvature(
           batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
           hutchinson_samples=c.hutchinson_samples, b1=config.adam_b1, b2=config.adam_b2,
@@ -75,8 +87,7 @@ def build(config) -> list:
   selected = names(config)
   for n in selected:
     if n not in factories:
-      later = ' (not ported yet)' if n in NOT_YET_PORTED else ''
-      raise runs.ConfigError('probes.names', f'unknown probe {n!r}{later}; available: '
+      raise runs.ConfigError('probes.names', f'unknown probe {n!r}; available: '
                              f'{", ".join(factories)}')
   needing = [n for n in selected if n in NEEDS_REFERENCE]
   if needing and not config.probes.reference_weights:
@@ -89,6 +100,18 @@ def build(config) -> list:
       lo = 0 if field == 'warmup' else 1
       if not isinstance(v, int) or v < lo:
         raise runs.ConfigError(f'probes.{probe}.{field}', f'must be an integer >= {lo}; got {v!r}')
+  pm = config.probes.progress
+  for field, hi in (('n_key', (config.p - 1) // 2), ('strip_rows', config.p),
+                    ('train_pairs', None)):  # train_pairs: at most the whole training set
+    if not isinstance(pm[field], int) or pm[field] < 1 or (hi is not None and pm[field] > hi):
+      allowed = 'an integer >= 1' if hi is None else f'an integer in [1, {hi}]'
+      raise runs.ConfigError(f'probes.progress.{field}', f'must be {allowed}; '
+                             f'got {pm[field]!r}')
+  for field in ('k', 'window'):
+    v = config.probes.counterfactual[field]
+    if not isinstance(v, int) or v < 1:
+      raise runs.ConfigError(f'probes.counterfactual.{field}', f'must be an integer >= 1; '
+                             f'got {v!r}')
   c = config.probes.curvature
   for field in ('batch_size', 'k', 'lanczos_steps'):
     if not isinstance(c[field], int) or c[field] < 1:

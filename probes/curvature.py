@@ -82,6 +82,7 @@ class Curvature:
   eps: float = 1e-8
   name: str = 'curvature'
   needs: frozenset = frozenset()
+  weight_only: bool = True  # also probes untrained weights (epochs = 0)
 
   def init(self, params):
     del params

@@ -46,6 +46,7 @@ class Fourier:
   cfg: models.ModelConfig
   name: str = 'fourier'
   needs: frozenset = frozenset()
+  weight_only: bool = True  # also probes untrained weights (epochs = 0)
 
   def init(self, params):
     del params

@@ -11,6 +11,7 @@ per-epoch lists (one entry per active step) for the steps of the probe epoch; wi
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,22 @@ class _Burst:
 HESSIAN_KEYS = ('entanglement_norm', 'content_norm', 'observed_grad_norm',
                 'entanglement_energy_ratio', 'entanglement_content_cossim', 'rayleigh_quotient',
                 'amplification_ratio', 'edge_of_stability', 'entanglement_coherence')
+HESSIAN_REFERENCE_KEYS = ('entanglement_cossim_to_solution', 'content_cossim_to_solution')
+HESSIAN_PARAM_KEYS = ('entanglement_norm', 'content_norm', 'entanglement_energy_ratio')
+
+
+def hessian_keys(cfg, with_reference: bool) -> tuple:
+  """Every key the hessian probe records: global, then per non-bias parameter
+  (``{metric}/{reference name}``), each with the solution tier when asked."""
+  ref = HESSIAN_REFERENCE_KEYS if with_reference else ()
+  per = tuple(f'{k}/{n}' for n in common.non_bias_names(cfg) for k in HESSIAN_PARAM_KEYS + ref)
+  return HESSIAN_KEYS + ref + per
+
+
+def _solution(s):
+  """flat(theta_ref - theta) at the parameters after the step (raw layout: a permutation
+  of the reference's flat(), so cosines are the same)."""
+  return common.flat_non_bias_raw(s.reference) - common.flat_non_bias_raw(s.params_after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +91,15 @@ class Hessian(_Burst):
   entanglement_norm |ent|, content_norm, observed_grad_norm |g_B|, entanglement_energy_ratio
   |ent|^2 / (|g_B|^2 + 1e-12), entanglement_content_cossim, rayleigh_quotient g_A.H g_A /
   |g_A|^2, amplification_ratio |H g_A| / |g_A|, edge_of_stability = 2 eta amplification,
-  entanglement_coherence cos(ent, previous active step's ent) within a burst (else NaN)."""
+  entanglement_coherence cos(ent, previous active step's ent) within a burst (else NaN).
+  With reference weights (``keys`` then include HESSIAN_REFERENCE_KEYS), d = theta_ref -
+  theta after the step: entanglement_cossim_to_solution cos(-ent, d) and
+  content_cossim_to_solution cos(-content, d)."""
 
   name: str = 'hessian'
   needs: frozenset = frozenset({'steps'})
   keys: tuple = HESSIAN_KEYS
+  cfg: Any = None  # the model config: needed for the per-parameter keys (hessian_keys)
 
   def init(self, params):
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -107,6 +128,25 @@ class Hessian(_Burst):
               'amplification_ratio': amp, 'edge_of_stability': 2 * s.learning_rate * amp,
               'entanglement_coherence': jnp.where(state['prev_active'],
                                                   _cos(ent, state['prev_ent']), jnp.nan)}
+      if 'content_cossim_to_solution' in self.keys:
+        d = _solution(s)
+        vals['entanglement_cossim_to_solution'] = _cos(-ent, d)
+        vals['content_cossim_to_solution'] = _cos(-content, d)
+      if self.cfg is not None:  # per non-bias parameter, in the reference's names
+        view = lambda t: common.reference_view(t, self.cfg)
+        hv_v, gb_v = view(hv), view(s.grads)
+        d_v = view(jax.tree.map(jnp.subtract, s.reference, s.params_after)) if (
+            'content_cossim_to_solution' in self.keys) else None
+        for n in common.non_bias_names(self.cfg):
+          if f'entanglement_norm/{n}' not in self.keys:
+            continue
+          e, gb = (s.learning_rate * hv_v[n]).ravel(), gb_v[n].ravel()
+          vals[f'entanglement_norm/{n}'] = jnp.linalg.norm(e)
+          vals[f'content_norm/{n}'] = jnp.linalg.norm(gb + e)
+          vals[f'entanglement_energy_ratio/{n}'] = jnp.sum(e * e) / (jnp.sum(gb * gb) + 1e-12)
+          if d_v is not None:
+            vals[f'entanglement_cossim_to_solution/{n}'] = _cos(-e, d_v[n].ravel())
+            vals[f'content_cossim_to_solution/{n}'] = _cos(-(gb + e), d_v[n].ravel())
       return vals, ent
 
     def skip(_):
@@ -119,6 +159,8 @@ class Hessian(_Burst):
 
 ADAM_KEYS = ('momentum_grad_cossim', 'amplification_ratio', 'update_deflection',
              'effective_lr_cv')
+ADAM_REFERENCE_KEYS = ('momentum_solution_cossim', 'update_solution_cossim',
+                       'grad_solution_cossim', 'optimizer_solution_amplification')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +169,11 @@ class AdamDynamics(_Burst):
   m_hat, v_hat the bias-corrected moments, u = lr m_hat / (sqrt(v_hat) + eps) and
   l = lr / (sqrt(v_hat) + eps): momentum_grad_cossim cos(m, g), amplification_ratio
   |u| / (lr |g|), update_deflection |u - proj_g u| / |u|, effective_lr_cv = unbiased std(l)
-  / mean(l). (The reference's solution-direction tier needs reference weights: not yet.)"""
+  / mean(l). With reference weights (``keys`` then include ADAM_REFERENCE_KEYS), d =
+  theta_ref - theta after the step and the descent directions -m, -u, -g (positive = toward
+  the solution, as gradient_projection): momentum_, update_ and grad_solution_cossim, and
+  optimizer_solution_amplification = update_ - grad_solution_cossim. Cosines are 0 when
+  either norm is below 1e-12, as in the reference."""
 
   b1: float = 0.9
   b2: float = 0.999
@@ -155,10 +201,18 @@ class AdamDynamics(_Burst):
       u = lr * (m / (1 - self.b1 ** t)) / (jnp.sqrt(v_hat) + self.eps)
       eff = lr / (jnp.sqrt(v_hat) + self.eps)
       proj = jnp.dot(u, g) / jnp.maximum(jnp.dot(g, g), 1e-30) * g
-      return {'momentum_grad_cossim': _cos(m, g),
+      vals = {'momentum_grad_cossim': _cos(m, g),
               'amplification_ratio': jnp.linalg.norm(u) / (lr * jnp.linalg.norm(g)),
               'update_deflection': jnp.linalg.norm(u - proj) / jnp.linalg.norm(u),
               'effective_lr_cv': jnp.std(eff, ddof=1) / jnp.mean(eff)}
+      if 'grad_solution_cossim' in self.keys:
+        d = _solution(s)
+        vals.update({'momentum_solution_cossim': _cos(-m, d),
+                     'update_solution_cossim': _cos(-u, d),
+                     'grad_solution_cossim': _cos(-g, d)})
+        vals['optimizer_solution_amplification'] = (vals['update_solution_cossim']
+                                                    - vals['grad_solution_cossim'])
+      return vals
 
     vals = jax.lax.cond(on, measure,
                         lambda _: {k: jnp.zeros((), jnp.float32) for k in self.keys}, None)

@@ -39,6 +39,7 @@ class WeightTracking:
   cfg: models.ModelConfig
   name: str = 'weight_tracking'
   needs: frozenset = frozenset({'grad_mean'})
+  weight_only: bool = True  # also probes untrained weights (epochs = 0)
 
   def init(self, params):
     del params
@@ -87,6 +88,7 @@ class Attention:
   cfg: models.ModelConfig
   name: str = 'attention'
   needs: frozenset = frozenset()
+  weight_only: bool = True  # also probes untrained weights (epochs = 0)
 
   def init(self, params):
     del params

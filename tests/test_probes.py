@@ -1,5 +1,6 @@
 """Probes against independent computations, and the framework's guarantees."""
 
+import json
 import math
 import os
 
@@ -222,13 +223,17 @@ def test_build_groups_and_errors():
   assert [p.name for p in probes.build(c)] == list(probes.OBSERVERS)
   c.probes.names = 'curvature, norms'
   assert [p.name for p in probes.build(c)][-1] == 'curvature'
-  c.probes.names = 'counterfactual'
+  c.probes.names = 'counterfactuals'
   with pytest.raises(Exception, match=r"config\.probes\.names: unknown probe "
-                     r"'counterfactual' \(not ported"):
+                     r"'counterfactuals'; available: .*counterfactual_validator"):
     probes.build(c)
   c.probes.names = ''
   c.probes.group = 'interventions'
-  assert [p.name for p in probes.build(c)] == ['hessian', 'adam_dynamics']
+  assert [p.name for p in probes.build(c)] == ['hessian', 'counterfactual', 'adam_dynamics']
+  c.probes.counterfactual.k = 0
+  with pytest.raises(Exception, match=r'config\.probes\.counterfactual\.k: must be'):
+    probes.build(c)
+  c.probes.counterfactual.k = 3
   c.probes.group = 'everything'
   with pytest.raises(Exception, match=r'config\.probes\.group'):
     probes.build(c)
@@ -450,12 +455,15 @@ def test_hessian_probe_uses_the_exact_hessian(dense):
   params = unravel(flat)
   g_a = unravel(jax.random.normal(jax.random.key(5), flat.shape))
   g_b = unravel(jax.random.normal(jax.random.key(6), flat.shape))
-  probe = steps.Hessian(steps_per_epoch=4, every=10, burst=3, warmup=0)
+  probe = steps.Hessian(steps_per_epoch=4, every=10, burst=3, warmup=0,
+                        keys=steps.hessian_keys(TINY, True), cfg=TINY)
   state = {**probe.init(params), 'prev_grads': g_a, 'has_prev': jnp.array(True)}
-  info = instrument.StepInfo(step=jnp.int32(1), params_before=params, params_after=params,
+  after = unravel(flat + 0.01 * jax.random.normal(jax.random.key(7), flat.shape))
+  ref = unravel(jax.random.normal(jax.random.key(8), flat.shape))
+  info = instrument.StepInfo(step=jnp.int32(1), params_before=params, params_after=after,
                              grads=g_b, loss=jnp.float32(1.0), learning_rate=jnp.float32(0.5),
                              epoch=jnp.int32(0), batch_Bx3=abc, mask_B=jnp.ones((25,), bool),
-                             dropout_key=None, loss_fn=trainer.loss)
+                             dropout_key=None, loss_fn=trainer.loss, reference=ref)
   state = probe.on_step(state, info)
   rec = {k: float(v[1]) for k, v in state['rec'].items() if k != 'active'}
   assert bool(state['rec']['active'][1]) and not bool(state['rec']['active'][0])
@@ -470,6 +478,27 @@ def test_hessian_probe_uses_the_exact_hessian(dense):
                                                      rel=1e-3)
   assert rec['edge_of_stability'] == pytest.approx(rec['amplification_ratio'], rel=1e-5)
   assert math.isnan(rec['entanglement_coherence'])  # the first active step of a burst
+  d = (np.asarray(ravel_pytree(ref)[0]) - np.asarray(ravel_pytree(after)[0]))[keep]
+  cos = lambda u, v: u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+  assert rec['entanglement_cossim_to_solution'] == pytest.approx(cos(-ent, d), rel=1e-3,
+                                                                 abs=1e-5)
+  assert rec['content_cossim_to_solution'] == pytest.approx(cos(-(gb_k + ent), d), rel=1e-3,
+                                                            abs=1e-5)
+  # Per parameter, in the reference's names.
+  named = lambda vec: {k: np.asarray(v, np.float64).ravel() for k, v in models.to_reference(
+      unravel(jnp.asarray(vec, jnp.float32)), TINY).items()}
+  ent_p = named(0.5 * (h @ ga))['transformer.layers.0.linear1.weight']
+  gb_p = named(gb)['transformer.layers.0.linear1.weight']
+  d_p = named(np.asarray(ravel_pytree(ref)[0]) - np.asarray(ravel_pytree(after)[0]))[
+      'transformer.layers.0.linear1.weight']
+  p = 'transformer.layers.0.linear1.weight'
+  assert rec[f'entanglement_norm/{p}'] == pytest.approx(np.linalg.norm(ent_p), rel=1e-3)
+  assert rec[f'content_norm/{p}'] == pytest.approx(np.linalg.norm(gb_p + ent_p), rel=1e-3)
+  assert rec[f'entanglement_energy_ratio/{p}'] == pytest.approx(
+      ent_p @ ent_p / (gb_p @ gb_p + 1e-12), rel=2e-3)
+  assert rec[f'content_cossim_to_solution/{p}'] == pytest.approx(cos(-(gb_p + ent_p), d_p),
+                                                                 rel=1e-3, abs=1e-5)
+  assert 'entanglement_norm/decoder.bias' not in rec
   # The schedule: steps g >= warmup with g % every < burst.
   sched = steps.Hessian(steps_per_epoch=7, every=5, burst=2, warmup=3)
   on = [int(e * 7 + i) for e in range(3) for i in range(7)
@@ -487,10 +516,12 @@ def test_adam_dynamics_matches_numpy():
   for seed in (61, 62):
     _, opt = trainer.tx.update(_tree(seed), opt, params)
   g = _tree(63)
-  probe = steps.AdamDynamics(steps_per_epoch=2, every=1, burst=1, warmup=0)
+  probe = steps.AdamDynamics(steps_per_epoch=2, every=1, burst=1, warmup=0,
+                             keys=steps.ADAM_KEYS + steps.ADAM_REFERENCE_KEYS)
+  ref = _tree(64)
   info = instrument.StepInfo(step=jnp.int32(0), params_before=params, params_after=params,
                              grads=g, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-                             epoch=jnp.int32(0), opt_state=opt)
+                             epoch=jnp.int32(0), opt_state=opt, reference=ref)
   rec = {k: float(v[0]) for k, v in probe.on_step(probe.init(params), info)['rec'].items()
          if k != 'active'}
   adam = opt.inner_state[0]
@@ -507,6 +538,13 @@ def test_adam_dynamics_matches_numpy():
   assert rec['update_deflection'] == pytest.approx(
       np.linalg.norm(u - proj) / np.linalg.norm(u), rel=1e-4)
   assert rec['effective_lr_cv'] == pytest.approx(eff.std(ddof=1) / eff.mean(), rel=1e-4)
+  d = f(ref) - f(params)
+  cos = lambda a, b: a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+  assert rec['momentum_solution_cossim'] == pytest.approx(cos(-m, d), rel=1e-4, abs=1e-6)
+  assert rec['update_solution_cossim'] == pytest.approx(cos(-u, d), rel=1e-4, abs=1e-6)
+  assert rec['grad_solution_cossim'] == pytest.approx(cos(-gg, d), rel=1e-4, abs=1e-6)
+  assert rec['optimizer_solution_amplification'] == pytest.approx(
+      cos(-u, d) - cos(-gg, d), rel=1e-3, abs=1e-6)
 
 
 def test_gradient_projection_matches_numpy():
@@ -580,6 +618,12 @@ def test_reference_weights_auto_and_missing(tmp_path):
   experiment.run(c, str(tmp_path), overwrite=True, quiet=True, probes=probes.build(c))
   rows = sinks.read_jsonl(str(tmp_path / 'stride' / 'stride.jsonl'))
   assert rows[-1]['gradient_projection/distance_to_reference'] == 0.0  # its own end point
+  # A run folder itself (not a workdir of runs) is the reference of every run.
+  c.probes.reference_weights = str(tmp_path / 'stride')
+  experiment.run(c, str(tmp_path / 'other'), quiet=True, probes=probes.build(c))
+  rows = sinks.read_jsonl(str(tmp_path / 'other' / 'stride' / 'stride.jsonl'))
+  assert rows[0]['gradient_projection/distance_to_reference'] > 0.0
+  assert rows[-1]['gradient_projection/distance_to_reference'] == 0.0
 
 
 def _primitives(jaxpr) -> set:
@@ -603,7 +647,8 @@ def test_no_lapack_inside_the_probed_epoch():
   c.probes.reference_weights = 'given'
   ps = probes.build(c)
   assert {'subspace_gradient_info', 'gradient_projection', 'curvature', 'attention',
-          'weight_tracking', 'batch_dynamics'} <= {p.name for p in ps}
+          'weight_tracking', 'batch_dynamics', 'counterfactual', 'progress'} <= {
+              p.name for p in ps}
   model = models.Model(experiment.model_config(c))
   ref = model.init(jax.random.key(5))
   b = experiment.build(c, ps, reference=[ref, ref])
@@ -613,3 +658,149 @@ def test_no_lapack_inside_the_probed_epoch():
   lapack = {'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr', 'householder_product', 'schur',
             'hessenberg', 'tridiagonal', 'geqrf', 'geqp3', 'lu_pivots_to_permutation'}
   assert not names & lapack, names & lapack
+
+
+def _fake_replay(n):
+  """A stand-in for Trainer._replay whose gradient depends on the shuffle and the key."""
+  base, other = _tree(60), _tree(61)
+
+  def replay(order, key):
+    shift = order[0].astype(jnp.float32) / n + jnp.sin(order[1].astype(jnp.float32))
+    return jax.tree.map(lambda b, o: b * (1 + shift) + o * jax.random.normal(key, ()),
+                        base, other)
+  return replay
+
+
+def _numpy_decompose(g, cf):
+  a, c, d = g @ g, cf @ cf, g @ cf
+  ordering_sq = max(0.0, a - d * d / c)
+  return abs(d) / np.sqrt(c), np.sqrt(ordering_sq), ordering_sq / a, d / (np.sqrt(a * c) + 1e-8)
+
+
+def test_counterfactual_matches_numpy():
+  from probes import counterfactual  # pylint: disable=g-import-not-at-top
+  n = 40
+  train = jnp.zeros((n, 3), jnp.int32)
+  g, pre, ref = _tree(62), _tree(63), _tree(64)
+  probe = counterfactual.Counterfactual(CFG, k=3, window=2, with_reference=True)
+  info = lambda seed: _info(grad_mean=g, params_before=pre, reference=ref, train_Nx3=train,
+                            key=jax.random.key(seed), replay=_fake_replay(n))
+  stacked = counterfactual._shuffled_grads(info(0), 3)  # pylint: disable=protected-access
+  flat_k = np.stack([np.concatenate([np.asarray(x[i], np.float64).ravel()
+                                     for x in jax.tree.leaves(stacked)]) for i in range(3)])
+  assert len({tuple(np.round(r[:5], 6)) for r in flat_k}) == 3  # K distinct replicates
+  state, m, present = probe.on_epoch(probe.init(pre), info(0))
+  flat = lambda t: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)])
+  gv, cf = flat(g), flat_k.mean(0)
+  want = _numpy_decompose(gv, cf)
+  assert bool(present)
+  assert float(m['counterfactual_mean_norm']) == pytest.approx(np.linalg.norm(cf), rel=1e-5)
+  for key, w in zip(('content_component_norm', 'ordering_component_norm', 'ordering_fraction',
+                     'ordering_alignment'), want):
+    assert float(m[key]) == pytest.approx(w, rel=1e-4, abs=1e-7)
+  # Per parameter, in the reference's names.
+  ref_g = {k: np.asarray(v, np.float64) for k, v in models.to_reference(g, CFG).items()}
+  cf_tree = jax.tree.map(lambda x: jnp.mean(x, 0), stacked)
+  ref_cf = {k: np.asarray(v, np.float64) for k, v in models.to_reference(cf_tree, CFG).items()}
+  p = 'transformer.layers.1.linear1.weight'
+  assert float(m[f'ordering_fraction/{p}']) == pytest.approx(
+      _numpy_decompose(ref_g[p].ravel(), ref_cf[p].ravel())[2], rel=1e-4)
+  assert 'ordering_fraction/decoder.bias' not in m
+  # Solution tier: d = theta_ref - theta_pre; content = (delta / C) cf.
+  d = flat(ref) - flat(pre)
+  # Parameters where d = 0 (the zero-initialised biases of both inits) drop out.
+  keep = flat(jax.tree.map(lambda a, b: jnp.full(a.shape, float(jnp.any(a != b))), ref, pre))
+  assert 0 < keep.sum() < keep.size
+  content = (gv @ cf) / (cf @ cf) * cf * keep  # the projection uses every parameter
+  gv, cf = gv * keep, cf * keep
+  cos = lambda u, v: u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-8)
+  assert float(m['content_grad_cossim_to_solution']) == pytest.approx(cos(-content, d), rel=1e-4)
+  assert float(m['ordering_grad_cossim_to_solution']) == pytest.approx(
+      cos(-(gv - content), d), rel=1e-4, abs=1e-6)
+  assert float(m['cf_grad_cossim_to_solution']) == pytest.approx(cos(-cf, d), rel=1e-4)
+  host = probe.to_host({k: np.asarray(v) for k, v in m.items()})
+  assert 'content_energy_fraction_toward_solution' not in host  # one window member
+  # A second firing: the window's energy fraction equals the SVD definition.
+  _, m2, _ = probe.on_epoch(state, info(1))
+  flat_k2 = np.stack([flat(jax.tree.map(lambda x: x[i], counterfactual._shuffled_grads(  # pylint: disable=protected-access
+      info(1), 3))) for i in range(3)])
+  cf2 = flat_k2.mean(0)
+  g_all = flat(g)
+  content2 = (g_all @ cf2) / (cf2 @ cf2) * cf2 * keep  # the projection uses every parameter
+  content1 = (flat(g) @ flat_k.mean(0)) / (flat_k.mean(0) @ flat_k.mean(0)) * flat_k.mean(0) * keep
+  rows = np.stack([-content1, -content2])
+  _, s, vt = np.linalg.svd(rows, full_matrices=False)
+  d_hat = d / np.linalg.norm(d)
+  want = (s ** 2 * (vt @ d_hat) ** 2).sum() / (s ** 2).sum()
+  assert float(m2['content_energy_fraction_toward_solution']) == pytest.approx(want, rel=1e-3)
+
+
+def test_counterfactual_validator_matches_numpy():
+  from probes import counterfactual  # pylint: disable=g-import-not-at-top
+  n = 40
+  pre, ref = _tree(65), _tree(66)
+  probe = counterfactual.CounterfactualValidator(CFG, k=3, with_reference=True)
+  info = _info(params_before=pre, reference=ref, train_Nx3=jnp.zeros((n, 3), jnp.int32),
+               key=jax.random.key(3), replay=_fake_replay(n))
+  _, m, _ = probe.on_epoch({}, info)
+  stacked = counterfactual._shuffled_grads(info, 4)  # pylint: disable=protected-access
+  x = np.stack([_numpy_flat_non_bias(jax.tree.map(lambda v: v[i], stacked))[0]
+                for i in range(4)])
+  kp1 = x.mean(0)
+  subsets = [x[[j for j in range(4) if j != i]].mean(0) for i in range(4)]
+  norms = np.array([np.linalg.norm(s) for s in subsets])
+  cos = lambda u, v: u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-8)
+  assert float(m['kp1_content_norm']) == pytest.approx(np.linalg.norm(kp1), rel=1e-5)
+  assert float(m['k_content_norm_max']) == pytest.approx(norms.max(), rel=1e-5)
+  assert float(m['norm_convergence_gap']) == pytest.approx(
+      (norms.mean() - np.linalg.norm(kp1)) / np.linalg.norm(kp1), rel=1e-3, abs=1e-6)
+  assert float(m['kp1_norm_strictly_lower']) == float(np.linalg.norm(kp1) < norms.min())
+  assert float(m['k_to_kp1_cossim_min']) == pytest.approx(
+      min(cos(s, kp1) for s in subsets), rel=1e-5)
+  d = _numpy_flat_non_bias(ref)[0] - _numpy_flat_non_bias(pre)[0]
+  sol = np.array([cos(-s, d) for s in subsets])
+  assert float(m['kp1_cossim_to_solution']) == pytest.approx(cos(-kp1, d), rel=1e-4)
+  assert float(m['k_cossim_to_solution_std']) == pytest.approx(sol.std(), rel=1e-3, abs=1e-7)
+  assert float(m['k_cossim_to_solution_spread']) == pytest.approx(sol.max() - sol.min(),
+                                                                  rel=1e-3, abs=1e-7)
+
+
+def test_replay_with_the_epochs_own_order_and_keys_is_the_epoch():
+  """Trainer._replay (the counterfactual intervention) retraces the real epoch exactly when
+  given the epoch's own order and dropout key."""
+  c = micro_config(strategy='random')
+  b = experiment.build(c)
+  t, state, spec, data = b.trainer, b.state, b.spec, b.data
+  one = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  s1, sp1 = one(state), one(spec)
+  epoch = jnp.int32(3)
+  root = jax.random.wrap_key_data(s1.key)
+  order = t.epoch_order(root, sp1, epoch, data.train_Nx3.shape[0])
+  key = jax.random.fold_in(jax.random.fold_in(root, train.DROPOUT_STREAM), epoch)
+  got = jax.jit(t._replay)(s1, sp1, data, epoch, order, key)  # pylint: disable=protected-access
+  want = t._train_epoch(s1, sp1, data, epoch, grad_mean=True)[4]  # pylint: disable=protected-access
+  for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(w), rtol=1e-5, atol=1e-7)
+
+
+def test_evaluate_only_probes_the_given_weights(tmp_path):
+  """epochs = 0 with init_from: the weight-only probes run on exactly those weights."""
+  c = micro_config(epochs=3)
+  experiment.run(c, str(tmp_path / 'trained'), quiet=True)
+  c = micro_config(epochs=0)
+  c.init_from = str(tmp_path / 'trained' / 'stride')
+  c.probes.group = 'observers'
+  experiment.run(c, str(tmp_path / 'eval'), quiet=True, probes=probes.build(c))
+  rows = sinks.read_jsonl(str(tmp_path / 'eval' / 'stride' / 'stride.jsonl'))
+  assert len(rows) == 1 and rows[0]['epoch'] == 0
+  names = {k.split('/')[0] for k in rows[0]}
+  assert {'fourier', 'attention', 'weight_tracking', 'training_metrics'} <= names
+  assert 'norms' not in names and 'batch_dynamics' not in names  # they need training
+  model = models.Model(experiment.model_config(c))
+  params = checkpoint.load_params(str(tmp_path / 'trained' / 'stride'), model)
+  w = models.to_reference(params, experiment.model_config(c))['decoder.weight']
+  assert rows[0]['weight_tracking/weight_norm/decoder.weight'] == pytest.approx(
+      float(np.linalg.norm(np.asarray(w, np.float64))), rel=1e-5)
+  summary = json.load(open(tmp_path / 'trained' / 'stride' / 'summary.json'))
+  assert rows[0]['training_metrics/validation_accuracy'] == pytest.approx(
+      summary['final_eval']['validation_accuracy'])
