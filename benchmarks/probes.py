@@ -60,7 +60,7 @@ def main():
   plain = epoch_seconds(config, args.epochs)[False]
   print(f'{"probes":<12} {"s/epoch":>9} {"x plain":>8}   every 10 epochs: {"x plain":>8}')
   print(f'{"none":<12} {plain:>9.3f} {1.0:>8.2f}')
-  for group in ('observers', 'full'):
+  for group in ('observers', 'interventions', 'full'):
     config.probes.group = group
     t = epoch_seconds(config, args.epochs)
     amortised = (9 * t[False] + t[True]) / 10
