@@ -124,6 +124,8 @@ def load_reference(config, batch: list[runs.Run], source: str) -> list[Any]:
   for r in batch:
     path = source if single else os.path.join(source, r.name)
     try:
+      if not os.path.exists(path):
+        raise FileNotFoundError(path)
       out.append(checkpoint.load_weights(path, model) if single else
                  checkpoint.load_params(path, model))
     except Exception as e:  # pylint: disable=broad-except

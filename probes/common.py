@@ -13,6 +13,19 @@ def reference_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
   return models.to_reference(tree, cfg)
 
 
+def raw_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
+  """{reference parameter name: array in OUR layout} (no transposes): for norms, dot
+  products and cosines, which a transpose leaves unchanged. Inside the training step this
+  keeps XLA's layout choices for the gradient, and so the trajectory, as without probes."""
+  out = {}
+  for name, path, _ in models._reference_layout(cfg):  # pylint: disable=protected-access
+    x = tree
+    for k in path:
+      x = x[k]
+    out[name] = x
+  return out
+
+
 def non_bias_names(cfg: models.ModelConfig) -> list[str]:
   """Sorted reference names without 'bias': what the reference's flat() concatenates."""
   names = [n for n, _, _ in models._reference_layout(cfg)]  # pylint: disable=protected-access

@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ordered_jax import models
 from probes import common
@@ -128,7 +129,7 @@ class Counterfactual:
 
   def to_host(self, m: dict) -> dict:
     """The window metrics appear once the window holds two vectors, as in the reference."""
-    return {k: v for k, v in m.items() if not (v.ndim == 0 and jnp.isnan(v))}
+    return {k: v for k, v in m.items() if not (np.ndim(v) == 0 and np.isnan(v))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,7 +133,7 @@ class Hessian(_Burst):
         vals['entanglement_cossim_to_solution'] = _cos(-ent, d)
         vals['content_cossim_to_solution'] = _cos(-content, d)
       if self.cfg is not None:  # per non-bias parameter, in the reference's names
-        view = lambda t: common.reference_view(t, self.cfg)
+        view = lambda t: common.raw_view(t, self.cfg)  # no transposes in the step
         hv_v, gb_v = view(hv), view(s.grads)
         d_v = view(jax.tree.map(jnp.subtract, s.reference, s.params_after)) if (
             'content_cossim_to_solution' in self.keys) else None
