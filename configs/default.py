@@ -35,14 +35,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.mlp_dim = 2048             # PyTorch's default dim_feedforward
   c.dropout = 0.1
   c.identical_layers = True    # every encoder layer starts as a copy of the first
-  # Optimisation.
-  c.optimizer = 'adamw'        # adamw | adam (coupled L2)
+  # Optimisation (docs/optimization.md).
+  c.optimizer = 'adamw'        # adamw | adam (coupled L2) | sgd (coupled L2) | muon
   c.lr = 1e-3
   c.min_lr = 5e-7              # cosine floor, reached at `epochs`
   c.weight_decay = 0.1
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
+  c.momentum = 0.9             # sgd's heavy-ball momentum (PyTorch SGD, no Nesterov)
+  c.schedule = 'cosine'        # cosine (per epoch) | cosine_step | constant | step | exponential
+  c.schedule_step = ml_collections.ConfigDict(  # schedule=step: lr * gamma^(epoch // every)
+      dict(every=1000, gamma=0.1))
+  c.schedule_gamma = 0.999     # schedule=exponential: lr * gamma^epoch
+  c.warmup_epochs = 0          # linear warm-up over this many epochs (per step), 0 = none
+  c.grad_clip = 0.0            # clip the gradient to this global norm, 0 = off
+  c.grokfast = ml_collections.ConfigDict()  # Grokfast gradient filter (Lee et al. 2024)
+  c.grokfast.kind = 'none'     # none | ema | ma
+  c.grokfast.alpha = 0.98      # ema: the average's decay
+  c.grokfast.lamb_ema = 2.0    # ema: amplification lambda
+  c.grokfast.window = 100      # ma: window of raw gradients averaged
+  c.grokfast.lamb_ma = 5.0     # ma: amplification lambda
+  c.loss = 'ce'                # ce (cross-entropy) | mse (Tian's centred MSE)
+  c.l1 = 0.0                   # l1 * sum |theta| added to the loss, 0 = off
   c.batch_size = 256
   c.epochs = 5000
   # Evaluation and stopping.

@@ -75,12 +75,25 @@ def model_config(config) -> models.ModelConfig:
                             identical_layers=config.identical_layers)
 
 
+def schedule(config) -> optim.Schedule:
+  """The config's learning-rate schedule (``optim.Schedule``; docs/optimization.md)."""
+  return optim.Schedule(kind=config.schedule, epochs=config.epochs, min_lr=config.min_lr,
+                        warmup_epochs=config.warmup_epochs,
+                        step_every=config.schedule_step.every,
+                        step_gamma=config.schedule_step.gamma, gamma=config.schedule_gamma)
+
+
 def make_trainer(config, shared_data: bool = True, probes=()) -> train.Trainer:
+  gf = config.grokfast
   hyper = train.Hyper(batch_size=config.batch_size, epochs=config.epochs,
                       min_lr=config.min_lr,
                       target_correct=train.target_correct(config.target_acc, config.test_size),
                       optimizer=config.optimizer, b1=config.adam_b1, b2=config.adam_b2,
-                      eps=config.adam_eps)
+                      eps=config.adam_eps, momentum=config.momentum, grokfast=gf.kind,
+                      grokfast_alpha=gf.alpha,
+                      grokfast_lamb=gf.lamb_ma if gf.kind == 'ma' else gf.lamb_ema,
+                      grokfast_window=gf.window, grad_clip=config.grad_clip,
+                      loss=config.loss, l1=config.l1, schedule=schedule(config))
   return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
                        probes=probes)
 
@@ -220,6 +233,8 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
   with open(path) as f:
     old = json.load(f)
   skip = set(RESUME_SAFE) | {'environment'}
+  # A field added after the run was started reads as its default (what the run had).
+  old = {**{k: v for k, v in runs.ADDED_DEFAULTS.items() if k in new}, **old}
   diff = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
   if diff:
     k = diff[0]
@@ -312,10 +327,13 @@ def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
   h['steps'] += steps_per_epoch
   h['epochs_trained'] += 1
   h['last_epoch'] = epoch
+  # The rate of the next epoch's first step (per-epoch schedules: the next epoch's rate).
   row = {'training_metrics/loss': h['last_loss'],
          'training_metrics/perplexity': math.exp(min(h['last_loss'], 700.0)),
-         'training_metrics/learning_rate': float(optim.cosine_lr(
-             epoch + 1, r.lr, config.min_lr, config.epochs, xp=np))}
+         'training_metrics/learning_rate': float(schedule(config).lr(
+             r.lr, epoch + 1, 0, steps_per_epoch, xp=np))}
+  if 'l1_penalty' in m:
+    row['training_metrics/l1_penalty'] = float(m['l1_penalty'])
   if 'validation_accuracy' not in m:
     return row
   ev = {k: float(m[k]) for k in ('validation_accuracy', 'training_accuracy')}

@@ -26,6 +26,14 @@ class ConfigError(ValueError):
 
 
 GENERATORS = ('reference', 'fast')
+# Fields added after runs were first written, with their defaults: an older run's saved
+# config lacks them and had exactly these values (``--resume`` treats them as equal).
+ADDED_DEFAULTS = {
+    'momentum': 0.9, 'schedule': 'cosine', 'schedule_step': {'every': 1000, 'gamma': 0.1},
+    'schedule_gamma': 0.999, 'warmup_epochs': 0, 'grad_clip': 0.0,
+    'grokfast': {'kind': 'none', 'alpha': 0.98, 'lamb_ema': 2.0, 'window': 100,
+                 'lamb_ma': 5.0},
+    'loss': 'ce', 'l1': 0.0}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 
@@ -109,6 +117,7 @@ def validate(config) -> None:
   _number(config, 'adam_b1', lo=0, hi=0.999999)
   _number(config, 'adam_b2', lo=0, hi=0.999999)
   _number(config, 'adam_eps', lo=0, lo_open=True)
+  _validate_optimisation(config)
   _number(config, 'stride', integer=True, lo=0, hi=p, what=' (0 = floor(sqrt p))')
   _number(config, 'target_acc', lo=0, hi=100, lo_open=True, what=' (percent)')
   for field in ('eval_every', 'probe_every', 'checkpoint_every', 'keep_checkpoints'):
@@ -131,6 +140,31 @@ def validate(config) -> None:
           v >= lo if field != 'lrs' else v > 0)
       _check(ok, field, f'entries must be {"integers >= 0" if integer else "numbers > 0" if field == "lrs" else "numbers >= 0"}; got {v!r}')
     _check(len(set(values)) == len(values), field, f'lists a value twice: {values}')
+
+
+def _one_of(config, field, allowed):
+  v = config[field]
+  _check(v in allowed, field, f'must be one of {", ".join(allowed)}; got {v!r}')
+  return v
+
+
+def _validate_optimisation(config) -> None:
+  """The optimiser, filter, loss and schedule fields (docs/optimization.md)."""
+  _number(config, 'momentum', lo=0, hi=0.999999, what=' (sgd momentum, < 1)')
+  _one_of(config, 'schedule', optim.SCHEDULES)
+  _number(config, 'schedule_step.every', integer=True, lo=1, what=' (epochs)')
+  for field in ('schedule_step.gamma', 'schedule_gamma'):
+    _number(config, field, lo=0, lo_open=True, hi=1, what=' (a decay factor in (0, 1])')
+  _number(config, 'warmup_epochs', integer=True, lo=0, hi=max(config.epochs, 0),
+          what=' (and <= epochs; 0 = no warm-up)')
+  _number(config, 'grad_clip', lo=0, what=' (a global norm; 0 = off)')
+  _one_of(config, 'grokfast.kind', optim.GROKFAST_KINDS)
+  _number(config, 'grokfast.alpha', lo=0, hi=0.999999, what=' (the EMA decay, < 1)')
+  _number(config, 'grokfast.lamb_ema', lo=0)
+  _number(config, 'grokfast.lamb_ma', lo=0)
+  _number(config, 'grokfast.window', integer=True, lo=1)
+  _one_of(config, 'loss', optim.LOSSES)
+  _number(config, 'l1', lo=0, what=' (0 = off)')
 
 
 def stride(config) -> int:

@@ -103,6 +103,15 @@ class Hyper:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  momentum: float = 0.9          # sgd
+  grokfast: str = 'none'         # none | ema | ma (optim.GROKFAST_KINDS)
+  grokfast_alpha: float = 0.98   # ema
+  grokfast_lamb: float = 2.0     # the filter's lambda (the config's lamb_ema or lamb_ma)
+  grokfast_window: int = 100     # ma
+  grad_clip: float = 0.0         # global-norm clipping, 0 = off
+  loss: str = 'ce'               # ce | mse (optim.LOSSES)
+  l1: float = 0.0                # l1 * sum |theta| added to the loss
+  schedule: Any = None           # an optim.Schedule; None = cosine per epoch (epochs, min_lr)
 
 
 class Trainer:
@@ -123,8 +132,12 @@ class Trainer:
     self.probes = tuple(probes)
     self._step_probes = tuple(p for p in self.probes if 'steps' in p.needs)
     self._grad_mean = any('grad_mean' in p.needs for p in self.probes)
-    self.tx = optim.make_optimizer(hyper.optimizer, lr=1e-3, weight_decay=0.0, b1=hyper.b1,
-                                   b2=hyper.b2, eps=hyper.eps)
+    self.tx = optim.make_optimizer(
+        hyper.optimizer, lr=1e-3, weight_decay=0.0, b1=hyper.b1, b2=hyper.b2, eps=hyper.eps,
+        momentum=hyper.momentum, grokfast=hyper.grokfast, grokfast_alpha=hyper.grokfast_alpha,
+        grokfast_lamb=hyper.grokfast_lamb, grokfast_window=hyper.grokfast_window,
+        grad_clip=hyper.grad_clip)
+    self.schedule = hyper.schedule or optim.Schedule(epochs=hyper.epochs, min_lr=hyper.min_lr)
     self._data_axis = None if shared_data else 0
     self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval', 'do_probe'),
                          donate_argnames=('state',))
@@ -162,12 +175,27 @@ class Trainer:
 
   # -- single-run functions (vmapped in __init__) ----------------------------------------
 
-  def loss(self, params, abc_Bx3, mask_B, dropout_key):
-    """Mean cross-entropy over the real (unpadded) rows of a batch."""
+  def data_loss(self, params, abc_Bx3, mask_B, dropout_key):
+    """Mean cross-entropy (``loss='ce'``) or centred MSE (``'mse'``, ``optim.centred_mse``)
+    over the real (unpadded) rows of a batch."""
     logits_BxV = self.model.apply(params, abc_Bx3[:, :2], dropout_key=dropout_key)
-    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_Bx3[:, 2])
+    if self.hyper.loss == 'mse':
+      ce_B = optim.centred_mse(logits_BxV, abc_Bx3[:, 2])
+    else:
+      ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_Bx3[:, 2])
     mask = mask_B.astype(ce_B.dtype)
     return jnp.sum(ce_B * mask) / jnp.sum(mask)
+
+  def loss(self, params, abc_Bx3, mask_B, dropout_key):
+    """The training objective: ``data_loss`` plus the L1 penalty (when ``l1`` > 0)."""
+    return self._objective(params, abc_Bx3, mask_B, dropout_key)[0]
+
+  def _objective(self, params, abc_Bx3, mask_B, dropout_key):
+    """(objective, data loss)."""
+    data = self.data_loss(params, abc_Bx3, mask_B, dropout_key)
+    if not self.hyper.l1:
+      return data, data
+    return data + optim.l1_penalty(params, self.hyper.l1), data
 
   def epoch_order(self, key, spec: RunSpec, epoch, n: int):
     """The run's row order for ``epoch``: int32 [N]."""
@@ -176,34 +204,50 @@ class Trainer:
     return jnp.where(spec.is_random, drawn, static)
 
   def _step(self, params, opt_state, batch_Bx3, mask_B, dropout_key):
-    """One optimiser step: (batch loss, gradient, new params, new optimiser state)."""
-    loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, dropout_key)
+    """One optimiser step: (batch data loss, gradient of the objective, new params, new
+    optimiser state). The data loss excludes the L1 penalty."""
+    if self.hyper.l1:
+      (_, loss), grads = jax.value_and_grad(self._objective, has_aux=True)(
+          params, batch_Bx3, mask_B, dropout_key)
+    else:
+      loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, dropout_key)
     updates, opt_state = self.tx.update(grads, opt_state, params)
     return loss, grads, optax.apply_updates(params, updates), opt_state
 
-  def _epoch_opt_state(self, opt_state, spec: RunSpec, epoch):
-    """The optimiser state with the epoch's learning rate and the run's weight decay."""
-    lr = optim.cosine_lr(epoch, spec.lr, self.hyper.min_lr, self.hyper.epochs)
+  def _epoch_opt_state(self, opt_state, spec: RunSpec, epoch, steps: int = 1):
+    """The optimiser state with the rate of the epoch's first step (of the epoch, for
+    per-epoch schedules) and the run's weight decay; ``steps`` = steps per epoch."""
+    lr = self.schedule.lr(spec.lr, epoch, 0, steps)
     return optim.set_hparams(opt_state, learning_rate=lr, weight_decay=spec.weight_decay), lr
+
+  def _step_lr(self, opt_state, spec: RunSpec, epoch, i, steps: int, lr):
+    """Per-step schedules: the state with step ``i``'s rate, and that rate (otherwise the
+    epoch's state and rate, unchanged)."""
+    if not self.schedule.per_step:
+      return opt_state, lr
+    lr = self.schedule.lr(spec.lr, epoch, i, steps)
+    return optim.set_hparams(opt_state, learning_rate=lr), lr
 
   def _replay(self, state: RunState, spec: RunSpec, data: Data, epoch, order_N, key):
     """The epoch-mean gradient of one extra training epoch (optimiser steps, dropout from
     ``key``) from the run's state before ``epoch`` over the rows in ``order_N``; the run
     itself is untouched. The counterfactual probes' intervention."""
     idx_SxB, mask_SxB = orderings.batch_indices(order_N, self.hyper.batch_size)
-    opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch)
+    steps = idx_SxB.shape[0]
+    opt_state, lr0 = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
 
     def step(carry, xs):
       params, opt_state, grad_sum = carry
       i, idx_B, mask_B = xs
+      opt_state, _ = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
       _, grads, params, opt_state = self._step(params, opt_state, data.train_Nx3[idx_B],
                                                mask_B, jax.random.fold_in(key, i))
       return (params, opt_state, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (_, _, grad_sum), _ = jax.lax.scan(step, (state.params, opt_state, zeros),
-                                       (jnp.arange(idx_SxB.shape[0]), idx_SxB, mask_SxB))
-    return jax.tree.map(lambda g: g / idx_SxB.shape[0], grad_sum)
+                                       (jnp.arange(steps), idx_SxB, mask_SxB))
+    return jax.tree.map(lambda g: g / steps, grad_sum)
 
   def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool):
     """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient,
@@ -213,7 +257,8 @@ class Trainer:
     root = jax.random.wrap_key_data(state.key)
     idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
                                                 h.batch_size)
-    opt_state, lr = self._epoch_opt_state(state.opt_state, spec, epoch)
+    steps = idx_SxB.shape[0]
+    opt_state, lr0 = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
     probes = {p.name: state.probes[p.name] for p in self._step_probes}
     grad_sum = jax.tree.map(jnp.zeros_like, state.params) if grad_mean else None
@@ -221,6 +266,7 @@ class Trainer:
     def step(carry, xs):
       params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
+      opt_state, lr = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
       batch_Bx3, step_key = data.train_Nx3[idx_B], jax.random.fold_in(epoch_key, i)
       loss, grads, new_params, opt_state = self._step(params, opt_state, batch_Bx3, mask_B,
                                                       step_key)
@@ -234,7 +280,6 @@ class Trainer:
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return (new_params, opt_state, probes, grad_sum), loss
 
-    steps = idx_SxB.shape[0]
     (params, opt_state, probes, grad_sum), loss_S = jax.lax.scan(
         step, (state.params, opt_state, probes, grad_sum),
         (jnp.arange(steps), idx_SxB, mask_SxB))
@@ -282,7 +327,7 @@ class Trainer:
                                            (jnp.arange(steps), idx_SxB, mask_SxB))
     counts = self._evaluate(state.params, data)
     val_acc = 100.0 * counts['validation_correct'] / jnp.sum(data.test_valid)
-    opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch)
+    opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     _, metrics, present = self._run_probes(
         state, spec, state.probes, state.params, opt_state, loss_sum / steps,
         jax.tree.map(lambda g: g / steps, grad_sum), data.train_Nx3[idx_SxB[0]], data, epoch,
@@ -318,6 +363,8 @@ class Trainer:
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
     trained = state.active & finite
     metrics = {'loss': loss, 'trained': state.active}
+    if self.hyper.l1:
+      metrics['l1_penalty'] = optim.l1_penalty(params, self.hyper.l1)
     do_eval = do_eval or do_probe  # as the reference's snapshots, probe epochs evaluate
     reached = jnp.zeros((), bool)
     if do_eval:

@@ -19,6 +19,7 @@ NEEDS_REFERENCE = ('gradient_projection',)  # join the groups when reference wei
 INTERVENTIONS = ('hessian', 'counterfactual', 'adam_dynamics')
 # 'full' is the reference's observers + interventions (its debug counterfactual_validator
 # only by name) plus our curvature and progress measures.
+ADAM_FAMILY = ('adamw', 'adam')  # adam_dynamics (and curvature's Adam form) read Adam's state
 GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'interventions': INTERVENTIONS,
           'full': OBSERVERS + INTERVENTIONS + ('curvature', 'progress')}
 
@@ -60,7 +61,7 @@ def _factories(config):
       'progress': lambda: progress.ProgressMeasures(
           cfg, n_key=pm.n_key, strip_rows=pm.strip_rows, train_pairs=pm.train_pairs),
       'curvature': lambda: curvature.Curvature(
-          batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
+          adam=config.optimizer in ADAM_FAMILY, batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
           hutchinson_samples=c.hutchinson_samples, b1=config.adam_b1, b2=config.adam_b2,
           eps=config.adam_eps),
   }
@@ -73,6 +74,8 @@ def names(config) -> list[str]:
     raise runs.ConfigError('probes.group', f'must be one of {", ".join(GROUPS)}; got '
                            f'{group!r}')
   out = list(GROUPS[group])
+  if config.optimizer not in ADAM_FAMILY:  # groups leave out what this optimiser lacks
+    out = [n for n in out if n != 'adam_dynamics']
   if group in ('observers', 'full') and config.probes.reference_weights:
     out += list(NEEDS_REFERENCE)
   for n in (s.strip() for s in config.probes.names.split(',')):
@@ -89,6 +92,9 @@ def build(config) -> list:
     if n not in factories:
       raise runs.ConfigError('probes.names', f'unknown probe {n!r}; available: '
                              f'{", ".join(factories)}')
+  if 'adam_dynamics' in selected and config.optimizer not in ADAM_FAMILY:
+    raise runs.ConfigError('probes.names', f"probe 'adam_dynamics' reads Adam's moments: "
+                           f"optimizer must be adamw or adam; got {config.optimizer!r}")
   needing = [n for n in selected if n in NEEDS_REFERENCE]
   if needing and not config.probes.reference_weights:
     raise runs.ConfigError('probes.reference_weights', f'probe {needing[0]!r} needs reference '

@@ -74,6 +74,7 @@ def _adam_state(opt_state):
 @dataclasses.dataclass(frozen=True)
 class Curvature:
   batch_size: int = 512
+  adam: bool = True  # the optimiser is adamw or adam: report the preconditioned form too
   k: int = 3
   lanczos_steps: int = 20
   hutchinson_samples: int = 8
@@ -103,7 +104,7 @@ class Curvature:
     m = {'lambda_max': top[0], 'top_eigenvalues': top,
          'trace': hutchinson_trace(matvec, dim, self.hutchinson_samples, k_trace),
          'edge_of_stability_ratio': top[0] * lr / 2.0}
-    adam = _adam_state(info.opt_state)
+    adam = _adam_state(info.opt_state) if self.adam else None
     if adam is not None:
       v_hat = ravel_pytree(adam.nu)[0] / (1.0 - self.b2 ** jnp.maximum(adam.count, 1))
       inv_sqrt_p = 1.0 / jnp.sqrt(jnp.sqrt(v_hat) + self.eps)

@@ -70,7 +70,7 @@ BAD = [
     ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),
     ('embed_dim', 15, 'divisible'), ('num_heads', 0, '>= 1'), ('layers', 0, '>= 1'),
     ('mlp_dim', 0, '>= 1'), ('dropout', 1.0, '<='), ('weight_decay', -0.1, '>= 0'),
-    ('optimizer', 'sgd', 'adamw'), ('stride', -1, '>= 0'), ('stride', 14, '<= 13'),
+    ('optimizer', 'lamb', 'adamw'), ('stride', -1, '>= 0'), ('stride', 14, '<= 13'),
     ('target_acc', 0.0, '> 0'), ('target_acc', 101.0, '<= 100'), ('eval_every', 0, '>= 1'),
     ('probe_every', 0, '>= 1'), ('checkpoint_every', 0, '>= 1'), ('keep_checkpoints', 0, '>= 1'),
     ('keep_every', -1, '>= 0'), ('data_generator', 'slow', 'reference'),

@@ -49,7 +49,7 @@ def _numpy_adam(params, grads_seq, lr, wd, decoupled, b1=0.9, b2=0.999, eps=1e-8
   return p
 
 
-@pytest.mark.parametrize('name', optim.OPTIMIZERS)
+@pytest.mark.parametrize('name', ('adamw', 'adam'))  # sgd, muon: test_optim_variants.py
 def test_steps_match_numpy_pytorch_transcription(name):
   rng = np.random.default_rng(0)
   params = {'w': rng.normal(size=(4, 3)).astype(np.float32),

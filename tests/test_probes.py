@@ -230,6 +230,12 @@ def test_build_groups_and_errors():
   c.probes.names = ''
   c.probes.group = 'interventions'
   assert [p.name for p in probes.build(c)] == ['hessian', 'counterfactual', 'adam_dynamics']
+  c.optimizer = 'sgd'
+  assert [p.name for p in probes.build(c)] == ['hessian', 'counterfactual']
+  c.probes.names = 'adam_dynamics'
+  with pytest.raises(Exception, match=r"config\.probes\.names: probe 'adam_dynamics' reads"):
+    probes.build(c)
+  c.probes.names, c.optimizer = '', 'adamw'
   c.probes.counterfactual.k = 0
   with pytest.raises(Exception, match=r'config\.probes\.counterfactual\.k: must be'):
     probes.build(c)
