@@ -54,3 +54,19 @@ def flat_non_bias_raw(tree) -> jax.Array:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   return jnp.concatenate([x.ravel() for path, x in leaves
                           if getattr(path[-1], 'key', None) != 'bias'])
+
+
+def window_init(d: int, window: int) -> dict:
+  """An empty window of the last ``window`` vectors of size d (a ring buffer)."""
+  return {'buf': jnp.zeros((window, d)), 'count': jnp.zeros((), jnp.int32)}
+
+
+def window_push(state: dict, x: jax.Array):
+  """(the window with x added, members n, mask of the filled rows, mean of the members)."""
+  window = state['buf'].shape[0]
+  buf = state['buf'].at[state['count'] % window].set(x)
+  count = state['count'] + 1
+  n = jnp.minimum(count, window)
+  valid = (jnp.arange(window) < n).astype(buf.dtype)
+  mean = jnp.sum(buf * valid[:, None], axis=0) / n
+  return {'buf': buf, 'count': count}, n, valid, mean

@@ -70,27 +70,23 @@ class Variance:
   needs: frozenset = frozenset({'grad_mean'})
 
   def init(self, params):
-    d = common.flat_non_bias(params, self.cfg).shape[0]
-    return {'buf': jnp.zeros((self.window, d)), 'count': jnp.zeros((), jnp.int32)}
+    return common.window_init(common.flat_non_bias(params, self.cfg).shape[0], self.window)
 
   def on_epoch(self, state, info):
-    g = common.flat_non_bias(info.grad_mean, self.cfg)
-    buf = state['buf'].at[state['count'] % self.window].set(g)
-    count = state['count'] + 1
-    n = jnp.minimum(count, self.window)
-    valid = (jnp.arange(self.window) < n).astype(buf.dtype)
-    mean = jnp.sum(buf * valid[:, None], axis=0) / n
+    new, n, valid, mean = common.window_push(
+        state, common.flat_non_bias(info.grad_mean, self.cfg))
+    buf = new['buf']
     sq = jnp.sum(jnp.square(buf - mean) * valid[:, None], axis=0)
     norms = jnp.linalg.norm(buf, axis=1)
     cos_jk = (buf @ buf.T) / (norms[:, None] * norms[None, :] + 1e-8)
     pairs = valid[:, None] * valid[None, :] * jnp.triu(jnp.ones_like(cos_jk), 1)
     n_f = n.astype(buf.dtype)
-    m = {'gradient_variance': jnp.sum(sq) / (n_f * g.shape[0]),
+    m = {'gradient_variance': jnp.sum(sq) / (n_f * buf.shape[1]),
          'mean_pairwise_cos': jnp.sum(cos_jk * pairs) / jnp.maximum(jnp.sum(pairs), 1.0),
          'signal_to_noise': jnp.linalg.norm(mean) / (
              jnp.linalg.norm(jnp.sqrt(sq / jnp.maximum(n_f - 1, 1.0))) + 1e-8),
          'window_mean_norm': jnp.linalg.norm(mean)}
-    return {'buf': buf, 'count': count}, m, n >= 2
+    return new, m, n >= 2
 
 
 @dataclasses.dataclass(frozen=True)

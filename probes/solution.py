@@ -84,23 +84,19 @@ class SubspaceGradientInfo:
   needs: frozenset = frozenset({'grad_mean'})
 
   def init(self, params):
-    d = common.flat_non_bias(params, self.cfg).shape[0]
-    return {'buf': jnp.zeros((self.window, d)), 'count': jnp.zeros((), jnp.int32)}
+    return common.window_init(common.flat_non_bias(params, self.cfg).shape[0], self.window)
 
   def on_epoch(self, state, info):
-    g = common.flat_non_bias(info.grad_mean, self.cfg)
-    buf = state['buf'].at[state['count'] % self.window].set(g)
-    count = state['count'] + 1
-    n = jnp.minimum(count, self.window)
-    valid = (jnp.arange(self.window) < n).astype(buf.dtype)
-    mean = jnp.sum(buf * valid[:, None], axis=0) / n
+    new, n, valid, mean = common.window_push(
+        state, common.flat_non_bias(info.grad_mean, self.cfg))
+    buf = new['buf']
     centred = (buf - mean) * valid[:, None]  # [window, D]
     m = {spectra.GRAM: spectra.gram(centred.T), 'members': n}  # spectrum: to_host
     if self.with_reference:
       sol = common.flat_non_bias(info.reference, self.cfg) - common.flat_non_bias(
           info.params, self.cfg)
       m['centred_dot_solution'] = centred @ (sol / jnp.linalg.norm(sol))  # [window]
-    return {'buf': buf, 'count': count}, m, n >= 2
+    return new, m, n >= 2
 
   def to_host(self, m: dict) -> dict:
     """The window's spectrum (``probes.spectra``). With centred = U S V^T, the Gram matrix
