@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   # What to run.
   c.strategy = 'stride'        # stride | target | random | fixed-random | alternating | all | a,b
   c.seed = 199                 # data, initial weights, dropout and the random order
+  c.data_seed = -1             # the pairs (and so fixed-random's order); -1 = the run's seed
+  c.init_seed = -1             # the initial weights; -1 = the run's seed
+  c.order_seed = -1            # random's per-epoch permutations; -1 = the run's seed
   c.seeds = ()                 # several seeds in one batch; () = (seed,)
   c.lrs = ()                   # several peak learning rates in one batch; () = (lr,)
   c.weight_decays = ()         # several weight decays in one batch; () = (weight_decay,)

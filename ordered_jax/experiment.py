@@ -115,7 +115,7 @@ class Batch:
   data: train.Data
   spec: train.RunSpec
   state: train.RunState
-  train_sets: dict[int, np.ndarray]  # host train arrays by seed
+  train_sets: dict[int, np.ndarray]  # host train arrays by data seed
 
 
 def _is_single_weights(path: str) -> bool:
@@ -174,14 +174,15 @@ def build(config, probes=(), reference=None, init_params=None) -> Batch:
   t_data = time.perf_counter()
   host_data = {}
   for r in batch:
-    if r.seed not in host_data:
-      host_data[r.seed] = tasks.make_mod_add(config.p, config.train_size, config.test_size,
-                                             r.seed, config.data_generator)
+    if r.data_seed not in host_data:
+      host_data[r.data_seed] = tasks.make_mod_add(config.p, config.train_size,
+                                                  config.test_size, r.data_seed,
+                                                  config.data_generator)
   shared = len(host_data) == 1
   per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
               for s, (tr, te) in host_data.items()}
   data = next(iter(per_seed.values())) if shared else train.stack_runs(
-      [per_seed[r.seed] for r in batch])
+      [per_seed[r.data_seed] for r in batch])
   logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
                config.train_size, config.test_size, len(host_data),
                time.perf_counter() - t_data)
@@ -191,10 +192,13 @@ def build(config, probes=(), reference=None, init_params=None) -> Batch:
       lr=np.array([r.lr for r in batch], np.float32),
       weight_decay=np.array([r.weight_decay for r in batch], np.float32),
       is_random=np.array([r.strategy == 'random' for r in batch]),
-      orders=np.stack([run_orders(r.strategy, host_data[r.seed][0], stride) for r in batch]),
-      reference=None if reference is None else train.stack_runs(reference)))
+      orders=np.stack([run_orders(r.strategy, host_data[r.data_seed][0], stride)
+                       for r in batch]),
+      reference=None if reference is None else train.stack_runs(reference),
+      order_key=np.stack([jax.random.key_data(jax.random.key(r.order_seed)) for r in batch])))
   state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
-                             [r.weight_decay for r in batch], params=init_params)
+                             [r.weight_decay for r in batch], params=init_params,
+                             init_seeds=[r.init_seed for r in batch])
   return Batch(batch, trainer, data, spec, state, {s: v[0] for s, v in host_data.items()})
 
 

@@ -33,7 +33,7 @@ ADDED_DEFAULTS = {
     'schedule_gamma': 0.999, 'warmup_epochs': 0, 'grad_clip': 0.0,
     'grokfast': {'kind': 'none', 'alpha': 0.98, 'lamb_ema': 2.0, 'window': 100,
                  'lamb_ma': 5.0},
-    'loss': 'ce', 'l1': 0.0}
+    'loss': 'ce', 'l1': 0.0, 'data_seed': -1, 'init_seed': -1, 'order_seed': -1}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 
@@ -47,6 +47,9 @@ class Run:
   seed: int
   lr: float
   weight_decay: float
+  data_seed: int = -1   # resolved by expand: the run's seed unless config.data_seed >= 0
+  init_seed: int = -1
+  order_seed: int = -1
 
 
 def strategies(config) -> list[str]:
@@ -92,6 +95,10 @@ def validate(config) -> None:
   _check(_is_prime(p), 'p', f'must be a prime >= 3; got {p}')
   _check(p * p < 2**31, 'p', f'must be < 46341 (pairs are int32); got {p}')
   _number(config, 'seed', integer=True, lo=0)
+  for field in ('data_seed', 'init_seed', 'order_seed'):
+    v = config.get(field, -1)
+    _check(isinstance(v, int) and not isinstance(v, bool) and v >= -1, field,
+           f'must be an integer >= 0, or -1 for the run\'s seed; got {v!r}')
   train = _number(config, 'train_size', integer=True, lo=1)
   test = _number(config, 'test_size', integer=True, lo=1)
   _check(config.data_generator in GENERATORS, 'data_generator',
@@ -186,8 +193,10 @@ def expand(config) -> list[Run]:
       name += f'_lr{lr:g}'
     if len(wds) > 1:
       name += f'_wd{wd:g}'
+    pick = lambda field: int(seed) if config.get(field, -1) < 0 else int(config[field])  # pylint: disable=cell-var-from-loop
     runs.append(Run(name=name, strategy=s, seed=int(seed), lr=float(lr),
-                    weight_decay=float(wd)))
+                    weight_decay=float(wd), data_seed=pick('data_seed'),
+                    init_seed=pick('init_seed'), order_seed=pick('order_seed')))
   return runs
 
 

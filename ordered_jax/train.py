@@ -57,6 +57,8 @@ class RunSpec:
   is_random: jax.Array     # bool: draw a fresh permutation every epoch
   orders: jax.Array        # int32 [2, N]: row order for even and odd epochs (static strategies)
   reference: Any = None    # reference ("solution") parameters for probes, or None
+  order_key: Any = None    # uint32 key data of the order stream (config.order_seed), or
+                           # None: the run's own key
 
 
 @struct.dataclass
@@ -150,16 +152,19 @@ class Trainer:
   # -- initial state -------------------------------------------------------------------
 
   def init_state(self, seeds: Sequence[int], lrs: Sequence[float],
-                 weight_decays: Sequence[float], params: Any = None) -> RunState:
-    """Fresh state for R runs. Runs with the same seed start from the same weights;
+                 weight_decays: Sequence[float], params: Any = None,
+                 init_seeds: Sequence[int] | None = None) -> RunState:
+    """Fresh state for R runs. Runs with the same init seed (``init_seeds``, default
+    ``seeds``) start from the same weights; the run key (dropout, probes) is the seed's;
     ``params`` (one tree, e.g. ``config.init_from``'s) replaces them in every run."""
+    init_seeds = list(seeds) if init_seeds is None else list(init_seeds)
     by_seed = {}
-    for s in seeds:
+    for s in init_seeds:
       if s not in by_seed:
-        root = jax.random.key(s)
-        by_seed[s] = (jax.random.key_data(root), params if params is not None else
-                      self._init_params(jax.random.fold_in(root, INIT_STREAM)))
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s][1] for s in seeds])
+        by_seed[s] = params if params is not None else self._init_params(
+            jax.random.fold_in(jax.random.key(s), INIT_STREAM))
+    keys = [jax.random.key_data(jax.random.key(s)) for s in seeds]
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s] for s in init_seeds])
     opt_state = jax.vmap(self.tx.init)(params)
     opt_state = jax.vmap(lambda o, lr, wd: optim.set_hparams(o, learning_rate=lr,
                                                              weight_decay=wd))(
@@ -169,7 +174,7 @@ class Trainer:
     probes = jax.tree.map(jnp.copy, jax.vmap(
         lambda p: {pr.name: pr.init(p) for pr in self.probes})(params))
     return RunState(params=params, opt_state=opt_state,
-                    key=jnp.stack([by_seed[s][0] for s in seeds]),
+                    key=jnp.stack(keys),
                     epoch=jnp.zeros((r,), jnp.int32), active=jnp.ones((r,), bool),
                     stop_reason=jnp.zeros((r,), jnp.int32), probes=probes)
 
@@ -198,7 +203,10 @@ class Trainer:
     return data + optim.l1_penalty(params, self.hyper.l1), data
 
   def epoch_order(self, key, spec: RunSpec, epoch, n: int):
-    """The run's row order for ``epoch``: int32 [N]."""
+    """The run's row order for ``epoch``: int32 [N]. Random draws from ``spec.order_key``
+    (``config.order_seed``) when set, else from the run's key."""
+    if spec.order_key is not None:
+      key = jax.random.wrap_key_data(spec.order_key)
     static = spec.orders[epoch % 2]
     drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
     return jnp.where(spec.is_random, drawn, static)
