@@ -33,3 +33,35 @@ def micro_config(**overrides):
 @pytest.fixture
 def micro():
   return micro_config
+
+
+# The LAPACK-backed primitives no probe may put inside the jitted epoch (probes.spectra).
+LAPACK_PRIMITIVES = frozenset({'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr',
+                               'householder_product', 'schur', 'hessenberg', 'tridiagonal',
+                               'geqrf', 'geqp3', 'lu_pivots_to_permutation'})
+
+
+def jaxpr_primitives(jaxpr) -> set:
+  """Every primitive name in a jaxpr, sub-jaxprs (scan, cond, while, pjit) included."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          names |= jaxpr_primitives(inner)
+  return names
+
+
+def epoch_info(**kw):
+  """An ``instrument.EpochInfo`` with neutral defaults, for probe unit tests."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ordered_jax import instrument  # pylint: disable=g-import-not-at-top
+  base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
+              grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
+              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None,
+              validation_accuracy=jnp.float32(0.0), apply=None, loss_fn=None)
+  base.update(kw)
+  return instrument.EpochInfo(**base)

@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 import probes
 from ordered_jax import checkpoint, experiment, instrument, models, sinks, train
 from probes import curvature, dynamics, fourier, gradients, weights
-from tests.conftest import micro_config
+from tests.conftest import LAPACK_PRIMITIVES, epoch_info, jaxpr_primitives, micro_config
 
 CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
 MODEL = models.Model(CFG)
@@ -29,12 +29,7 @@ def _numpy_flat_non_bias(tree):
 
 
 def _info(**kw):
-  base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
-              grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None,
-              validation_accuracy=jnp.float32(0.0), apply=MODEL.apply, loss_fn=None)
-  base.update(kw)
-  return instrument.EpochInfo(**base)
+  return epoch_info(**{'apply': MODEL.apply, **kw})
 
 
 def _host(probe, m):
@@ -632,19 +627,6 @@ def test_reference_weights_auto_and_missing(tmp_path):
   assert rows[-1]['gradient_projection/distance_to_reference'] == 0.0
 
 
-def _primitives(jaxpr) -> set:
-  """Every primitive name in a jaxpr, sub-jaxprs (scan, cond, while, pjit) included."""
-  names = set()
-  for eqn in jaxpr.eqns:
-    names.add(eqn.primitive.name)
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          names |= _primitives(inner)
-  return names
-
-
 def test_no_lapack_inside_the_probed_epoch():
   """jaxlib 0.10's CPU LAPACK kernels deadlock XLA:CPU when several run at once (see
   probes.spectra): no probe may put one in the jitted epoch."""
@@ -659,11 +641,9 @@ def test_no_lapack_inside_the_probed_epoch():
   ref = model.init(jax.random.key(5))
   b = experiment.build(c, ps, reference=[ref, ref])
   fn = lambda *a: b.trainer._batched_epoch(*a, do_eval=True, do_probe=True)  # pylint: disable=protected-access
-  names = _primitives(jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr)
+  names = jaxpr_primitives(jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr)
   assert 'scan' in names and 'dot_general' in names  # the walk reaches the epoch's body
-  lapack = {'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr', 'householder_product', 'schur',
-            'hessenberg', 'tridiagonal', 'geqrf', 'geqp3', 'lu_pivots_to_permutation'}
-  assert not names & lapack, names & lapack
+  assert not names & LAPACK_PRIMITIVES, names & LAPACK_PRIMITIVES
 
 
 def _fake_replay(n):

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ordered_jax import instrument, models
+from ordered_jax import models
 from probes import progress
+from tests.conftest import LAPACK_PRIMITIVES, epoch_info, jaxpr_primitives
 
 CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
 MODEL = models.Model(CFG)
@@ -22,12 +23,7 @@ def _tree(seed):
 
 
 def _info(**kw):
-  base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
-              grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None,
-              validation_accuracy=jnp.float32(0.0), apply=MODEL.apply, loss_fn=None)
-  base.update(kw)
-  return instrument.EpochInfo(**base)
+  return epoch_info(**{'apply': MODEL.apply, **kw})
 
 
 def _train_table(seed, n=40):
@@ -205,18 +201,6 @@ def test_partial_strip_fit_equals_least_squares():
 
 # -- (d) batched over runs under jit; paper-size shapes ----------------------------------------
 
-def _primitives(jaxpr) -> set:
-  names = set()
-  for eqn in jaxpr.eqns:
-    names.add(eqn.primitive.name)
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          names |= _primitives(inner)
-  return names
-
-
 def _largest(jaxpr) -> int:
   """The most elements of any value a jaxpr (sub-jaxprs included) produces."""
   big = 0
@@ -247,11 +231,9 @@ def test_jit_vmap_over_runs_matches_unbatched_without_lapack():
     for k, v in want.items():
       np.testing.assert_allclose(np.asarray(batched[k][r]), np.asarray(v), rtol=2e-5,
                                  atol=1e-6, err_msg=k)
-  names = _primitives(jax.make_jaxpr(jax.vmap(metrics, in_axes=(0, None)))(stacked, train).jaxpr)
+  names = jaxpr_primitives(jax.make_jaxpr(jax.vmap(metrics, in_axes=(0, None)))(stacked, train).jaxpr)
   assert 'scan' in names and 'fft' in names
-  lapack = {'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr', 'householder_product', 'schur',
-            'hessenberg', 'tridiagonal', 'geqrf', 'geqp3'}
-  assert not names & lapack, names & lapack
+  assert not names & LAPACK_PRIMITIVES, names & LAPACK_PRIMITIVES
 
 
 def test_paper_size_never_builds_a_p_by_p_table():
