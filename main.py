@@ -24,6 +24,8 @@ _RESUME = flags.DEFINE_bool('resume', False, 'Continue the runs of this config i
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete existing runs of this config in '
                                '--workdir and start again.')
 _QUIET = flags.DEFINE_bool('quiet', False, 'No progress bar (for scripts and logs).')
+_RERUN = flags.DEFINE_string('rerun', '', "Sweeps: restart the runs matching 'key=values', "
+                             "e.g. --rerun='seed=1,2;weight_decay=0.1' (docs/sweeps.md).")
 flags.mark_flags_as_required(['config'])
 
 
@@ -68,13 +70,24 @@ def main(argv):
       matmul_precision=str(config.get('matmul_precision', 'highest')),
       compilation_cache=os.environ.get(
           'ORDERED_JAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'ordered_jax')))
-  from ordered_jax import experiment, runs  # pylint: disable=g-import-not-at-top
+  from ordered_jax import experiment, runs, sweep, sweeper  # pylint: disable=g-import-not-at-top
   import probes  # pylint: disable=g-import-not-at-top
   try:
+    if sweeper.is_sweep(config):
+      if _RESUME.value:
+        _fail('--resume: a sweep continues by itself; run the same command again')
+      table = sweeper.run(config, _WORKDIR.value, probes=probes.build, rerun=_RERUN.value,
+                          overwrite=_OVERWRITE.value, quiet=_QUIET.value)
+      logging.info('sweep results: %s', table)
+      return
+    if _RERUN.value:
+      _fail('--rerun applies to sweeps (config.sweep.grid / config.sweep.zip)')
+    runs.validate(config)
+    config = runs.resolve(config)  # what will run (strategy resonant sizes its own data)
     summaries = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
                                overwrite=_OVERWRITE.value, quiet=_QUIET.value,
                                probes=probes.build(config))
-  except (runs.ConfigError, experiment.WorkdirError) as e:
+  except (runs.ConfigError, experiment.WorkdirError, sweep.SweepError) as e:
     _fail(str(e))
   except experiment.Interrupted as e:
     print(f'{e}', file=sys.stderr)

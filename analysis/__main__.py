@@ -2,7 +2,8 @@
 
 Tools: metric_plot, compare, convergence, correlation, export_table, layer_dynamics,
 area_plot, weight_compare, weight_heatmap, activation_probe, dataset_dft, report,
-tensorboard. ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
+tensorboard; ``merge A B ... -o OUT`` combines sweeps' results.parquet tables.
+``--workdir`` (repeatable) is a folder of runs, ours or the reference's
 (ExperimentOneData layout), or one run folder. Every tool writes its files under
 ``--output-dir`` (default ``<first workdir>/analysis``) in ``<tool>/`` and prints each
 path; missing or malformed input is one line on stderr and exit code 2. See
@@ -160,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
   p = tool('tensorboard', 'replay metrics JSONL into TensorBoard event files')
   p.add_argument('--jsonl', nargs='+', default=[], help='JSONL files (instead of runs)')
   p.add_argument('--config', default='', help='experiment_config.json for a --jsonl file')
+
+  p = sub.add_parser('merge', help='combine sweeps\' results tables into one',
+                     description='python -m analysis merge A B ... -o OUT [--keep last|first]: '
+                                 'the results.parquet of several sweeps (dirs or files) as one')
+  p.add_argument('inputs', nargs='+', help='sweep dirs or .parquet files')
+  p.add_argument('-o', '--output', required=True, help='a dir (gets results.parquet) or a '
+                                                       '.parquet path')
+  p.add_argument('--keep', choices=('last', 'first'), default='last',
+                 help='which input\'s row a run found in several inputs keeps')
   return ap
 
 
@@ -407,6 +417,8 @@ def main(argv=None) -> list[str]:
   """Run one tool; prints and returns the written paths. Input problems exit with code 2
   and one line on stderr."""
   args = build_parser().parse_args(argv)
+  if args.tool == 'merge':
+    return _merge(args)
   try:
     if args.tool in NEEDS_WORKDIR and not args.workdir:
       raise InputError(f'{args.tool} needs --workdir')
@@ -425,6 +437,17 @@ def main(argv=None) -> list[str]:
   for p in paths:
     print(p)
   return paths
+
+
+def _merge(args) -> list[str]:
+  """``merge``: one results table from several sweeps (ordered_jax.results.merge)."""
+  from ordered_jax import results  # pylint: disable=g-import-not-at-top
+  try:
+    path = results.merge(args.inputs, args.output, keep=args.keep)
+  except (ValueError, OSError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  print(path)
+  return [path]
 
 
 def _fail(message: str):

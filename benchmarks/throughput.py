@@ -65,7 +65,7 @@ def step_flops(b: experiment.Batch, batch_size: int) -> float:
     upd, opt = tr.tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 
-  abc = b.data.train_Nx3[:batch_size]
+  abc = b.data.train_NxC[:batch_size]
   mask = jnp.ones((batch_size,), bool)
   cost = jax.jit(step).lower(params, opt, abc, mask, jax.random.key(0)).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

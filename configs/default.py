@@ -11,6 +11,9 @@ target), a comma list such as ``--config.strategy=stride,random``, and/or
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from ordered_jax import sweep
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,13 +28,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.lrs = ()                   # several peak learning rates in one batch; () = (lr,)
   c.weight_decays = ()         # several weight decays in one batch; () = (weight_decay,)
   c.init_from = ''             # start from these weights: a reference .pt file or one of our runs
-  # Task.
-  c.p = 9973                   # prime modulus = vocabulary = number of classes
-  c.train_size = 300_000
-  c.test_size = 1_000_000
+  c.lockstep = False           # compare the batch's runs every evaluated epoch (one shared
+                               # init and data): <workdir>/lockstep.jsonl, docs/lockstep.md
+  # Task (docs/tasks.md).
+  c.task = 'add'               # add | sub | mul | div | add3 | product:AxB.. | sym:N | dihedral:N
+                               # | poly:<expr in x, y>, e.g. poly:x^2+x*y+y^2
+  c.p = 9973                   # prime modulus of the Z_p tasks = vocabulary = classes
+  # Training examples: an int, or 'critical' (Tian's n = c M ln M (2.7482 - critical_delta)).
+  c.train_size = config_dict.FieldReference(300_000, field_type=object)
+  c.train_fraction = 0.0       # > 0: this share of all tuples instead of train_size
+  c.critical_delta = 0.0       # train_size='critical': moves the split across the boundary
+  c.test_size = 1_000_000      # 0 = every tuple not in the training set
   c.data_generator = 'reference'  # reference (the paper's exact pairs) | fast (numpy)
-  c.stride = 0                 # stride ordering's s; 0 = floor(sqrt(p))
-  # Model (the reference's GrokkingTransformer).
+  c.stride = 0                 # stride ordering's s; 0 = floor(sqrt(M)), M the group order
+  # Model (docs/models.md): reference (the paper's GrokkingTransformer) | power | mlp.
+  c.model = 'reference'
+  c.mlp = ml_collections.ConfigDict(dict(  # model=mlp (Tian): hidden width = mlp_dim
+      activation='sqr',        # sqr | relu | silu | relusqr
+      embed_trainable=False,   # one-hot embeddings fixed (identity) or trainable
+      inner_product=False))    # hidden = prod_k W_k e_k instead of act(W [e_1; e_2])
   c.embed_dim = 256
   c.num_heads = 4
   c.layers = 2
@@ -63,6 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.l1 = 0.0                   # l1 * sum |theta| added to the loss, 0 = off
   c.batch_size = 256
   c.epochs = 5000
+  # Scheduled interventions, 'epoch:value' lists (docs/optimization.md#interventions):
+  c.interventions = ml_collections.ConfigDict(dict(
+      lr='',                   # e.g. '1000:0.1,2000:0.01': x factor on the scheduled rate from epoch on
+      batch_size=''))          # e.g. '200:512': this batch size from epoch on
+  c.resonant = ml_collections.ConfigDict(dict(  # strategy=resonant's dataset (reference HEAD)
+      n_harmonics=4, overlap_frac=0.4, n_cycles=3))
   # Evaluation and stopping.
   c.target_acc = 99.5          # stop a run when its validation accuracy (percent) reaches it
   c.eval_every = 1
@@ -96,4 +117,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Numerics.
   c.deterministic = True       # XLA deterministic GPU kernels
   c.matmul_precision = 'highest'  # float32 matmuls (no TF32), as the reference
+  # Sweeps (docs/sweeps.md): grid and zip mirror every field above as a string of values,
+  # e.g. --config.sweep.grid.seed=0..8 --config.sweep.grid.weight_decay=0.1,1.0
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.max_runs_per_batch = 0   # runs per vmapped batch; 0 = from a memory estimate
+  c.sweep.grid = sweep.mirror(c)   # cartesian product of every non-empty key
+  c.sweep.zip = sweep.mirror(c)    # non-empty keys covary (equal lengths), x the grid
   return c

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (checkpoint, environment, models, optim, orderings, runs, sinks,
-                         tasks, train)
+from ordered_jax import (checkpoint, environment, lockstep, models, optim, orderings,
+                         resonant, runs, sharding, sinks, tasks, train)
 
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
@@ -69,10 +69,16 @@ def _signal_flag():
 
 
 def model_config(config) -> models.ModelConfig:
-  return models.ModelConfig(vocab=config.p, embed_dim=config.embed_dim,
+  """The model of ``config.model`` sized for ``config``'s task (vocabulary = classes = the
+  group order, one input per operand)."""
+  t = runs.task(config)
+  return models.ModelConfig(vocab=t.order, embed_dim=config.embed_dim,
                             num_heads=config.num_heads, layers=config.layers,
                             mlp_dim=config.mlp_dim, dropout=config.dropout,
-                            identical_layers=config.identical_layers)
+                            identical_layers=config.identical_layers, kind=config.model,
+                            n_ops=t.n_ops, activation=config.mlp.activation,
+                            embed_trainable=config.mlp.embed_trainable,
+                            inner_product=config.mlp.inner_product)
 
 
 def schedule(config) -> optim.Schedule:
@@ -80,14 +86,18 @@ def schedule(config) -> optim.Schedule:
   return optim.Schedule(kind=config.schedule, epochs=config.epochs, min_lr=config.min_lr,
                         warmup_epochs=config.warmup_epochs,
                         step_every=config.schedule_step.every,
-                        step_gamma=config.schedule_step.gamma, gamma=config.schedule_gamma)
+                        step_gamma=config.schedule_step.gamma, gamma=config.schedule_gamma,
+                        changes=runs.changes(config, 'lr'))
 
 
-def make_trainer(config, shared_data: bool = True, probes=()) -> train.Trainer:
+def make_trainer(config, shared_data: bool = True, probes=(),
+                 batch_size: int | None = None) -> train.Trainer:
+  """The config's trainer (with ``batch_size`` instead of the config's, for interventions)."""
   gf = config.grokfast
-  hyper = train.Hyper(batch_size=config.batch_size, epochs=config.epochs,
+  hyper = train.Hyper(batch_size=batch_size or config.batch_size, epochs=config.epochs,
                       min_lr=config.min_lr,
-                      target_correct=train.target_correct(config.target_acc, config.test_size),
+                      target_correct=train.target_correct(config.target_acc,
+                                                          runs.sizes(config)[1]),
                       optimizer=config.optimizer, b1=config.adam_b1, b2=config.adam_b2,
                       eps=config.adam_eps, momentum=config.momentum, grokfast=gf.kind,
                       grokfast_alpha=gf.alpha,
@@ -98,11 +108,11 @@ def make_trainer(config, shared_data: bool = True, probes=()) -> train.Trainer:
                        probes=probes)
 
 
-def run_orders(strategy: str, train_Nx3: np.ndarray, stride: int) -> np.ndarray:
+def run_orders(strategy: str, train_NxC: np.ndarray, stride: int) -> np.ndarray:
   """int32 [2, N]: the run's static order on even and odd epochs (unused for random)."""
   if strategy == 'random':
-    return np.zeros((2, train_Nx3.shape[0]), np.int32)
-  return np.stack([orderings.static_order(strategy, train_Nx3, stride=stride, parity=k)
+    return np.zeros((2, train_NxC.shape[0]), np.int32)
+  return np.stack([orderings.static_order(strategy, train_NxC, stride=stride, parity=k)
                    for k in (0, 1)])
 
 
@@ -165,26 +175,36 @@ def load_init(config) -> Any:
                            f'{type(e).__name__}: {why}') from None
 
 
-def build(config, probes=(), reference=None, init_params=None) -> Batch:
+def build(config, probes=(), reference=None, init_params=None,
+          batch: list[runs.Run] | None = None) -> Batch:
   """Data (one copy per distinct seed, shared on device when all runs share it), trainer,
   orders and initial state for every run of ``config``; ``probes`` go to the trainer and
   ``reference`` (one parameter tree per run, or None) to the probes; ``init_params`` (one
   tree, or None) replaces every run's initial weights."""
-  batch = runs.expand(config)
+  config = runs.resolve(config)
+  batch = runs.expand(config) if batch is None else batch
   t_data = time.perf_counter()
+  task = runs.task(config)
+  n_train, n_test = runs.sizes(config)
   host_data = {}
   for r in batch:
-    if r.data_seed not in host_data:
-      host_data[r.data_seed] = tasks.make_mod_add(config.p, config.train_size,
-                                                  config.test_size, r.data_seed,
-                                                  config.data_generator)
+    if r.data_seed in host_data:
+      continue
+    if r.strategy == 'resonant':  # its own ordered training set (runs.resolve sized it)
+      rc = config.resonant
+      tr = resonant.train_set(config.p, runs.stride(config), rc.n_harmonics, rc.overlap_frac,
+                              rc.n_cycles, r.data_seed)
+      host_data[r.data_seed] = (tr, resonant.test_set(config.p, tr, n_test, r.data_seed))
+    else:
+      host_data[r.data_seed] = tasks.make_task(task, n_train, n_test, r.data_seed,
+                                               config.data_generator)
   shared = len(host_data) == 1
   per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
               for s, (tr, te) in host_data.items()}
   data = next(iter(per_seed.values())) if shared else train.stack_runs(
       [per_seed[r.data_seed] for r in batch])
-  logging.info('data: %d train / %d test pairs per run, %d distinct set(s), %.2fs',
-               config.train_size, config.test_size, len(host_data),
+  logging.info('data: task %s, %d train / %d test examples per run, %d distinct set(s), %.2fs',
+               task.name, n_train, n_test, len(host_data),
                time.perf_counter() - t_data)
   trainer = make_trainer(config, shared_data=shared, probes=probes)
   stride = runs.stride(config)
@@ -202,7 +222,8 @@ def build(config, probes=(), reference=None, init_params=None) -> Batch:
   return Batch(batch, trainer, data, spec, state, {s: v[0] for s, v in host_data.items()})
 
 
-def _run_config(config, r: runs.Run, env: dict) -> dict:
+def run_config(config, r: runs.Run, env: dict) -> dict:
+  """Run ``r``'s resolved config as saved in ``experiment_config.json`` (with ``env``)."""
   cfg = config.to_dict()
   cfg.update(strategy=r.strategy, seed=r.seed, lr=r.lr, weight_decay=r.weight_decay,
              seeds=[], lrs=[], weight_decays=[], run_name=r.name, stride=runs.stride(config),
@@ -214,10 +235,18 @@ def _occupied(run_dir: str) -> bool:
   return os.path.isdir(run_dir) and bool(os.listdir(run_dir))
 
 
-def _check_workdir(dirs, workdir, resume, overwrite):
+def _check_workdir(dirs, workdir, resume, overwrite, files=()):
+  """Whether the run folders ``dirs`` (and the batch-level ``files``) may be written."""
   if resume and overwrite:
     raise WorkdirError('--resume and --overwrite exclude each other')
   busy = [d for d in dirs if _occupied(d)]
+  if not resume:
+    for f in files:
+      if os.path.exists(f):
+        if not overwrite:
+          raise WorkdirError(f'{f} already exists; pass --resume to continue its runs or '
+                             '--overwrite to replace it')
+        os.remove(f)
   if resume:
     if not busy:
       raise WorkdirError(f'--resume: no run of this config in {workdir} to resume')
@@ -375,6 +404,25 @@ def _probe_row(probes, m: dict, i: int) -> dict:
   return row
 
 
+class _Lockstep:
+  """``config.lockstep``: the batch's pairwise comparison, written to
+  ``<workdir>/lockstep.jsonl`` after every evaluated epoch (``ordered_jax.lockstep``)."""
+
+  def __init__(self, config, workdir, batch, trainer, state, start):
+    self.names = [r.name for r in batch]
+    self.layers = models.param_names(train.run_slice(state.params, 0))
+    self.compare = lockstep.make_compare(trainer.model.apply, len(batch))
+    self.sink = sinks.JsonlSink(os.path.join(workdir, lockstep.FILENAME), start_epoch=start)
+
+  def write(self, epoch, params, data):
+    m = jax.device_get(self.compare(params, data.test_chunks, data.test_valid))
+    for row in lockstep.rows(m, self.names, self.layers):
+      self.sink.write(epoch, row)
+
+  def close(self):
+    self.sink.close()
+
+
 def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
   """Evaluate-only (``epochs = 0``): one row at epoch 0 with the weight-only probes and
   the accuracies of the initial (or ``init_from``) weights; other probes need training."""
@@ -391,30 +439,35 @@ def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
 
 
 def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False, probes=()) -> list[dict]:
+        quiet: bool = False, probes=(), batch: list[runs.Run] | None = None) -> list[dict]:
   """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries.
 
   ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows."""
   runs.validate(config)
+  config = runs.resolve(config)  # strategy resonant sizes its own data and batches
+  runs.validate(config)
   runs.check_workdir(workdir)
-  batch = runs.expand(config)
+  batch = runs.expand(config) if batch is None else batch
   dirs = [os.path.join(workdir, r.name) for r in batch]
   source = config.probes.reference_weights if 'probes' in config else ''
   reference = None
   if probes and source:  # read before --overwrite may delete it ('auto' = this workdir)
     reference = load_reference(config, batch, workdir if source == 'auto' else source)
   init_params = load_init(config) if config.get('init_from') and not resume else None
-  _check_workdir(dirs, workdir, resume, overwrite)
+  _check_workdir(dirs, workdir, resume, overwrite, files=[
+      os.path.join(workdir, lockstep.FILENAME)] if config.get('lockstep', False) else [])
   env = environment.metadata()
-  run_cfgs = [_run_config(config, r, env) for r in batch]
+  run_cfgs = [run_config(config, r, env) for r in batch]
   if resume:
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
 
-  b = build(config, probes, reference, init_params)
+  b = build(config, probes, reference, init_params, batch)
   trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
+  mesh = sharding.runs_mesh()
+  n_pad = sharding.padding(len(batch), mesh)
   n_params = models.param_count(train.run_slice(state.params, 0))
-  steps_per_epoch = orderings.steps_per_epoch(config.train_size, config.batch_size)
+  steps_per_epoch = orderings.steps_per_epoch(runs.sizes(config)[0], config.batch_size)
   mgrs = [checkpoint.manager(d, keep=config.keep_checkpoints, keep_every=config.keep_every)
           for d in dirs]
 
@@ -437,20 +490,35 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     for i, h in enumerate(host):
       h['init_eval'] = {k: float(v[i]) for k, v in init_eval.items()}
 
+  # Over every device: the runs axis split over a mesh (padded with inactive copies).
+  state, spec, data = sharding.place(state, spec, data, mesh, n_pad,
+                                     shared_data=trainer.shared_data)
+  if mesh.size > 1:
+    logging.info('%d runs (+%d padding) sharded over %d devices', len(batch), n_pad, mesh.size)
   writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
                            start_epoch=start) for d, r in zip(dirs, batch)]
+  compare = None
+  if config.get('lockstep', False):
+    compare = _Lockstep(config, workdir, batch, trainer, state, start)
   active = np.asarray(jax.device_get(state.active))
   bar = _progress(batch, host, quiet, config.epochs, start)
   last_saved = start if resume else None
 
   executables = {}
+  n_train = runs.sizes(config)[0]
+  trainers = {config.batch_size: trainer}  # more when interventions change the batch size
 
-  def compiled(variant: tuple[bool, bool]):
-    """The epoch for (do_eval, do_probe), compiled ahead of time once (timed apart)."""
+  def compiled(variant: tuple[int, bool, bool]):
+    """The epoch for (batch size, do_eval, do_probe), compiled ahead of time once (timed
+    apart)."""
     if variant not in executables:
       t = time.perf_counter()
-      executables[variant] = trainer.epoch.lower(
-          state, spec, data, jnp.int32(0), do_eval=variant[0], do_probe=variant[1]).compile()
+      size = variant[0]
+      if size not in trainers:
+        trainers[size] = make_trainer(config, shared_data=trainer.shared_data, probes=probes,
+                                      batch_size=size)
+      executables[variant] = trainers[size].epoch.lower(
+          state, spec, data, jnp.int32(0), do_eval=variant[1], do_probe=variant[2]).compile()
       for h in host:
         h['compile_seconds'] = h.get('compile_seconds', 0.0) + time.perf_counter() - t
     return executables[variant]
@@ -472,7 +540,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
           break
         do_probe = probe_epoch(config, epoch, probes)
         do_eval = do_probe or epoch % config.eval_every == 0 or epoch == config.epochs - 1
-        variant = (do_eval, do_probe)
+        size = runs.batch_size_at(config, epoch)
+        steps_per_epoch = orderings.steps_per_epoch(n_train, size)
+        variant = (size, do_eval, do_probe)
         if variant not in executables:
           compiled(variant)
           t0 = time.perf_counter()
@@ -487,9 +557,11 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
             row = _record(config, r, h, {k: v[i] for k, v in m.items()
                                          if not k.startswith('probes')}, epoch,
                           steps_per_epoch)
-            extra = _probe_row(probes, m, i) if variant[1] and row is not None else {}
+            extra = _probe_row(probes, m, i) if do_probe and row is not None else {}
             if row is not None and (do_eval or extra):
               writers[i].write(epoch, {**row, **extra})
+        if compare is not None and do_eval:
+          compare.write(epoch, state.params, data)
         epochs_done = epoch + 1
         t0 = now
         active = np.asarray(jax.device_get(state.active))
@@ -509,6 +581,8 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
       m.wait_until_finished()
     for w in writers:
       w.close()
+    if compare is not None:
+      compare.close()
     if bar is not None:
       bar.close()
 

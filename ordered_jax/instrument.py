@@ -47,7 +47,7 @@ class StepInfo:
   learning_rate: jax.Array
   epoch: jax.Array = None   # the epoch (the same for every run of a batch)
   opt_state: Any = None     # after the step
-  batch_Bx3: jax.Array = None
+  batch_BxC: jax.Array = None
   mask_B: jax.Array = None
   dropout_key: jax.Array = None  # the step's dropout key (loss_fn(p, batch, mask, key))
   loss_fn: Callable = None
@@ -66,11 +66,11 @@ class EpochInfo:
   loss: jax.Array           # epoch-mean loss
   learning_rate: jax.Array  # the rate used during the epoch
   key: jax.Array            # a probe key: fold_in(root, PROBE_STREAM, epoch)
-  train_Nx3: jax.Array      # the training table on device
-  first_batch_Bx3: jax.Array  # the epoch's first batch (the reference's attention sample)
+  train_NxC: jax.Array      # the training table on device
+  first_batch_BxC: jax.Array  # the epoch's first batch (the reference's attention sample)
   validation_accuracy: jax.Array  # percent after the epoch (probe epochs always evaluate)
   apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
-  loss_fn: Callable         # loss_fn(params, abc_Bx3, mask_B, dropout_key) -> mean CE
+  loss_fn: Callable         # loss_fn(params, abc_BxC, mask_B, dropout_key) -> mean CE
   reference: Any = None     # reference ("solution") parameters, if configured
   replay: Callable = None   # replay(order_N, key) -> epoch-mean gradient of an extra epoch
                             # from the pre-epoch state over rows order_N (interventions)

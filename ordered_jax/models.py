@@ -1,6 +1,14 @@
-"""The reference transformer (OrderedLearning's ``GrokkingTransformer``) in Flax NNX.
+"""The models in Flax NNX, behind one functional handle ``Model(cfg)``.
 
-The module is only a definition: training code sees a plain parameter pytree
+Three families (``ModelConfig.kind``), all mapping K operand tokens to logits over the
+group's elements:
+
+* ``reference``: OrderedLearning's ``GrokkingTransformer`` (encoder, mean pool);
+* ``power``: Power et al. (2022) as re-implemented in Sea-Snell/grokking's ``grokk_model``
+  (decoder on ``[a, op, b, =]``, causal attention, head on the ``=`` token);
+* ``mlp``: Tian's ``ModularAdditionNN`` (fixed one-hot inputs, two linear maps).
+
+Each module is only a definition: training code sees a plain parameter pytree
 (``Model.init``) and a pure ``Model.apply``. Dropout takes an explicit key, so the
 model holds no RNG state and a step's randomness is a function of its key alone.
 
@@ -23,17 +31,27 @@ from flax import nnx
 Params = Any  # nested dict of arrays, as produced by nnx.State.to_pure_dict()
 
 
+MODEL_KINDS = ('reference', 'power', 'mlp')
+ACTIVATIONS = ('sqr', 'relu', 'silu', 'relusqr')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Shape and regularisation of the reference transformer."""
+  """Model family, shape and regularisation. The defaults are the reference transformer."""
 
-  vocab: int  # p: tokens are 0..p-1, classes are 0..p-1
-  embed_dim: int = 256
-  num_heads: int = 4
-  layers: int = 2
-  mlp_dim: int = 2048  # PyTorch's TransformerEncoderLayer default, not 4 * embed_dim
-  dropout: float = 0.1
-  identical_layers: bool = True  # the reference deep-copies one initial layer
+  vocab: int  # group order: tokens are 0..vocab-1, classes are 0..vocab-1
+  embed_dim: int = 256  # reference, power
+  num_heads: int = 4  # reference, power
+  layers: int = 2  # reference, power
+  mlp_dim: int = 2048  # PyTorch's encoder default (not 4 * embed_dim); the mlp's hidden width
+  dropout: float = 0.1  # reference, power (the mlp has none)
+  identical_layers: bool = True  # reference only: it deep-copies one initial layer
+  kind: str = 'reference'  # one of MODEL_KINDS
+  n_ops: int = 2  # operands per example (3 for a+b+c)
+  # mlp (Tian's two-layer network)
+  activation: str = 'sqr'  # one of ACTIVATIONS
+  embed_trainable: bool = False  # one-hot embedding fixed (no parameter) or trainable
+  inner_product: bool = False  # hidden = prod_k (W_k e_k) instead of act(W [e_1; ...; e_K])
 
 
 def _uniform(bound: float):
@@ -43,6 +61,13 @@ def _uniform(bound: float):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
+
+
+def _linear(fan_in: int, fan_out: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+  """nn.Linear with PyTorch's default init: weight and bias U(+-1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+  return nnx.Linear(fan_in, fan_out, use_bias=use_bias, kernel_init=_uniform(bound),
+                    bias_init=_uniform(bound), rngs=rngs)
 
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -102,19 +127,20 @@ class EncoderLayer(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Token + learned positional embedding, L encoder layers, mean pool, untied decoder."""
+  """The reference: token + learned positional embedding, L encoder layers, mean pool,
+  untied decoder. Positions: one per operand (K = n_ops), no operator or '=' tokens."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d = cfg.embed_dim
     self.embedding = nnx.Embed(cfg.vocab, d, embedding_init=jax.nn.initializers.normal(1.0),
                                rngs=rngs)
-    self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (2, d)))
+    self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (cfg.n_ops, d)))
     self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.layers)])
     self.decoder = nnx.Linear(d, cfg.vocab, kernel_init=_uniform(1 / math.sqrt(d)),
                               bias_init=_uniform(1 / math.sqrt(d)), rngs=rngs)
 
-  def __call__(self, x_Bx2, key=None, return_attn=False):
-    h_BxTxD = self.embedding(x_Bx2) + self.pos_embedding[...]
+  def __call__(self, x_BxK, key=None, return_attn=False):
+    h_BxTxD = self.embedding(x_BxK) + self.pos_embedding[...]
     keys = [None] * len(self.layers) if key is None else list(
         jax.random.split(key, len(self.layers)))
     attn = []
@@ -127,21 +153,195 @@ class Transformer(nnx.Module):
     return logits_BxV
 
 
+# ---------------------------------------------------------------------------------------
+# power: Power et al. (2022), after Sea-Snell/grokking's grokk_model.
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head causal self-attention: fused QKV, head dim d / H, dropout on the probs."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d = cfg.embed_dim
+    self.num_heads = cfg.num_heads
+    self.rate = cfg.dropout
+    self.qkv = _linear(d, 3 * d, rngs)  # = three nn.Linear(d, d) in distribution
+    self.out = _linear(d, d, rngs)
+
+  def __call__(self, x_BxTxD, key=None):
+    b, t, d = x_BxTxD.shape
+    h = self.num_heads
+    qkv = self.qkv(x_BxTxD).reshape(b, t, 3, h, d // h)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits_BxHxTxT = jnp.einsum('bqhk,bthk->bhqt', q_BxTxHxK, k_BxTxHxK) / math.sqrt(d // h)
+    causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+    logits_BxHxTxT = jnp.where(causal_TxT, logits_BxHxTxT, -1e9)  # Sea-Snell's masked_fill
+    probs_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)  # masked entries are exactly 0
+    dropped = _dropout(probs_BxHxTxT, self.rate, key)
+    out_BxTxD = jnp.einsum('bhqt,bthk->bqhk', dropped, v_BxTxHxK).reshape(b, t, d)
+    return self.out(out_BxTxD), probs_BxHxTxT
+
+
+class DecoderBlock(nnx.Module):
+  """Pre-LN block: x + attn(LN x), then x + ff2(gelu(ff1(LN x))); GELU is the exact (erf)
+  one, PyTorch's F.gelu default. Dropout on the probs, the attention output, the GELU
+  output and the MLP output, as in grokk_model's TransformerBlock."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    self.rate = cfg.dropout
+    self.norm1 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.attn = CausalSelfAttention(cfg, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.ff1 = _linear(d, f, rngs)
+    self.ff2 = _linear(f, d, rngs)
+
+  def __call__(self, h_BxTxD, key=None):
+    keys = [None] * 4 if key is None else list(jax.random.split(key, 4))
+    attn_out, probs = self.attn(self.norm1(h_BxTxD), keys[0])
+    h_BxTxD = h_BxTxD + _dropout(attn_out, self.rate, keys[1])
+    ff = _dropout(jax.nn.gelu(self.ff1(self.norm2(h_BxTxD)), approximate=False), self.rate,
+                  keys[2])
+    h_BxTxD = h_BxTxD + _dropout(self.ff2(ff), self.rate, keys[3])
+    return h_BxTxD, probs
+
+
+class PowerTransformer(nnx.Module):
+  """Decoder-only transformer on the sequence [a, op, b, (op, c,) =] (T = 2K).
+
+  Extra tokens op = vocab and eq = vocab + 1, so the table has vocab + 2 rows. Token
+  embedding * sqrt(d) + learned positions, dropout, L pre-LN causal blocks, final LN, and a
+  linear head d -> vocab on the last ('=') position: the only one the loss reads, so the
+  others are not computed. PyTorch-default init as in grokk_model: embeddings and positions
+  N(0, 1) (nn.Embedding), every Linear U(+-1/sqrt(fan_in)) for weight and bias, LN 1 / 0.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d = cfg.embed_dim
+    self.vocab = cfg.vocab
+    self.rate = cfg.dropout
+    self.scale = math.sqrt(d)
+    self.embedding = nnx.Embed(cfg.vocab + 2, d, embedding_init=jax.nn.initializers.normal(1.0),
+                               rngs=rngs)
+    self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (2 * cfg.n_ops, d)))
+    self.layers = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.layers)])
+    self.norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.head = _linear(d, cfg.vocab, rngs)
+
+  def tokens(self, x_BxK):
+    """[a, b(, c)] -> [a, op, b(, op, c), =]."""
+    b, k = x_BxK.shape
+    ops_BxK = jnp.full_like(x_BxK, self.vocab)
+    seq_BxT = jnp.stack([x_BxK, ops_BxK], axis=-1).reshape(b, 2 * k)
+    return seq_BxT.at[:, -1].set(self.vocab + 1)
+
+  def __call__(self, x_BxK, key=None, return_attn=False):
+    keys = [None] * (len(self.layers) + 1) if key is None else list(
+        jax.random.split(key, len(self.layers) + 1))
+    h_BxTxD = self.embedding(self.tokens(x_BxK)) * self.scale + self.pos_embedding[...]
+    h_BxTxD = _dropout(h_BxTxD, self.rate, keys[0])
+    attn = []
+    for layer, k in zip(self.layers, keys[1:]):
+      h_BxTxD, probs = layer(h_BxTxD, k)
+      attn.append(probs)
+    logits_BxV = self.head(self.norm(h_BxTxD[:, -1]))
+    if return_attn:
+      return logits_BxV, jnp.stack(attn)  # attention probs: [L, B, H, T, T]
+    return logits_BxV
+
+
+# ---------------------------------------------------------------------------------------
+# mlp: Tian's ModularAdditionNN (CoGo / Li2), without its optional extras.
+
+_ACTIVATION_FNS = {
+    'sqr': jnp.square,
+    'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
+    'relusqr': lambda z: jnp.square(jax.nn.relu(z)),
+}
+
+
+def _eye_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
+class TwoLayerMLP(nnx.Module):
+  """logits = V act(W [e_1; ...; e_K]), or V prod_k(W_k e_k) with inner_product; no biases.
+
+  e_k is the one-hot of operand k (the identity embedding, not a parameter), or with
+  embed_trainable the row of an M x M ``embedding`` initialised to the identity. W, W_k and
+  V get nn.Linear's default U(+-1/sqrt(fan_in)). W applied to a one-hot is a row of its
+  kernel, so the forward pass gathers rows (cost B x H per operand) instead of multiplying
+  [B, K*M] by [K*M, H]. Dropout does not exist here: ``key`` is accepted and ignored.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    m, k, h = cfg.vocab, cfg.n_ops, cfg.mlp_dim
+    self.m, self.n_ops = m, k
+    self.activation = cfg.activation
+    self.inner_product = cfg.inner_product
+    self.embed_trainable = cfg.embed_trainable
+    if cfg.embed_trainable:
+      self.embedding = nnx.Embed(m, m, embedding_init=_eye_init, rngs=rngs)
+    if cfg.inner_product:
+      self.Ws = nnx.List([_linear(m, h, rngs, use_bias=False) for _ in range(k)])
+    else:
+      self.W = _linear(k * m, h, rngs, use_bias=False)
+    self.V = _linear(h, m, rngs, use_bias=False)
+
+  def tables(self) -> list[jax.Array]:
+    """Per operand k, [M, H]: row j is W_k e_j (W_k = W's k-th block of input rows)."""
+    if self.inner_product:
+      blocks = [w.kernel[...] for w in self.Ws]
+    else:
+      kernel = self.W.kernel[...]
+      blocks = [kernel[i * self.m:(i + 1) * self.m] for i in range(self.n_ops)]
+    if self.embed_trainable:
+      e_MxM = self.embedding.embedding[...]
+      blocks = [e_MxM @ w_MxH for w_MxH in blocks]
+    return blocks
+
+  def hidden(self, x_BxK):
+    """The hidden features [B, H] that V reads (Tian's x_before_layerc)."""
+    rows = [t_MxH[x_BxK[:, i]] for i, t_MxH in enumerate(self.tables())]
+    if self.inner_product:
+      return math.prod(rows[1:], start=rows[0])
+    return _ACTIVATION_FNS[self.activation](sum(rows[1:], start=rows[0]))
+
+  def __call__(self, x_BxK, key=None, return_attn=False):
+    del key  # no dropout in this model
+    logits_BxM = self.V(self.hidden(x_BxK))
+    if return_attn:
+      return logits_BxM, None  # no attention
+    return logits_BxM
+
+
+_MODULES = {'reference': Transformer, 'power': PowerTransformer, 'mlp': TwoLayerMLP}
+
+
 class Model:
-  """A functional handle on ``Transformer``: ``init(key) -> params``, ``apply(params, x)``."""
+  """A functional handle on the ``cfg.kind`` module: ``init(key) -> params``,
+  ``apply(params, x)``. Params are a plain nested dict (``nnx.to_pure_dict``)."""
 
   def __init__(self, cfg: ModelConfig):
-    if cfg.embed_dim % cfg.num_heads:
+    if cfg.kind not in MODEL_KINDS:
+      raise ValueError(f'kind must be one of {MODEL_KINDS}, got {cfg.kind!r}')
+    if cfg.activation not in ACTIVATIONS:
+      raise ValueError(f'activation must be one of {ACTIVATIONS}, got {cfg.activation!r}')
+    if cfg.n_ops < 1:
+      raise ValueError(f'n_ops must be >= 1, got {cfg.n_ops}')
+    if cfg.kind != 'mlp' and cfg.embed_dim % cfg.num_heads:
       raise ValueError(f'embed_dim ({cfg.embed_dim}) must be divisible by num_heads '
                        f'({cfg.num_heads})')
     self.cfg = cfg
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    self._module = _MODULES[cfg.kind]
+    abstract = nnx.eval_shape(lambda: self._module(cfg, rngs=nnx.Rngs(0)))
     self.graphdef, self._abstract_state = nnx.split(abstract)
 
   def init(self, key: jax.Array) -> Params:
-    """PyTorch-default initial weights; with identical_layers every layer copies layer 0."""
-    params = nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(params=key))))
-    if self.cfg.identical_layers:
+    """Initial weights (see each module's docstring); for the reference with
+    identical_layers, every layer copies layer 0 (the other kinds ignore that flag)."""
+    params = nnx.to_pure_dict(nnx.state(self._module(self.cfg, rngs=nnx.Rngs(params=key))))
+    if self.cfg.kind == 'reference' and self.cfg.identical_layers:
       params['layers'] = {i: params['layers'][0] for i in params['layers']}
     return params
 
@@ -149,17 +349,31 @@ class Model:
     """ShapeDtypeStructs of the parameters, without allocating them."""
     return jax.eval_shape(self.init, jax.random.key(0))
 
-  def apply(self, params: Params, x_Bx2: jax.Array, *, dropout_key: jax.Array | None = None,
-            return_attn: bool = False):
-    """Logits [B, p] (and attention probabilities if asked); dropout on iff a key is given."""
+  def module(self, params: Params) -> nnx.Module:
+    """The NNX module holding ``params`` (for methods beyond ``apply``, e.g. ``hidden``)."""
     state = nnx.clone(self._abstract_state)
     nnx.replace_by_pure_dict(state, params)
-    module = nnx.merge(self.graphdef, state)
-    return module(x_Bx2, key=dropout_key, return_attn=return_attn)
+    return nnx.merge(self.graphdef, state)
+
+  def apply(self, params: Params, x_BxK: jax.Array, *, dropout_key: jax.Array | None = None,
+            return_attn: bool = False):
+    """Logits [B, vocab] for K = n_ops operand tokens (and, if asked, attention probs
+    [L, B, H, T, T]; None for the mlp); dropout on iff a key is given."""
+    return self.module(params)(x_BxK, key=dropout_key, return_attn=return_attn)
 
 
 def param_count(params: Params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def param_names(params: Params) -> list[str]:
+  """Dotted names of every leaf in tree order (``jax.tree.leaves``), e.g. 'W.kernel',
+  'layers.0.attn.qkv.kernel': model-agnostic names for probes and docs."""
+  def name(path):
+    return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                    for k in path)
+
+  return [name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,6 +381,9 @@ def param_count(params: Params) -> int:
 
 def _reference_layout(cfg: ModelConfig):
   """(reference name, path in our params, transpose) in the reference's named_parameters order."""
+  if cfg.kind != 'reference':
+    raise ValueError(f"reference names exist only for kind 'reference', got {cfg.kind!r}; "
+                     'use param_names')
   rows = [('pos_embedding', ('pos_embedding',), False),
           ('embedding.weight', ('embedding', 'embedding'), False)]
   for i in range(cfg.layers):

@@ -53,6 +53,8 @@ class Schedule:
   (x ``step_gamma`` every ``step_every`` epochs, PyTorch StepLR) and ``exponential``
   (x ``gamma`` every epoch, PyTorch ExponentialLR). ``warmup_epochs`` > 0 multiplies any of
   them by min(1, (k + 1) / (warmup_epochs * steps_per_epoch)), k = the global step.
+  ``changes`` ((epoch, factor), ... ascending; ``config.interventions.lr``) multiply the
+  result by the factor of the last change at or before the epoch (1 before the first).
   """
 
   kind: str = 'cosine'
@@ -62,6 +64,7 @@ class Schedule:
   step_every: int = 1000
   step_gamma: float = 0.1
   gamma: float = 0.999
+  changes: tuple = ()
 
   @property
   def per_step(self) -> bool:
@@ -92,6 +95,11 @@ class Schedule:
       k = xp.asarray(epoch) * s + xp.asarray(step)
       out = out * xp.minimum(xp.asarray(1.0, f),
                              xp.asarray(k + 1, f) / (self.warmup_epochs * s))
+    if self.changes:
+      factor = xp.ones((), f)
+      for at, value in self.changes:
+        factor = xp.where(xp.asarray(epoch) >= at, xp.asarray(value, f), factor)
+      out = out * factor
     return out
 
 

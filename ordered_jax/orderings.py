@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STRATEGIES = ('stride', 'target', 'random', 'fixed-random', 'alternating')
+STRATEGIES = ('stride', 'target', 'random', 'fixed-random', 'alternating', 'resonant')
 # The reference's '--strategy all' order (v3; HEAD also appends 'resonant').
 PAPER_STRATEGIES = ('stride', 'random', 'fixed-random', 'target')
 
@@ -29,12 +29,13 @@ def _check_strategy(strategy: str) -> None:
     raise ValueError(f'strategy must be one of {", ".join(STRATEGIES)}, got {strategy!r}')
 
 
-def static_order(strategy: str, train_Nx3: np.ndarray, *, stride: int,
+def static_order(strategy: str, train_NxC: np.ndarray, *, stride: int,
                  parity: int = 0) -> np.ndarray:
   """int32 [N] row order for the non-random strategies (numpy).
 
-  fixed-random: rows as generated; stride: stable sort by (a mod stride, a); target:
-  stable sort by c. Ties keep generator order, as in the reference. ``parity`` = epoch % 2
+  Rows are (operands..., label). fixed-random and resonant: rows as generated (resonant
+  builds its own, ordered set: ``ordered_jax.resonant``); stride: stable sort by
+  (a mod stride, a) with a the first operand; target: stable sort by the label. Ties keep generator order, as in the reference. ``parity`` = epoch % 2
   is used by 'alternating' (stride on even epochs, target on odd). 'random' raises
   ValueError: it is drawn on device by ``random_order``.
   """
@@ -43,16 +44,16 @@ def static_order(strategy: str, train_Nx3: np.ndarray, *, stride: int,
     raise ValueError("strategy 'random' has no static order; use random_order")
   if stride < 1:
     raise ValueError(f'stride must be >= 1, got {stride}')
-  train_Nx3 = np.asarray(train_Nx3)
+  train_NxC = np.asarray(train_NxC)
   if strategy == 'alternating':
     strategy = 'stride' if parity % 2 == 0 else 'target'
-  if strategy == 'fixed-random':
-    order_N = np.arange(train_Nx3.shape[0])
+  if strategy in ('fixed-random', 'resonant'):  # resonant's rows are built in order
+    order_N = np.arange(train_NxC.shape[0])
   elif strategy == 'stride':
-    a_N = train_Nx3[:, 0].astype(np.int64)
+    a_N = train_NxC[:, 0].astype(np.int64)
     order_N = np.lexsort((a_N, a_N % stride))  # lexsort is stable; last key is primary
   else:  # target
-    order_N = np.argsort(train_Nx3[:, 2], kind='stable')
+    order_N = np.argsort(train_NxC[:, -1], kind='stable')
   return order_N.astype(np.int32)
 
 

@@ -12,8 +12,11 @@ import dataclasses
 import itertools
 import math
 import os
+from typing import Any
 
-from ordered_jax import optim, orderings
+from absl import logging
+
+from ordered_jax import models, optim, orderings, resonant, tasks
 
 
 class ConfigError(ValueError):
@@ -26,6 +29,8 @@ class ConfigError(ValueError):
 
 
 GENERATORS = ('reference', 'fast')
+CRITICAL = 'critical'
+REFERENCE_TASKS = tasks.REFERENCE_TASKS  # 2-operand Z_p tasks: every pair is valid
 # Fields added after runs were first written, with their defaults: an older run's saved
 # config lacks them and had exactly these values (``--resume`` treats them as equal).
 ADDED_DEFAULTS = {
@@ -33,7 +38,11 @@ ADDED_DEFAULTS = {
     'schedule_gamma': 0.999, 'warmup_epochs': 0, 'grad_clip': 0.0,
     'grokfast': {'kind': 'none', 'alpha': 0.98, 'lamb_ema': 2.0, 'window': 100,
                  'lamb_ma': 5.0},
-    'loss': 'ce', 'l1': 0.0, 'data_seed': -1, 'init_seed': -1, 'order_seed': -1}
+    'loss': 'ce', 'l1': 0.0, 'data_seed': -1, 'init_seed': -1, 'order_seed': -1,
+    'task': 'add', 'train_fraction': 0.0, 'critical_delta': 0.0, 'model': 'reference',
+    'mlp': {'activation': 'sqr', 'embed_trainable': False, 'inner_product': False},
+    'lockstep': False, 'interventions': {'lr': '', 'batch_size': ''},
+    'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3}}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 
@@ -90,28 +99,32 @@ def validate(config) -> None:
     _check(s in orderings.STRATEGIES, 'strategy',
            f'unknown strategy {s!r}; allowed: {allowed} (or a comma-separated list)')
   _check(len(set(names)) == len(names), 'strategy', f'lists a strategy twice: {config.strategy}')
+  if 'resonant' in names:
+    _validate_resonant(config, names)
 
   p = _number(config, 'p', integer=True, lo=3)
   _check(_is_prime(p), 'p', f'must be a prime >= 3; got {p}')
   _check(p * p < 2**31, 'p', f'must be < 46341 (pairs are int32); got {p}')
+  t = task(config)
   _number(config, 'seed', integer=True, lo=0)
   for field in ('data_seed', 'init_seed', 'order_seed'):
     v = config.get(field, -1)
     _check(isinstance(v, int) and not isinstance(v, bool) and v >= -1, field,
            f'must be an integer >= 0, or -1 for the run\'s seed; got {v!r}')
-  train = _number(config, 'train_size', integer=True, lo=1)
-  test = _number(config, 'test_size', integer=True, lo=1)
   _check(config.data_generator in GENERATORS, 'data_generator',
          f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
-  # Both sets must fit among the p*p pairs (the reference generator draws its test pairs with
-  # replacement, but a test set larger than the pairs left would be mostly duplicates).
-  _check(train + test <= p * p, 'train_size',
-         f'train_size + test_size must be <= p*p = {p * p}; got {train + test}')
-  _number(config, 'batch_size', integer=True, lo=1, hi=train, what=' (and <= train_size)')
+  train, test = _validate_sizes(config, t)
+  _number(config, 'batch_size', integer=True, lo=1, hi=train,
+          what=f' (and <= the {train} training examples)')
   _number(config, 'eval_batch_size', integer=True, lo=1)
   lr = _number(config, 'lr', lo=0, lo_open=True)
   _number(config, 'min_lr', lo=0, hi=lr, what=' (and <= lr)')
   _number(config, 'epochs', integer=True, lo=0)
+  _validate_interventions(config, train)
+  _one_of(config, 'model', models.MODEL_KINDS)
+  _one_of(config, 'mlp.activation', models.ACTIVATIONS)
+  for field in ('mlp.embed_trainable', 'mlp.inner_product'):
+    _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
   d = _number(config, 'embed_dim', integer=True, lo=1)
   h = _number(config, 'num_heads', integer=True, lo=1)
   _check(d % h == 0, 'embed_dim', f'must be divisible by num_heads ({h}); got {d}')
@@ -125,14 +138,15 @@ def validate(config) -> None:
   _number(config, 'adam_b2', lo=0, hi=0.999999)
   _number(config, 'adam_eps', lo=0, lo_open=True)
   _validate_optimisation(config)
-  _number(config, 'stride', integer=True, lo=0, hi=p, what=' (0 = floor(sqrt p))')
+  _number(config, 'stride', integer=True, lo=0, hi=t.order,
+          what=f' (at most the group order {t.order}; 0 = floor(sqrt {t.order}))')
   _number(config, 'target_acc', lo=0, hi=100, lo_open=True, what=' (percent)')
   for field in ('eval_every', 'probe_every', 'checkpoint_every', 'keep_checkpoints'):
     _number(config, field, integer=True, lo=1)
   _number(config, 'keep_every', integer=True, lo=0, what=' (0 = off)')
   _check(config.matmul_precision in PRECISIONS, 'matmul_precision',
          f'must be one of {", ".join(PRECISIONS)}; got {config.matmul_precision!r}')
-  for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers'):
+  for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers', 'lockstep'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
   _check(isinstance(config.get('init_from', ''), str), 'init_from',
          f"must be a path ('' = fresh weights); got {config.get('init_from')!r}")
@@ -147,6 +161,9 @@ def validate(config) -> None:
           v >= lo if field != 'lrs' else v > 0)
       _check(ok, field, f'entries must be {"integers >= 0" if integer else "numbers > 0" if field == "lrs" else "numbers >= 0"}; got {v!r}')
     _check(len(set(values)) == len(values), field, f'lists a value twice: {values}')
+  if config.lockstep:
+    _check(len(expand(config)) >= 2, 'lockstep',
+           'compares the runs of a batch: give at least two (e.g. strategy=stride,random)')
 
 
 def _one_of(config, field, allowed):
@@ -174,8 +191,132 @@ def _validate_optimisation(config) -> None:
   _number(config, 'l1', lo=0, what=' (0 = off)')
 
 
+def task(config) -> tasks.Task:
+  """The config's task (``config.task`` over ``config.p``); ``ConfigError`` if malformed."""
+  _check(isinstance(config.task, str), 'task', f'must be a string; got {config.task!r}')
+  try:
+    return tasks.parse_task(config.task, config.p)
+  except ValueError as e:
+    message = str(e).splitlines()[0]
+    raise ConfigError('task', message.removeprefix('task: ')) from None
+
+
+def sizes(config) -> tuple[int, int]:
+  """(training, test) examples: ``train_fraction`` of all tuples when > 0, else
+  ``train_size`` (an int, or 'critical' for Tian's critical ratio); ``test_size`` = 0 means
+  every tuple not used for training."""
+  t = task(config)
+  if config.train_fraction:
+    n = tasks.fraction_train_size(t, config.train_fraction)
+  elif config.train_size == CRITICAL:
+    n = tasks.critical_train_size(t, delta=config.critical_delta)
+  else:
+    n = int(config.train_size)
+  return n, (int(config.test_size) or t.n_codes - n)
+
+
+def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
+  size = config.train_size
+  _check(size == CRITICAL or (isinstance(size, int) and not isinstance(size, bool) and size >= 1),
+         'train_size', f"must be an integer >= 1 or 'critical'; got {size!r}")
+  _number(config, 'train_fraction', lo=0, hi=1, what=' (0 = use train_size)')
+  _number(config, 'critical_delta', hi=2.7482, what=" (train_size='critical')")
+  _number(config, 'test_size', integer=True, lo=0, what=' (0 = every tuple not in training)')
+  if config.data_generator == 'reference':
+    _check(t.kind in REFERENCE_TASKS, 'data_generator',
+           f"'reference' reproduces the reference's (a, b) draws and applies to tasks "
+           f"{', '.join(REFERENCE_TASKS)}; use 'fast' for task {t.name!r}")
+    _check(config.test_size >= 1, 'test_size',
+           "must be >= 1 with data_generator='reference' (its test set is drawn with "
+           "replacement; 0 = 'the rest' needs data_generator='fast')")
+  train, test = sizes(config)
+  _check(train >= 1, 'train_size', f'gives no training example ({train})')
+  # Both sets must fit among the task's tuples (the reference generator draws its test pairs
+  # with replacement, but a test set larger than the pairs left would be mostly duplicates).
+  _check(train + test <= t.n_codes, 'train_size',
+         f'training + test examples must be <= the {t.n_codes} tuples of task {t.name!r}; '
+         f'got {train} + {test}')
+  _check(test >= 1, 'test_size', f'leaves no test example for task {t.name!r}')
+  return train, test
+
+
+def resolve(config):
+  """The config as it will run: with ``strategy='resonant'`` its dataset fixes the training
+  set size and the batch size (the largest residue class), which replace ``train_size`` and
+  ``batch_size`` (logged). Other configs come back unchanged."""
+  if strategies(config) != ['resonant'] or config.train_size == CRITICAL:
+    return config
+  s = config.stride or orderings.default_stride(config.p)
+  n = resonant.train_size(config.p, s, config.resonant.n_cycles)
+  size = resonant.batch_size(config.p, s)
+  if (n, size) == (config.train_size, config.batch_size) and not config.train_fraction:
+    return config
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    out.train_size, out.batch_size, out.train_fraction = n, size, 0.0
+  out.lock()
+  logging.info('strategy resonant builds %d training rows in batches of %d (replacing '
+               'train_size=%s, batch_size=%s)', n, size, config.train_size, config.batch_size)
+  return out
+
+
+def _validate_resonant(config, names) -> None:
+  r = config.resonant
+  _check(names == ['resonant'], 'strategy', 'resonant builds its own training set and batch '
+         'size, so it runs alone (not in a list or with all)')
+  _check(config.task == 'add', 'task', f"strategy resonant is defined for task add; got "
+         f"{config.task!r}")
+  _number(config, 'resonant.n_harmonics', integer=True, lo=1)
+  _number(config, 'resonant.overlap_frac', lo=0, hi=1)
+  _number(config, 'resonant.n_cycles', integer=True, lo=1)
+  _check(config.train_size != CRITICAL, 'train_size', "must be an int with strategy resonant "
+         "(its dataset sets the size)")
+
+
+def changes(config, field: str) -> tuple[tuple[int, Any], ...]:
+  """``config.interventions.<field>`` ('epoch:value,...') as ((epoch, value), ...), epochs
+  ascending; ``ConfigError`` naming the field when malformed."""
+  text = str(config.interventions[field]).strip()
+  name = f'interventions.{field}'
+  integer = field == 'batch_size'
+  allowed = (f"must be 'epoch:{'size' if integer else 'factor'},...' with epochs ascending in "
+             f"[1, epochs) and {'sizes in [1, training examples]' if integer else 'factors > 0'}")
+  out = []
+  for item in filter(None, (x.strip() for x in text.split(','))):
+    try:
+      at, value = item.split(':')
+      at, value = int(at), (int(value) if integer else float(value))
+    except ValueError:
+      raise ConfigError(name, f'{allowed}; got {text!r}') from None
+    ok = 1 <= at < max(config.epochs, 1) and value > 0 and (not out or at > out[-1][0])
+    _check(ok, name, f'{allowed}; got {text!r}')
+    out.append((at, value))
+  return tuple(out)
+
+
+def batch_size_at(config, epoch: int) -> int:
+  """The batch size of ``epoch`` (``config.batch_size`` until an intervention changes it)."""
+  size = config.batch_size
+  for at, value in changes(config, 'batch_size'):
+    if epoch >= at:
+      size = value
+  return size
+
+
+def _validate_interventions(config, n_train: int) -> None:
+  changes(config, 'lr')
+  for _, size in changes(config, 'batch_size'):
+    _check(size <= n_train, 'interventions.batch_size',
+           f'sizes must be <= the {n_train} training examples; got {size}')
+  if changes(config, 'batch_size'):
+    per_step = config.schedule == 'cosine_step' or config.warmup_epochs > 0
+    _check(not per_step, 'interventions.batch_size',
+           'cannot change the batch size under a per-step schedule (cosine_step or '
+           'warmup_epochs > 0): its step count assumes one batch size')
+
+
 def stride(config) -> int:
-  return config.stride or orderings.default_stride(config.p)
+  return config.stride or orderings.default_stride(task(config).order)
 
 
 def expand(config) -> list[Run]:
@@ -193,7 +334,12 @@ def expand(config) -> list[Run]:
       name += f'_lr{lr:g}'
     if len(wds) > 1:
       name += f'_wd{wd:g}'
-    pick = lambda field: int(seed) if config.get(field, -1) < 0 else int(config[field])  # pylint: disable=cell-var-from-loop
+    # With lockstep every run starts from one initialisation on one data set: the config's
+    # seed unless init_seed / data_seed name another; the run's seed still drives dropout
+    # and the random order.
+    base = int(config.seed) if config.get('lockstep', False) else int(seed)
+    pick = lambda field: (base if field != 'order_seed' else int(seed)) if config.get(  # pylint: disable=cell-var-from-loop
+        field, -1) < 0 else int(config[field])
     runs.append(Run(name=name, strategy=s, seed=int(seed), lr=float(lr),
                     weight_decay=float(wd), data_seed=pick('data_seed'),
                     init_seed=pick('init_seed'), order_seed=pick('order_seed')))

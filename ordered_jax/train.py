@@ -63,9 +63,11 @@ class RunSpec:
 
 @struct.dataclass
 class Data:
-  """A task's arrays on device; eval splits pre-chunked to [chunks, eval_batch, 3] with masks."""
+  """A task's arrays on device; eval splits pre-chunked to [chunks, eval_batch, C] with masks.
 
-  train_Nx3: jax.Array
+  Rows have C = n_ops + 1 int32 columns: the operands, then the label."""
+
+  train_NxC: jax.Array
   train_chunks: jax.Array
   train_valid: jax.Array
   test_chunks: jax.Array
@@ -74,23 +76,23 @@ class Data:
   n_test: int = struct.field(pytree_node=False, default=0)
 
 
-def _chunk(abc_Mx3: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  m = abc_Mx3.shape[0]
+def _chunk(abc_MxC: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  m, c = abc_MxC.shape
   size = max(1, min(size, m))
   n = -(-m // size)
-  padded = np.zeros((n * size, 3), np.int32)
-  padded[:m] = abc_Mx3
+  padded = np.zeros((n * size, c), np.int32)
+  padded[:m] = abc_MxC
   valid = np.arange(n * size) < m
-  return padded.reshape(n, size, 3), valid.reshape(n, size)
+  return padded.reshape(n, size, c), valid.reshape(n, size)
 
 
-def make_data(train_Nx3: np.ndarray, test_Mx3: np.ndarray, eval_batch_size: int) -> Data:
+def make_data(train_NxC: np.ndarray, test_MxC: np.ndarray, eval_batch_size: int) -> Data:
   """Host arrays -> one ``Data`` on device (moved once)."""
-  train_chunks, train_valid = _chunk(train_Nx3, eval_batch_size)
-  test_chunks, test_valid = _chunk(test_Mx3, eval_batch_size)
-  return jax.device_put(Data(np.asarray(train_Nx3, np.int32), train_chunks, train_valid,
-                             test_chunks, test_valid, n_train=len(train_Nx3),
-                             n_test=len(test_Mx3)))
+  train_chunks, train_valid = _chunk(train_NxC, eval_batch_size)
+  test_chunks, test_valid = _chunk(test_MxC, eval_batch_size)
+  return jax.device_put(Data(np.asarray(train_NxC, np.int32), train_chunks, train_valid,
+                             test_chunks, test_valid, n_train=len(train_NxC),
+                             n_test=len(test_MxC)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,7 @@ class Trainer:
         grokfast_lamb=hyper.grokfast_lamb, grokfast_window=hyper.grokfast_window,
         grad_clip=hyper.grad_clip)
     self.schedule = hyper.schedule or optim.Schedule(epochs=hyper.epochs, min_lr=hyper.min_lr)
+    self.shared_data = shared_data
     self._data_axis = None if shared_data else 0
     self.epoch = jax.jit(self._batched_epoch, static_argnames=('do_eval', 'do_probe'),
                          donate_argnames=('state',))
@@ -180,24 +183,24 @@ class Trainer:
 
   # -- single-run functions (vmapped in __init__) ----------------------------------------
 
-  def data_loss(self, params, abc_Bx3, mask_B, dropout_key):
+  def data_loss(self, params, abc_BxC, mask_B, dropout_key):
     """Mean cross-entropy (``loss='ce'``) or centred MSE (``'mse'``, ``optim.centred_mse``)
     over the real (unpadded) rows of a batch."""
-    logits_BxV = self.model.apply(params, abc_Bx3[:, :2], dropout_key=dropout_key)
+    logits_BxV = self.model.apply(params, abc_BxC[:, :-1], dropout_key=dropout_key)
     if self.hyper.loss == 'mse':
-      ce_B = optim.centred_mse(logits_BxV, abc_Bx3[:, 2])
+      ce_B = optim.centred_mse(logits_BxV, abc_BxC[:, -1])
     else:
-      ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_Bx3[:, 2])
+      ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_BxC[:, -1])
     mask = mask_B.astype(ce_B.dtype)
     return jnp.sum(ce_B * mask) / jnp.sum(mask)
 
-  def loss(self, params, abc_Bx3, mask_B, dropout_key):
+  def loss(self, params, abc_BxC, mask_B, dropout_key):
     """The training objective: ``data_loss`` plus the L1 penalty (when ``l1`` > 0)."""
-    return self._objective(params, abc_Bx3, mask_B, dropout_key)[0]
+    return self._objective(params, abc_BxC, mask_B, dropout_key)[0]
 
-  def _objective(self, params, abc_Bx3, mask_B, dropout_key):
+  def _objective(self, params, abc_BxC, mask_B, dropout_key):
     """(objective, data loss)."""
-    data = self.data_loss(params, abc_Bx3, mask_B, dropout_key)
+    data = self.data_loss(params, abc_BxC, mask_B, dropout_key)
     if not self.hyper.l1:
       return data, data
     return data + optim.l1_penalty(params, self.hyper.l1), data
@@ -211,14 +214,14 @@ class Trainer:
     drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
     return jnp.where(spec.is_random, drawn, static)
 
-  def _step(self, params, opt_state, batch_Bx3, mask_B, dropout_key):
+  def _step(self, params, opt_state, batch_BxC, mask_B, dropout_key):
     """One optimiser step: (batch data loss, gradient of the objective, new params, new
     optimiser state). The data loss excludes the L1 penalty."""
     if self.hyper.l1:
       (_, loss), grads = jax.value_and_grad(self._objective, has_aux=True)(
-          params, batch_Bx3, mask_B, dropout_key)
+          params, batch_BxC, mask_B, dropout_key)
     else:
-      loss, grads = jax.value_and_grad(self.loss)(params, batch_Bx3, mask_B, dropout_key)
+      loss, grads = jax.value_and_grad(self.loss)(params, batch_BxC, mask_B, dropout_key)
     updates, opt_state = self.tx.update(grads, opt_state, params)
     return loss, grads, optax.apply_updates(params, updates), opt_state
 
@@ -248,7 +251,7 @@ class Trainer:
       params, opt_state, grad_sum = carry
       i, idx_B, mask_B = xs
       opt_state, _ = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
-      _, grads, params, opt_state = self._step(params, opt_state, data.train_Nx3[idx_B],
+      _, grads, params, opt_state = self._step(params, opt_state, data.train_NxC[idx_B],
                                                mask_B, jax.random.fold_in(key, i))
       return (params, opt_state, jax.tree.map(jnp.add, grad_sum, grads)), None
 
@@ -261,7 +264,7 @@ class Trainer:
     """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient,
     the epoch's first batch)."""
     h = self.hyper
-    n = data.train_Nx3.shape[0]
+    n = data.train_NxC.shape[0]
     root = jax.random.wrap_key_data(state.key)
     idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
                                                 h.batch_size)
@@ -275,13 +278,13 @@ class Trainer:
       params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
       opt_state, lr = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
-      batch_Bx3, step_key = data.train_Nx3[idx_B], jax.random.fold_in(epoch_key, i)
-      loss, grads, new_params, opt_state = self._step(params, opt_state, batch_Bx3, mask_B,
+      batch_BxC, step_key = data.train_NxC[idx_B], jax.random.fold_in(epoch_key, i)
+      loss, grads, new_params, opt_state = self._step(params, opt_state, batch_BxC, mask_B,
                                                       step_key)
       if self._step_probes:
         info = instrument.StepInfo(
             step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
-            learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_Bx3=batch_Bx3,
+            learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_BxC=batch_BxC,
             mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference)
         probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
       if grad_sum is not None:
@@ -294,15 +297,15 @@ class Trainer:
     grad_mean = None if grad_sum is None else jax.tree.map(lambda g: g / steps, grad_sum)
     # The reference averages batch means (its last, smaller batch weighs like the others).
     return (params, opt_state, jnp.mean(loss_S), {**state.probes, **probes}, grad_mean,
-            data.train_Nx3[idx_SxB[0]])
+            data.train_NxC[idx_SxB[0]])
 
-  def _accuracy(self, params, chunks_CxKx3, valid_CxK):
+  def _accuracy(self, params, chunks_HxKxC, valid_HxK):
     def body(total, xs):
-      abc_Kx3, valid_K = xs
-      pred_K = jnp.argmax(self.model.apply(params, abc_Kx3[:, :2]), axis=-1)
-      return total + jnp.sum((pred_K == abc_Kx3[:, 2]) & valid_K), None
+      abc_KxC, valid_K = xs
+      pred_K = jnp.argmax(self.model.apply(params, abc_KxC[:, :-1]), axis=-1)
+      return total + jnp.sum((pred_K == abc_KxC[:, -1]) & valid_K), None
 
-    correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (chunks_CxKx3, valid_CxK))
+    correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (chunks_HxKxC, valid_HxK))
     return correct
 
   def _evaluate(self, params, data: Data):
@@ -315,7 +318,7 @@ class Trainer:
     evaluate-only runs (``epochs = 0``) probe initial or restored weights. The epoch-mean
     gradient some read is taken at these fixed weights over epoch 0's batches (dropout as
     in training, no optimiser step). Returns ({probe/metric: value}, presence, counts)."""
-    n = data.train_Nx3.shape[0]
+    n = data.train_NxC.shape[0]
     root = jax.random.wrap_key_data(state.key)
     epoch = jnp.int32(0)
     idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
@@ -325,7 +328,7 @@ class Trainer:
     def body(carry, xs):
       loss_sum, grad_sum = carry
       i, idx_B, mask_B = xs
-      loss, grads = jax.value_and_grad(self.loss)(state.params, data.train_Nx3[idx_B], mask_B,
+      loss, grads = jax.value_and_grad(self.loss)(state.params, data.train_NxC[idx_B], mask_B,
                                                   jax.random.fold_in(epoch_key, i))
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
@@ -338,7 +341,7 @@ class Trainer:
     opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     _, metrics, present = self._run_probes(
         state, spec, state.probes, state.params, opt_state, loss_sum / steps,
-        jax.tree.map(lambda g: g / steps, grad_sum), data.train_Nx3[idx_SxB[0]], data, epoch,
+        jax.tree.map(lambda g: g / steps, grad_sum), data.train_NxC[idx_SxB[0]], data, epoch,
         val_acc, only=self.weight_probes)
     return metrics, present, counts
 
@@ -352,7 +355,7 @@ class Trainer:
         grad_mean=grad_mean, loss=loss,
         learning_rate=opt_state.hyperparams['learning_rate'],
         key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
-        train_Nx3=data.train_Nx3, first_batch_Bx3=first_batch,
+        train_NxC=data.train_NxC, first_batch_BxC=first_batch,
         validation_accuracy=validation_accuracy, apply=self.model.apply, loss_fn=self.loss,
         reference=spec.reference,
         replay=functools.partial(self._replay, state, spec, data, epoch))

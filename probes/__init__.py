@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from absl import logging
+
 from ordered_jax import experiment, orderings, runs
 from probes import (counterfactual, curvature, dynamics, fourier, gradients, progress,
                     solution, steps, weights)
@@ -27,7 +29,7 @@ GROUPS = {'none': (), 'minimal': (), 'observers': OBSERVERS, 'interventions': IN
 def _factories(config):
   cfg = experiment.model_config(config)
   c = config.probes.curvature
-  spe = orderings.steps_per_epoch(config.train_size, config.batch_size)
+  spe = orderings.steps_per_epoch(runs.sizes(config)[0], config.batch_size)
   h, a = config.probes.hessian, config.probes.adam_dynamics
   cf, pm = config.probes.counterfactual, config.probes.progress
   ref = bool(config.probes.reference_weights)
@@ -67,6 +69,27 @@ def _factories(config):
   }
 
 
+# Probes that see the model only through its parameter vector and loss: any model, any task.
+MODEL_AGNOSTIC = ('parameter_delta', 'path_length', 'batch_dynamics', 'training_diagnostics',
+                  'curvature')
+STEP_CADENCE = ('hessian', 'adam_dynamics', 'training_diagnostics')  # steps per epoch fixed
+CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
+
+
+def unsupported(config) -> dict[str, str]:
+  """{probe: why} for the probes this config's model or task cannot run: the others read
+  the reference transformer's named parameters (embedding, attention, layers) and Fourier
+  structure over Z_p of a two-operand task; the progress measures are for a + b only."""
+  base = str(config.task).split(':')[0]
+  if config.model != 'reference':
+    why = f"reads the reference transformer's parameters (model is {config.model!r})"
+  elif base not in CYCLIC_TASKS:
+    why = f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {config.task!r}'
+  else:
+    return {} if base == 'add' else {'progress': f'is defined for task add; task is {config.task!r}'}
+  return {n: why for n in _factories(config) if n not in MODEL_AGNOSTIC}
+
+
 def names(config) -> list[str]:
   """The enabled probe names: the group's, then ``probes.names``, without repeats."""
   group = config.probes.group
@@ -76,6 +99,9 @@ def names(config) -> list[str]:
   out = list(GROUPS[group])
   if config.optimizer not in ADAM_FAMILY:  # groups leave out what this optimiser lacks
     out = [n for n in out if n != 'adam_dynamics']
+  if group != 'none':  # ... and what this model or task cannot run
+    skip = unsupported(config)
+    out = [n for n in out if n not in skip]
   if group in ('observers', 'full') and config.probes.reference_weights:
     out += list(NEEDS_REFERENCE)
   for n in (s.strip() for s in config.probes.names.split(',')):
@@ -92,6 +118,20 @@ def build(config) -> list:
     if n not in factories:
       raise runs.ConfigError('probes.names', f'unknown probe {n!r}; available: '
                              f'{", ".join(factories)}')
+  skip = unsupported(config)
+  left_out = [n for n in GROUPS.get(config.probes.group, ()) if n in skip]
+  if left_out:
+    logging.info('probes.group=%s leaves out what this model/task cannot run: %s',
+                 config.probes.group, ', '.join(left_out))
+  for n in selected:
+    if n in skip:
+      raise runs.ConfigError('probes.names', f'probe {n!r} {skip[n]}; probes for any model '
+                             f'and task: {", ".join(MODEL_AGNOSTIC)}')
+  per_step = [n for n in selected if n in STEP_CADENCE]
+  if per_step and runs.changes(config, 'batch_size'):
+    raise runs.ConfigError('interventions.batch_size', f'probe {per_step[0]!r} counts '
+                           'optimiser steps with one batch size; drop it or the batch-size '
+                           'change')
   if 'adam_dynamics' in selected and config.optimizer not in ADAM_FAMILY:
     raise runs.ConfigError('probes.names', f"probe 'adam_dynamics' reads Adam's moments: "
                            f"optimizer must be adamw or adam; got {config.optimizer!r}")

@@ -27,7 +27,7 @@ from probes import common
 
 def _shuffled_grads(info, k: int):
   """[k] stacked epoch-mean gradients of k replays in distinct uniform shuffles."""
-  n = info.train_Nx3.shape[0]
+  n = info.train_NxC.shape[0]
 
   def one(_, i):
     k_order, k_drop = jax.random.split(jax.random.fold_in(info.key, i))

@@ -90,8 +90,8 @@ class Curvature:
     return {}
 
   def on_epoch(self, state, info):
-    n = min(self.batch_size, info.train_Nx3.shape[0])
-    batch = info.train_Nx3[:n]
+    n = min(self.batch_size, info.train_NxC.shape[0])
+    batch = info.train_NxC[:n]
     mask = jnp.ones((n,), bool)
     flat, unravel = ravel_pytree(info.params)
     dim = flat.shape[0]

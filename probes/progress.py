@@ -191,10 +191,10 @@ class ProgressMeasures:
     (loss, hits), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), jnp.arange(nc))
     return loss, hits
 
-  def _excluded(self, apply, params, train_Nx3, alpha_KxP, beta_KxP, key_K):
+  def _excluded(self, apply, params, train_NxC, alpha_KxP, beta_KxP, key_K):
     p = self.cfg.vocab
-    m = min(self.train_pairs, train_Nx3.shape[0])
-    rows = train_Nx3[:m].astype(jnp.int32)
+    m = min(self.train_pairs, train_NxC.shape[0])
+    rows = train_NxC[:m].astype(jnp.int32)
     c = min(self.chunk, m)
     nc = -(-m // c)
 
@@ -229,7 +229,7 @@ class ProgressMeasures:
     mean_P, alpha, beta, strip_loss, strip_hits, n = self.strip_fit(info.apply, info.params,
                                                                      key_K)
     r_loss, r_hits = self._restricted(mean_P, alpha, beta, key_K)
-    x_loss, x_acc = self._excluded(info.apply, info.params, info.train_Nx3, alpha, beta,
+    x_loss, x_acc = self._excluded(info.apply, info.params, info.train_NxC, alpha, beta,
                                    key_K)
     m = {'key_freqs': key_K, 'key_freq_power_fraction': frac,
          'embedding_fourier_gini': gini(component_norms(emb)),

@@ -111,7 +111,7 @@ class Hessian(_Burst):
     on = self.active(s) & state['has_prev']
 
     def measure(_):
-      loss = lambda p: s.loss_fn(p, s.batch_Bx3, s.mask_B, s.dropout_key)
+      loss = lambda p: s.loss_fn(p, s.batch_BxC, s.mask_B, s.dropout_key)
       hv = jax.jvp(jax.grad(loss), (s.params_before,), (state['prev_grads'],))[1]
       g_a = common.flat_non_bias_raw(state['prev_grads'])
       hv_f = common.flat_non_bias_raw(hv)

@@ -102,7 +102,7 @@ class Attention:
       qkv = w[f'transformer.layers.{layer}.self_attn.in_proj_weight']
       for block in range(3):
         m[f'{spectra.GRAM}/{layer}.{block}'] = spectra.gram(qkv[block * d:(block + 1) * d])
-    _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_Bx3[:, :2], return_attn=True)
+    _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_BxC[:, :2], return_attn=True)
     ent = -jnp.sum(attn_LxBxHxTxT * jnp.log(attn_LxBxHxTxT + 1e-12), axis=-1) / math.log(2)
     ent_L = jnp.mean(ent, axis=(1, 2, 3))
     var_L = jnp.mean(jnp.var(attn_LxBxHxTxT, axis=1, ddof=1), axis=(1, 2, 3))

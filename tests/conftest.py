@@ -61,7 +61,7 @@ def epoch_info(**kw):
   from ordered_jax import instrument  # pylint: disable=g-import-not-at-top
   base = dict(epoch=jnp.int32(0), params=None, params_before=None, opt_state=None,
               grad_mean=None, loss=jnp.float32(1.0), learning_rate=jnp.float32(1e-3),
-              key=jax.random.key(0), train_Nx3=None, first_batch_Bx3=None,
+              key=jax.random.key(0), train_NxC=None, first_batch_BxC=None,
               validation_accuracy=jnp.float32(0.0), apply=None, loss_fn=None)
   base.update(kw)
   return instrument.EpochInfo(**base)

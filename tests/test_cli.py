@@ -64,9 +64,12 @@ BAD = [
     ('strategy', 'stride,bogus', 'unknown strategy'), ('strategy', 'stride,stride', 'twice'),
     ('strategy', '', 'at least one'), ('p', 91, 'prime'), ('p', 2, '>= 3'),
     ('p', 50021, '46341'), ('seed', -1, '>= 0'), ('train_size', 0, '>= 1'),
-    ('train_size', 130, 'train_size + test_size'),
+    ('train_size', 130, 'training + test examples'), ('train_size', 'half', "'critical'"),
+    ('train_fraction', 1.5, '<= 1'), ('task', 'sym:9', 'sym'), ('task', 'poly:x/y', "'/'"),
+    ('task', 'pow', 'add'), ('model', 'gpt', 'mlp'), ('mlp.activation', 'tanh', 'relusqr'),
+    ('critical_delta', 3.0, '<='),
     ('test_size', 0, '>= 1'),
-    ('batch_size', 0, '>= 1'), ('batch_size', 61, 'train_size'), ('eval_batch_size', 0, '>= 1'),
+    ('batch_size', 0, '>= 1'), ('batch_size', 61, 'training examples'), ('eval_batch_size', 0, '>= 1'),
     ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),
     ('embed_dim', 15, 'divisible'), ('num_heads', 0, '>= 1'), ('layers', 0, '>= 1'),
     ('mlp_dim', 0, '>= 1'), ('dropout', 1.0, '<='), ('weight_decay', -0.1, '>= 0'),
@@ -84,7 +87,11 @@ BAD = [
 def test_every_validation_error_names_its_field(field, value, needle):
   config = micro_config()
   config.unlock()
-  config[field] = value
+  *parents, leaf = field.split('.')
+  node = config
+  for k in parents:
+    node = node[k]
+  node[leaf] = value
   with pytest.raises(runs.ConfigError) as e:
     runs.validate(config)
   msg = str(e.value)
@@ -94,7 +101,7 @@ def test_every_validation_error_names_its_field(field, value, needle):
 @pytest.mark.parametrize('generator', ['reference', 'fast'])
 def test_both_sets_must_fit_in_p_squared(generator):
   config = micro_config(data_generator=generator, train_size=100, test_size=70, batch_size=16)
-  with pytest.raises(runs.ConfigError, match=r'config\.train_size: train_size \+ test_size'):
+  with pytest.raises(runs.ConfigError, match=r'config\.train_size: training \+ test examples'):
     runs.validate(config)
   runs.validate(micro_config(data_generator=generator, train_size=100, test_size=69))
 

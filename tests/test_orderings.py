@@ -82,7 +82,7 @@ def test_alternating_uses_parity():
 
 def test_static_order_errors():
   with pytest.raises(ValueError, match='strategy'):
-    orderings.static_order('resonant', ROWS_8x3, stride=2)
+    orderings.static_order('spiral', ROWS_8x3, stride=2)
   with pytest.raises(ValueError, match='random'):
     orderings.static_order('random', ROWS_8x3, stride=2)
   with pytest.raises(ValueError, match='stride'):

@@ -198,7 +198,7 @@ def test_curvature_probe_and_adam_preconditioning(dense):
                                  + tuple(inner[1:]))
   probe = curvature.Curvature(batch_size=25, k=2, lanczos_steps=flat.shape[0],
                               hutchinson_samples=4)
-  _, m, _ = probe.on_epoch({}, _info(params=params, opt_state=opt_state, train_Nx3=abc,
+  _, m, _ = probe.on_epoch({}, _info(params=params, opt_state=opt_state, train_NxC=abc,
                                      loss_fn=trainer.loss, learning_rate=jnp.float32(0.1)))
   eig = np.linalg.eigvalsh(h)
   assert float(m['lambda_max']) == pytest.approx(eig[-1], rel=1e-3)
@@ -357,7 +357,7 @@ def test_attention_matches_a_direct_softmax():
   params = _tree(4)
   batch = jnp.array([[1, 2, 3], [4, 5, 9], [7, 7, 1], [0, 12, 12]])
   probe = weights.Attention(CFG)
-  m = _host(probe, probe.on_epoch({}, _info(params=params, first_batch_Bx3=batch))[1])
+  m = _host(probe, probe.on_epoch({}, _info(params=params, first_batch_BxC=batch))[1])
   sd = {k: np.asarray(v, np.float64) for k, v in models.to_reference(params, CFG).items()}
   # Layer 0's attention probabilities, written directly from the reference's weights.
   h = sd['embedding.weight'][np.asarray(batch[:, :2])] + sd['pos_embedding']
@@ -463,7 +463,7 @@ def test_hessian_probe_uses_the_exact_hessian(dense):
   ref = unravel(jax.random.normal(jax.random.key(8), flat.shape))
   info = instrument.StepInfo(step=jnp.int32(1), params_before=params, params_after=after,
                              grads=g_b, loss=jnp.float32(1.0), learning_rate=jnp.float32(0.5),
-                             epoch=jnp.int32(0), batch_Bx3=abc, mask_B=jnp.ones((25,), bool),
+                             epoch=jnp.int32(0), batch_BxC=abc, mask_B=jnp.ones((25,), bool),
                              dropout_key=None, loss_fn=trainer.loss, reference=ref)
   state = probe.on_step(state, info)
   rec = {k: float(v[1]) for k, v in state['rec'].items() if k != 'active'}
@@ -669,7 +669,7 @@ def test_counterfactual_matches_numpy():
   train = jnp.zeros((n, 3), jnp.int32)
   g, pre, ref = _tree(62), _tree(63), _tree(64)
   probe = counterfactual.Counterfactual(CFG, k=3, window=2, with_reference=True)
-  info = lambda seed: _info(grad_mean=g, params_before=pre, reference=ref, train_Nx3=train,
+  info = lambda seed: _info(grad_mean=g, params_before=pre, reference=ref, train_NxC=train,
                             key=jax.random.key(seed), replay=_fake_replay(n))
   stacked = counterfactual._shuffled_grads(info(0), 3)  # pylint: disable=protected-access
   flat_k = np.stack([np.concatenate([np.asarray(x[i], np.float64).ravel()
@@ -726,7 +726,7 @@ def test_counterfactual_validator_matches_numpy():
   n = 40
   pre, ref = _tree(65), _tree(66)
   probe = counterfactual.CounterfactualValidator(CFG, k=3, with_reference=True)
-  info = _info(params_before=pre, reference=ref, train_Nx3=jnp.zeros((n, 3), jnp.int32),
+  info = _info(params_before=pre, reference=ref, train_NxC=jnp.zeros((n, 3), jnp.int32),
                key=jax.random.key(3), replay=_fake_replay(n))
   _, m, _ = probe.on_epoch({}, info)
   stacked = counterfactual._shuffled_grads(info, 4)  # pylint: disable=protected-access
@@ -761,7 +761,7 @@ def test_replay_with_the_epochs_own_order_and_keys_is_the_epoch():
   s1, sp1 = one(state), one(spec)
   epoch = jnp.int32(3)
   root = jax.random.wrap_key_data(s1.key)
-  order = t.epoch_order(root, sp1, epoch, data.train_Nx3.shape[0])
+  order = t.epoch_order(root, sp1, epoch, data.train_NxC.shape[0])
   key = jax.random.fold_in(jax.random.fold_in(root, train.DROPOUT_STREAM), epoch)
   got = jax.jit(t._replay)(s1, sp1, data, epoch, order, key)  # pylint: disable=protected-access
   want = t._train_epoch(s1, sp1, data, epoch, grad_mean=True)[4]  # pylint: disable=protected-access

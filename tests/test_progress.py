@@ -96,7 +96,7 @@ def test_spectrum_key_frequencies_and_ginis_match_numpy(which):
   params = _tree(1) if which == 'random' else _planted(2)
   probe = progress.ProgressMeasures(CFG, n_key=4, strip_rows=3, chunk=32)
   _, m, present = probe.on_epoch(probe.init(params),
-                                 _info(params=params, train_Nx3=jnp.asarray(_train_table(0))))
+                                 _info(params=params, train_NxC=jnp.asarray(_train_table(0))))
   emb, dec = _emb_dec(params)
   key, frac, emb_gini = _np_fourier(emb, 4)
   _, _, dec_gini = _np_fourier(dec, 4)
@@ -140,7 +140,7 @@ def test_full_table_restricted_and_excluded_losses_match_brute_force():
   train[::3, 2] = (train[::3, 2] + 1) % P  # pins the label column (c, not (a + b) mod p)
   # chunk 16 divides neither N = 169 nor train_pairs = 30 (the first 30 of 40): padding.
   probe = progress.ProgressMeasures(CFG, n_key=3, strip_rows=P, train_pairs=30, chunk=16)
-  _, m, _ = probe.on_epoch({}, _info(params=params, train_Nx3=jnp.asarray(train)))
+  _, m, _ = probe.on_epoch({}, _info(params=params, train_NxC=jnp.asarray(train)))
   key = _np_fourier(_emb_dec(params)[0], 3)[0]
 
   a, b = np.meshgrid(np.arange(P), np.arange(P), indexing='ij')
@@ -191,7 +191,7 @@ def test_partial_strip_fit_equals_least_squares():
   # The restricted loss over this strip is that of the least-squares fit.
   probe5 = progress.ProgressMeasures(CFG, n_key=3, strip_rows=4, chunk=7)
   params_key = _np_fourier(_emb_dec(params)[0], 3)[0]
-  _, m, _ = probe5.on_epoch({}, _info(params=params, train_Nx3=jnp.asarray(_train_table(1))))
+  _, m, _ = probe5.on_epoch({}, _info(params=params, train_NxC=jnp.asarray(_train_table(1))))
   w = 2 * np.pi * np.outer(s, params_key) / P
   design = np.concatenate([np.ones((len(s), 1)), np.cos(w), np.sin(w)], 1)
   fit = design @ np.linalg.lstsq(design, logits, rcond=None)[0]
@@ -220,8 +220,8 @@ def test_jit_vmap_over_runs_matches_unbatched_without_lapack():
   train = jnp.asarray(_train_table(2))
   runs = [_tree(7), _planted(8)]
 
-  def metrics(params, train_Nx3):
-    return probe.on_epoch({}, _info(params=params, train_Nx3=train_Nx3))[1]
+  def metrics(params, train_NxC):
+    return probe.on_epoch({}, _info(params=params, train_NxC=train_NxC))[1]
 
   stacked = jax.tree.map(lambda *x: jnp.stack(x), *runs)
   batched = jax.jit(jax.vmap(metrics, in_axes=(0, None)))(stacked, train)
@@ -245,8 +245,8 @@ def test_paper_size_never_builds_a_p_by_p_table():
   params = model.abstract_params()
   train = jax.ShapeDtypeStruct((300_000, 3), jnp.int32)
 
-  def metrics(params, train_Nx3):
-    return probe.on_epoch({}, _info(params=params, train_Nx3=train_Nx3, apply=model.apply))[1]
+  def metrics(params, train_NxC):
+    return probe.on_epoch({}, _info(params=params, train_NxC=train_NxC, apply=model.apply))[1]
 
   jaxpr = jax.make_jaxpr(metrics)(params, train).jaxpr
   assert _largest(jaxpr) <= probe.chunk * cfg.vocab < cfg.vocab ** 2

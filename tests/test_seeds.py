@@ -15,7 +15,7 @@ def _parts(**overrides):
   one = lambda t: jax.tree.map(lambda x: x[0], t)
   state, spec = one(b.state), one(b.spec)
   order = b.trainer.epoch_order(jax.random.wrap_key_data(state.key), spec, jnp.int32(3),
-                                b.data.train_Nx3.shape[0])
+                                b.data.train_NxC.shape[0])
   (train,) = b.train_sets.values()
   return (np.asarray(train), np.asarray(state.params['decoder']['kernel']),
           np.asarray(order))

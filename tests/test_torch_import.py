@@ -212,9 +212,9 @@ def test_init_from_reference_file_evaluates_its_weights(tmp_path):
   config.lock()
   summary, = experiment.run(config, str(tmp_path / 'w'), quiet=True)
   # The summary evaluates the imported weights; the reference forward pass agrees.
-  train_Nx3, test_Nx3 = tasks.make_mod_add(config.p, config.train_size, config.test_size,
+  train_NxC, test_NxC = tasks.make_mod_add(config.p, config.train_size, config.test_size,
                                            config.seed, config.data_generator)
-  for key, abc in (('validation_accuracy', test_Nx3), ('training_accuracy', train_Nx3)):
+  for key, abc in (('validation_accuracy', test_NxC), ('training_accuracy', train_NxC)):
     pred = numpy_logits(sd, abc[:, :2], config.num_heads).argmax(-1)
     want = 100.0 * np.mean(pred == abc[:, 2])
     assert summary['init_eval'][key] == pytest.approx(want)

@@ -1,0 +1,60 @@
+"""The runs axis over devices: one ``jax.sharding.Mesh`` with a ``'runs'`` axis.
+
+A batch of R runs is vmapped over its leading axis, so spreading it over D devices is only
+a matter of where its arrays live: every leaf with a runs axis gets
+``NamedSharding(mesh, P('runs'))`` and the jitted epoch is partitioned by XLA (no pmap, no
+code change). Shared data is replicated. R is padded to a multiple of D with copies of run
+0 that are inactive from the start (frozen by the same masking as an early-stopped run);
+they are never written. On one device all of this is the identity.
+
+Several hosts: after ``jax.distributed.initialize()`` ``jax.devices()`` lists every
+host's devices and the same mesh spans them (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = 'runs'
+
+
+def runs_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named 'runs' over ``devices`` (default: every device JAX sees)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def padding(n_runs: int, mesh: Mesh) -> int:
+  """Runs to add so that the batch divides evenly over the mesh."""
+  return (-n_runs) % mesh.size
+
+
+def _pad(tree: Any, n_pad: int) -> Any:
+  """Append ``n_pad`` copies of run 0 along the leading axis."""
+  if not n_pad:
+    return tree
+  return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], n_pad, axis=0)]), tree)
+
+
+def place(state, spec, data, mesh: Mesh, n_pad: int, *, shared_data: bool):
+  """(state, spec, data) padded by ``n_pad`` inactive runs and laid out over ``mesh``:
+  runs-axis leaves split over 'runs', shared data replicated."""
+  if n_pad:
+    state = _pad(state, n_pad)
+    r = state.active.shape[0]
+    state = state.replace(active=state.active.at[r - n_pad:].set(False))
+    spec = _pad(spec, n_pad)
+    if not shared_data:
+      data = _pad(data, n_pad)
+  if mesh.size == 1:
+    return state, spec, data
+  split, whole = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+  state = jax.device_put(state, split)
+  spec = jax.device_put(spec, split)
+  data = jax.device_put(data, whole if shared_data else split)
+  return state, spec, data

@@ -1,0 +1,160 @@
+"""Sweeps (issue 5): planning and packing, the results table, skip / rerun / resume, and
+the runs axis sharded over several (forced host) devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ordered_jax import experiment, results, runs, sinks, sweeper
+from tests.conftest import ROOT, micro_config
+
+
+def sweep_config(grid=None, zip_=None, max_runs=0, **overrides):
+  c = micro_config(**{'epochs': 3, **overrides})
+  with c.unlocked():
+    c.sweep.max_runs_per_batch = max_runs
+    for group, values in (('grid', grid or {}), ('zip', zip_ or {})):
+      for k, v in values.items():
+        c.sweep[group][k] = v
+  return c
+
+
+def test_plan_packs_what_a_batch_may_vary():
+  c = sweep_config(grid={'strategy': 'stride,random', 'seed': '1..4', 'mlp_dim': '16,32'},
+                   max_runs=4)
+  items = sweeper.plan(c)
+  assert len(items) == 12 and len({it.id for it in items}) == 12
+  packed = sweeper.batches(items)
+  # Two shapes (mlp_dim), six runs each, chunks of at most 4.
+  assert [len(b) for b in packed] == [4, 2, 4, 2]
+  assert all(len({it.config.mlp_dim for it in b}) == 1 for b in packed)
+  # Ids depend on the run, not on the sweep around it.
+  again = sweeper.plan(sweep_config(grid={'seed': '2', 'strategy': 'random', 'mlp_dim': '32'}))
+  assert again[0].id in {it.id for it in items}
+
+
+def test_bad_sweeps_stop_before_anything_runs(tmp_path):
+  for grid, match in (({'seed': '5..5'}, 'empty'), ({'batch_size': '8,1000'}, 'batch_size')):
+    with pytest.raises(ValueError, match=match):
+      sweeper.run(sweep_config(grid=grid), str(tmp_path))
+  with pytest.raises(ValueError, match='zip'):
+    sweeper.run(sweep_config(zip_={'seed': '1,2', 'lr': '0.1'}), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope='module')
+def finished_sweep(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('sweep'))
+  c = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=4)
+  path = sweeper.run(c, workdir, quiet=True)
+  return c, workdir, path
+
+
+def _table(path):
+  t = results.load(path).to_pylist()
+  return {r['run_id']: r for r in t}
+
+
+def test_table_has_a_row_per_run_with_keys_metrics_and_curves(finished_sweep):
+  c, workdir, path = finished_sweep
+  rows = _table(path)
+  assert len(rows) == 6
+  for rid, r in rows.items():
+    s = json.load(open(os.path.join(workdir, 'runs', rid, 'summary.json')))
+    assert r['strategy'] == s['strategy'] and r['epoch'] == [0, 1, 2]
+    assert r['final_validation_accuracy'] == s['final_eval']['validation_accuracy']
+    assert len(r['validation_accuracy']) == 3 and r['seed'] in (0, 1, 2)
+
+
+def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep):
+  c, workdir, path = finished_sweep
+  stamp = lambda rid: os.path.getmtime(os.path.join(workdir, 'runs', rid, 'summary.json'))
+  before = {rid: stamp(rid) for rid in _table(path)}
+  sweeper.run(c, workdir, quiet=True)  # nothing left to do
+  assert {rid: stamp(rid) for rid in before} == before
+  sweeper.run(c, workdir, quiet=True, rerun='seed=1')
+  rows = _table(path)
+  changed = {rid for rid in before if stamp(rid) != before[rid]}
+  assert changed == {rid for rid, r in rows.items() if r['seed'] == 1} and len(changed) == 2
+  assert len(rows) == 6
+
+
+def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, monkeypatch):
+  c, _, path = finished_sweep
+  real = sinks.JsonlSink.write
+
+  def crash(self, epoch, metrics):
+    real(self, epoch, metrics)
+    if epoch == 1:
+      raise RuntimeError('simulated crash')
+
+  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
+  with pytest.raises(RuntimeError):
+    sweeper.run(c, str(tmp_path), quiet=True)
+  monkeypatch.setattr(sinks.JsonlSink, 'write', real)
+  got = _table(sweeper.run(c, str(tmp_path), quiet=True))
+  want = _table(path)
+  drop = lambda r: {k: v for k, v in r.items() if k != 'duration_seconds'}
+  assert {k: drop(v) for k, v in got.items()} == {k: drop(v) for k, v in want.items()}
+
+
+def test_a_changed_base_config_needs_another_workdir(finished_sweep):
+  c, workdir, _ = finished_sweep
+  other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=4,
+                       dropout=0.0)
+  with pytest.raises(experiment.WorkdirError, match='dropout'):
+    sweeper.run(other, workdir, quiet=True)
+
+
+SHARDED = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+import jax
+from tests.conftest import micro_config
+from ordered_jax import experiment, train
+c = micro_config(strategy='stride,random,target', epochs=2, optimizer='sgd', lr=0.05)
+assert len(jax.devices()) == {n}
+b = experiment.build(c)
+from ordered_jax import sharding
+mesh = sharding.runs_mesh()
+state, spec, data = sharding.place(b.state, b.spec, b.data, mesh, sharding.padding(3, mesh),
+                                   shared_data=True)
+for e in range(2):
+  state, m = b.trainer.epoch(state, spec, data, np.int32(e), do_eval=True)
+leaves = [np.asarray(x)[:3].tolist() for x in jax.tree.leaves(state.params)]
+print(json.dumps({{'params': leaves, 'correct': np.asarray(m['validation_correct'])[:3].tolist(),
+                  'shards': len(state.active.sharding.device_set)}}))
+"""
+
+
+def _sharded(n):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}',
+         'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', SHARDED.format(root=ROOT, n=n)], env=env,
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope='module')
+def unsharded():
+  return _sharded(1)
+
+
+@pytest.mark.parametrize('n', [2, 4])
+def test_sharded_runs_equal_unsharded(n, unsharded):
+  """Three runs over n devices (padded to a multiple of n) end equal to the same batch on
+  one device: the same predictions, weights to float32 rounding (each device's XLA program
+  has its own batch shape, so its summation order may differ in the last bit, as a batch
+  of another size does on one device). SGD, because Adam's normalised step turns a
+  last-bit difference in a near-zero gradient into a difference of order lr."""
+  one, got = unsharded, _sharded(n)
+  assert got['shards'] == n and one['shards'] == 1
+  assert got['correct'] == one['correct']
+  for a, b in zip(got['params'], one['params']):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
