@@ -10,6 +10,8 @@ and the ratio of R runs in one batch to R runs one after another.
 
   python benchmarks/throughput.py                      # tiny and reference@p97, R = 1, 4
   python benchmarks/throughput.py --presets paper --runs 1,4 --epochs 2   # on a GPU
+  python benchmarks/throughput.py --presets sweep-tiny --runs 1,2,4,8,16  # runs per batch
+  python benchmarks/throughput.py --presets paper --runs 1,16 --epochs 2  # issue 5's GPU target
 """
 
 import argparse
@@ -29,14 +31,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from configs import default, tiny  # noqa: E402
+from configs import default, sweep_tiny, tiny  # noqa: E402
 from ordered_jax import experiment, orderings  # noqa: E402
 
 
 def presets():
   ref97 = default.get_config()
   ref97.update(p=97, train_size=3500, test_size=4000, eval_batch_size=4000)
-  return {'tiny': tiny.get_config(), 'reference-p97': ref97, 'paper': default.get_config()}
+  small = sweep_tiny.get_config()
+  return {'tiny': tiny.get_config(), 'reference-p97': ref97, 'paper': default.get_config(),
+          'sweep-tiny': small}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10, trials: int = 5) -> float:

@@ -49,7 +49,8 @@ def test_bad_sweeps_stop_before_anything_runs(tmp_path):
 @pytest.fixture(scope='module')
 def finished_sweep(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('sweep'))
-  c = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=4)
+  # Two batches of three runs: one compiled program for both.
+  c = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3)
   path = sweeper.run(c, workdir, quiet=True)
   return c, workdir, path
 
@@ -104,7 +105,7 @@ def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, m
 
 def test_a_changed_base_config_needs_another_workdir(finished_sweep):
   c, workdir, _ = finished_sweep
-  other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=4,
+  other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3,
                        dropout=0.0)
   with pytest.raises(experiment.WorkdirError, match='dropout'):
     sweeper.run(other, workdir, quiet=True)
