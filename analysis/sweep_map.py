@@ -46,13 +46,18 @@ def plot(rows: list[dict], out: str, column: str = 'weight_decay', title: str = 
   mean = np.full((len(strategies), len(values)), np.nan)
   for i, s in enumerate(strategies):
     for j, v in enumerate(values):
-      epochs = grid.get((s, v), [])
-      hit = [e for e in epochs if e is not None]
+      hit = [e for e in grid.get((s, v), []) if e is not None]
       if hit:
         mean[i, j] = np.mean(hit)
+  lo, hi = np.nanmin(mean, initial=0.0), np.nanmax(mean, initial=1.0)
+  for i, s in enumerate(strategies):
+    for j, v in enumerate(values):
+      epochs = grid.get((s, v), [])
+      hit = [e for e in epochs if e is not None]
       label = f'{np.mean(hit):.0f}' if hit else 'never'
+      dark = hit and mean[i, j] > (lo + hi) / 2  # late epochs are dark in viridis_r
       ax_map.text(j, i, f'{label}\n({len(hit)}/{len(epochs)})', ha='center', va='center',
-                  fontsize=9)
+                  fontsize=9, color='white' if dark else 'black')
   cmap = plt.get_cmap('viridis_r').copy()
   cmap.set_bad('0.85')
   im = ax_map.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect='auto')
