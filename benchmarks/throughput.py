@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from configs import default, sweep_tiny, tiny  # noqa: E402
-from ordered_jax import experiment, orderings  # noqa: E402
+from ordered_jax import experiment, orderings, runs  # noqa: E402
 
 
 def presets():
@@ -69,7 +69,8 @@ def step_flops(b: experiment.Batch, batch_size: int) -> float:
     upd, opt = tr.tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 
-  abc = b.data.train_NxC[:batch_size]
+  table = b.data.train_NxC if b.trainer.shared_data else b.data.train_NxC[0]
+  abc = table[:batch_size]
   mask = jnp.ones((batch_size,), bool)
   cost = jax.jit(step).lower(params, opt, abc, mask, jax.random.key(0)).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
@@ -84,7 +85,7 @@ def measure(config, r: int, epochs: int) -> dict:
   config.seeds = tuple(range(r)) if r not in (1, 4) else ()
   config.data_generator = 'fast'
   b = experiment.build(config)
-  steps = orderings.steps_per_epoch(config.train_size, config.batch_size)
+  steps = orderings.steps_per_epoch(runs.sizes(config)[0], config.batch_size)
   fns = {ev: b.trainer.epoch.lower(b.state, b.spec, b.data, jnp.int32(0), do_eval=ev).compile()
          for ev in (False, True)}
   flops = step_flops(b, config.batch_size)

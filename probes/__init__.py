@@ -149,6 +149,8 @@ def build(config) -> list:
   pm = config.probes.progress
   for field, hi in (('n_key', (config.p - 1) // 2), ('strip_rows', config.p),
                     ('train_pairs', None)):  # train_pairs: at most the whole training set
+    if 'progress' not in selected:  # its bounds depend on p: only checked when it runs
+      hi = None
     if not isinstance(pm[field], int) or pm[field] < 1 or (hi is not None and pm[field] > hi):
       allowed = 'an integer >= 1' if hi is None else f'an integer in [1, {hi}]'
       raise runs.ConfigError(f'probes.progress.{field}', f'must be {allowed}; '
