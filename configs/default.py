@@ -121,6 +121,7 @@ def get_config() -> ml_collections.ConfigDict:
   # e.g. --config.sweep.grid.seed=0..8 --config.sweep.grid.weight_decay=0.1,1.0
   c.sweep = ml_collections.ConfigDict()
   c.sweep.max_runs_per_batch = 0   # runs per vmapped batch; 0 = from a memory estimate
+  c.sweep.single_batch = False     # all runs in one batch, or stop (shapes must match)
   c.sweep.grid = sweep.mirror(c)   # cartesian product of every non-empty key
   c.sweep.zip = sweep.mirror(c)    # non-empty keys covary (equal lengths), x the grid
   return c

@@ -265,7 +265,7 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
   path = os.path.join(run_dir, 'experiment_config.json')
   with open(path) as f:
     old = json.load(f)
-  skip = set(RESUME_SAFE) | {'environment'}
+  skip = set(RESUME_SAFE) | {'environment', 'sweep'}  # the sweep spec is not the run's
   # A field added after the run was started reads as its default (what the run had).
   old = {**{k: v for k, v in runs.ADDED_DEFAULTS.items() if k in new}, **old}
   diff = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]

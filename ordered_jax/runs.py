@@ -161,6 +161,11 @@ def validate(config) -> None:
           v >= lo if field != 'lrs' else v > 0)
       _check(ok, field, f'entries must be {"integers >= 0" if integer else "numbers > 0" if field == "lrs" else "numbers >= 0"}; got {v!r}')
     _check(len(set(values)) == len(values), field, f'lists a value twice: {values}')
+  if 'sweep' in config:
+    _number(config, 'sweep.max_runs_per_batch', integer=True, lo=0,
+            what=' (0 = from a memory estimate)')
+    _check(isinstance(config.sweep.single_batch, bool), 'sweep.single_batch',
+           f'must be true or false; got {config.sweep.single_batch!r}')
   if config.lockstep:
     _check(len(expand(config)) >= 2, 'lockstep',
            'compares the runs of a batch: give at least two (e.g. strategy=stride,random)')

@@ -118,10 +118,23 @@ def max_runs(config) -> int:
 
 
 def batches(items: list[Item]) -> list[list[Item]]:
-  """Items grouped by batch key (first appearance order), chunked by ``max_runs``."""
+  """Items grouped by batch key (first appearance order), chunked by ``max_runs``. With
+  ``sweep.single_batch`` every run must fit one batch (else a ``ConfigError`` naming the
+  first field that separates them)."""
   groups: dict[str, list[Item]] = collections.OrderedDict()
   for it in items:
     groups.setdefault(_batch_key(it.config), []).append(it)
+  if items and items[0].config.sweep.get('single_batch', False):
+    if len(groups) > 1:
+      a, b = (json.loads(k) for k in list(groups)[:2])
+      k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+      raise runs.ConfigError('sweep.single_batch', f'the runs differ in {k} ({a.get(k)!r} vs '
+                             f'{b.get(k)!r}), which one batch cannot vary (only strategy, '
+                             'seed, lr and weight_decay); sweep it in separate batches')
+    size = max_runs(items[0].config)
+    if len(items) > size:
+      raise runs.ConfigError('sweep.single_batch', f'{len(items)} runs exceed '
+                             f'max_runs_per_batch ({size})')
   out = []
   for group in groups.values():
     size = max_runs(group[0].config)

@@ -67,7 +67,7 @@ BAD = [
     ('train_size', 130, 'training + test examples'), ('train_size', 'half', "'critical'"),
     ('train_fraction', 1.5, '<= 1'), ('task', 'sym:9', 'sym'), ('task', 'poly:x/y', "'/'"),
     ('task', 'pow', 'add'), ('model', 'gpt', 'mlp'), ('mlp.activation', 'tanh', 'relusqr'),
-    ('critical_delta', 3.0, '<='),
+    ('critical_delta', 3.0, '<='), ('sweep.max_runs_per_batch', -1, '>= 0'),
     ('test_size', 0, '>= 1'),
     ('batch_size', 0, '>= 1'), ('batch_size', 61, 'training examples'), ('eval_batch_size', 0, '>= 1'),
     ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),

@@ -3,6 +3,7 @@ the runs axis sharded over several (forced host) devices."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,24 @@ def test_plan_packs_what_a_batch_may_vary():
   # Ids depend on the run, not on the sweep around it.
   again = sweeper.plan(sweep_config(grid={'seed': '2', 'strategy': 'random', 'mlp_dim': '32'}))
   assert again[0].id in {it.id for it in items}
+
+
+def test_forcing_one_batch_needs_one_shape(tmp_path):
+  c = sweep_config(grid={'seed': '1,2', 'mlp_dim': '16,32'})
+  with c.unlocked():
+    c.sweep.single_batch = True
+  with pytest.raises(runs.ConfigError, match=r'sweep\.single_batch: .*mlp_dim \(16 vs 32\)'):
+    sweeper.run(c, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_cli_sweep_errors_are_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/tiny.py', f'--workdir={tmp_path}',
+       '--config.sweep.grid.seed=3..3'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  (line,) = [x for x in proc.stderr.splitlines() if x.startswith('error:')]
+  assert 'config.sweep.grid.seed' in line and 'empty' in line, proc.stderr[-500:]
 
 
 def test_bad_sweeps_stop_before_anything_runs(tmp_path):
@@ -71,8 +90,11 @@ def test_table_has_a_row_per_run_with_keys_metrics_and_curves(finished_sweep):
     assert len(r['validation_accuracy']) == 3 and r['seed'] in (0, 1, 2)
 
 
-def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep):
-  c, workdir, path = finished_sweep
+def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path):
+  c, original, _ = finished_sweep
+  workdir = str(tmp_path / 'sweep')  # a copy: a rerun batch has other runs beside it, so
+  shutil.copytree(original, workdir)  # its last bits differ from the shared fixture's
+  path = os.path.join(workdir, results.TABLE)
   stamp = lambda rid: os.path.getmtime(os.path.join(workdir, 'runs', rid, 'summary.json'))
   before = {rid: stamp(rid) for rid in _table(path)}
   sweeper.run(c, workdir, quiet=True)  # nothing left to do
