@@ -25,14 +25,16 @@ def test_tian_sqr_mlp_reaches_100_percent_on_add_mod_23(tmp_path):
          batch_size=8),
 ])
 def test_models_and_tasks_train_and_probe(overrides, tmp_path):
-  """Two epochs with the full probe group: finite losses, accuracies from the task's own
-  labels, and the probes the model/task cannot run left out."""
+  """Two epochs train (finite accuracies, the task's own sizes); the full probe group keeps
+  only the model-agnostic probes (which run, on the MLP) and naming another one stops."""
   c = micro_config(epochs=2, probe_every=1, **overrides)
   with c.unlocked():
     c.probes.group = 'full'
   built = probes.build(c)
   assert {p.name for p in built} == set(probes.MODEL_AGNOSTIC)  # the others need the
-  (s,) = experiment.run(c, str(tmp_path), quiet=True, probes=built)  # reference on Z_p
+  # reference on Z_p; the model-agnostic probes run on one of the models (compile time).
+  (s,) = experiment.run(c, str(tmp_path), quiet=True,
+                        probes=built if overrides['model'] == 'mlp' else [])
   assert s['training']['epochs_trained'] == 2
   assert np.isfinite(s['final_eval']['validation_accuracy'])
   n_train, _ = runs.sizes(c)
