@@ -26,6 +26,12 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete existing runs of this
 _QUIET = flags.DEFINE_bool('quiet', False, 'No progress bar (for scripts and logs).')
 _RERUN = flags.DEFINE_string('rerun', '', "Sweeps: restart the runs matching 'key=values', "
                              "e.g. --rerun='seed=1,2;weight_decay=0.1' (docs/sweeps.md).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process job (jax.distributed.initialize): SLURM and '
+    'other launchers are detected; else give --coordinator, --num_processes, --process_id.')
+_COORDINATOR = flags.DEFINE_string('coordinator', None, 'host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes-1.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -70,6 +76,13 @@ def main(argv):
       matmul_precision=str(config.get('matmul_precision', 'highest')),
       compilation_cache=os.environ.get(
           'ORDERED_JAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'ordered_jax')))
+  if _DISTRIBUTED.value:  # before any computation: every process then sees every device
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU-only jobs
+    try:
+      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except (RuntimeError, ValueError) as e:
+      _fail(f'--distributed: {str(e).splitlines()[0]}')
   from ordered_jax import experiment, runs, sweep, sweeper  # pylint: disable=g-import-not-at-top
   import probes  # pylint: disable=g-import-not-at-top
   try:

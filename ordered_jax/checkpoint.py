@@ -20,17 +20,30 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
 
+def _this_process() -> ocp.options.MultiprocessingOptions:
+  """Orbax coordinates this process only: we save host (numpy) copies from the primary
+  process and every process restores on its own, so no cross-process barriers."""
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def manager(run_dir: str, *, keep: int = 3, keep_every: int = 0,
             read_only: bool = False) -> ocp.CheckpointManager:
   """The run's manager: keeps the latest ``keep`` steps and every ``keep_every``-th epoch."""
   policies = [cm.LatestN(n=keep)]
   if keep_every:
     policies.append(cm.EveryNSteps(interval_steps=keep_every))
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=cm.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), 'checkpoints'),
-                               options=options, item_names=('state', 'meta'))
+  root = os.path.join(os.path.abspath(run_dir), 'checkpoints')
+  extra = {}
+  if jax.process_count() > 1:  # Orbax leaves the folder to us when it coordinates one process
+    extra = dict(multiprocessing_options=_this_process(), create=False)
+    if not read_only:
+      os.makedirs(root, exist_ok=True)
+  options = ocp.CheckpointManagerOptions(**{
+      'preservation_policy': cm.AnyPreservationPolicy(policies),
+      'enable_async_checkpointing': not read_only, 'read_only': read_only,
+      'create': not read_only, **extra})
+  return ocp.CheckpointManager(root, options=options, item_names=('state', 'meta'))
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -76,7 +89,8 @@ def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any]):
 def save_params(run_dir: str, params: Any) -> None:
   """Write ``<run_dir>/final_params`` (synchronously; replaces an older copy)."""
   path = os.path.join(os.path.abspath(run_dir), 'final_params')
-  with ocp.StandardCheckpointer() as ckptr:
+  extra = dict(multiprocessing_options=_this_process()) if jax.process_count() > 1 else {}
+  with ocp.StandardCheckpointer(**extra) as ckptr:
     ckptr.save(path, params, force=True)
 
 

@@ -408,14 +408,15 @@ class _Lockstep:
   """``config.lockstep``: the batch's pairwise comparison, written to
   ``<workdir>/lockstep.jsonl`` after every evaluated epoch (``ordered_jax.lockstep``)."""
 
-  def __init__(self, config, workdir, batch, trainer, state, start):
+  def __init__(self, config, workdir, batch, trainer, state, start, write=True):
     self.names = [r.name for r in batch]
     self.layers = models.param_names(train.run_slice(state.params, 0))
     self.compare = lockstep.make_compare(trainer.model.apply, len(batch))
-    self.sink = sinks.JsonlSink(os.path.join(workdir, lockstep.FILENAME), start_epoch=start)
+    self.sink = sinks.JsonlSink(os.path.join(workdir, lockstep.FILENAME),
+                                start_epoch=start) if write else sinks.MultiSink([])
 
   def write(self, epoch, params, data):
-    m = jax.device_get(self.compare(params, data.test_chunks, data.test_valid))
+    m = sharding.fetch(self.compare(params, data.test_chunks, data.test_valid))
     for row in lockstep.rows(m, self.names, self.layers):
       self.sink.write(epoch, row)
 
@@ -429,7 +430,7 @@ def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
   skipped = [p.name for p in trainer.probes if p not in trainer.weight_probes]
   if skipped:
     logging.info('epochs=0: probes that need training are skipped: %s', ', '.join(skipped))
-  metrics, present, counts = jax.device_get(trainer.probe_weights(state, spec, data))
+  metrics, present, counts = sharding.fetch(trainer.probe_weights(state, spec, data))
   acc = train.accuracies(counts, data)
   m = {'probes': metrics, 'probes_present': present}
   for i, w in enumerate(writers):
@@ -454,8 +455,11 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   if probes and source:  # read before --overwrite may delete it ('auto' = this workdir)
     reference = load_reference(config, batch, workdir if source == 'auto' else source)
   init_params = load_init(config) if config.get('init_from') and not resume else None
-  _check_workdir(dirs, workdir, resume, overwrite, files=[
-      os.path.join(workdir, lockstep.FILENAME)] if config.get('lockstep', False) else [])
+  primary = sharding.is_primary()  # with several processes, only process 0 writes files
+  if primary:
+    _check_workdir(dirs, workdir, resume, overwrite, files=[
+        os.path.join(workdir, lockstep.FILENAME)] if config.get('lockstep', False) else [])
+  sharding.barrier('workdir checked')
   env = environment.metadata()
   run_cfgs = [run_config(config, r, env) for r in batch]
   if resume:
@@ -468,8 +472,14 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   n_pad = sharding.padding(len(batch), mesh)
   n_params = models.param_count(train.run_slice(state.params, 0))
   steps_per_epoch = orderings.steps_per_epoch(runs.sizes(config)[0], config.batch_size)
+  if primary:
+    for d in dirs:
+      os.makedirs(d, exist_ok=True)
   mgrs = [checkpoint.manager(d, keep=config.keep_checkpoints, keep_every=config.keep_every)
-          for d in dirs]
+          for d in dirs] if primary else []
+  sharding.barrier('checkpoint folders')
+  if not primary and resume:  # the others read the primary's checkpoints
+    mgrs = [checkpoint.manager(d, read_only=True) for d in dirs]
 
   if resume:
     restored = checkpoint.restore_latest(mgrs, [train.run_slice(state, i)
@@ -483,8 +493,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   else:
     start = 0
     host = [_fresh_host(r) for r in batch]
-    for d, c in zip(dirs, run_cfgs):
-      os.makedirs(d, exist_ok=True)
+    for d, c in zip(dirs, run_cfgs if primary else []):
       sinks.write_json(os.path.join(d, 'experiment_config.json'), c)
     init_eval = train.accuracies(trainer.evaluate(state.params, data), data)
     for i, h in enumerate(host):
@@ -496,12 +505,13 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   if mesh.size > 1:
     logging.info('%d runs (+%d padding) sharded over %d devices', len(batch), n_pad, mesh.size)
   writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
-                           start_epoch=start) for d, r in zip(dirs, batch)]
+                           start_epoch=start) if primary else sinks.MultiSink([])
+             for d, r in zip(dirs, batch)]
   compare = None
   if config.get('lockstep', False):
-    compare = _Lockstep(config, workdir, batch, trainer, state, start)
-  active = np.asarray(jax.device_get(state.active))
-  bar = _progress(batch, host, quiet, config.epochs, start)
+    compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)
+  active = np.asarray(sharding.fetch(state.active))
+  bar = _progress(batch, host, quiet or not primary, config.epochs, start)
   last_saved = start if resume else None
 
   executables = {}
@@ -525,8 +535,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
 
   def save_all(step):
     nonlocal last_saved
-    for i, m in enumerate(mgrs):
-      checkpoint.save(m, step, train.run_slice(state, i), copy.deepcopy(host[i]))
+    saved = sharding.fetch(state) if sharding.multiprocess() else state
+    for i, m in enumerate(mgrs if primary else []):
+      checkpoint.save(m, step, train.run_slice(saved, i), copy.deepcopy(host[i]))
     last_saved = step
 
   epochs_done = start
@@ -547,7 +558,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
           compiled(variant)
           t0 = time.perf_counter()
         state, m = compiled(variant)(state, spec, data, jnp.int32(epoch))
-        m = jax.device_get(m)
+        m = sharding.fetch(m)
         now = time.perf_counter()
         if do_eval:
           m.update(train.accuracies(m, data))
@@ -564,7 +575,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
           compare.write(epoch, state.params, data)
         epochs_done = epoch + 1
         t0 = now
-        active = np.asarray(jax.device_get(state.active))
+        active = np.asarray(sharding.fetch(state.active))
         if bar is not None:
           bar.update(1)
           bar.set_postfix_str(_postfix(batch, host, active), refresh=False)
@@ -586,14 +597,17 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     if bar is not None:
       bar.close()
 
-  final_eval = train.accuracies(trainer.evaluate(state.params, data), data)
+  final_eval = train.accuracies(sharding.fetch(trainer.evaluate(state.params, data)), data)
+  params = sharding.fetch(state.params) if sharding.multiprocess() else state.params
   summaries = []
   for i, (r, d, h) in enumerate(zip(batch, dirs, host)):
     fe = {k: float(v[i]) for k, v in final_eval.items()}
     s = _summary(config, r, h, fe, n_params, env, steps_per_epoch)
-    sinks.write_json(os.path.join(d, 'summary.json'), s)
-    checkpoint.save_params(d, train.run_slice(state.params, i))
+    if primary:
+      sinks.write_json(os.path.join(d, 'summary.json'), s)
+      checkpoint.save_params(d, train.run_slice(params, i))
     summaries.append(s)
   for m in mgrs:
     m.close()
+  sharding.barrier('run finished')
   return summaries

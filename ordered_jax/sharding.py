@@ -7,8 +7,10 @@ code change). Shared data is replicated. R is padded to a multiple of D with cop
 0 that are inactive from the start (frozen by the same masking as an early-stopped run);
 they are never written. On one device all of this is the identity.
 
-Several hosts: after ``jax.distributed.initialize()`` ``jax.devices()`` lists every
-host's devices and the same mesh spans them (docs/scaling.md).
+Several processes (hosts): after ``jax.distributed.initialize()`` (``main.py
+--distributed``) ``jax.devices()`` lists every process's devices and the same mesh spans
+them. Every process runs the same program; ``fetch`` gathers what the host reads, and only
+the primary process (``is_primary``) writes files (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -18,9 +20,34 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = 'runs'
+
+
+def multiprocess() -> bool:
+  """Whether several processes share the computation (``jax.distributed``)."""
+  return jax.process_count() > 1
+
+
+def is_primary() -> bool:
+  """The process that writes files (process 0)."""
+  return jax.process_index() == 0
+
+
+def fetch(tree: Any) -> Any:
+  """A device pytree as numpy on this host: ``device_get``, or with several processes an
+  all-gather (every process must call it, like any computation on global arrays)."""
+  if multiprocess():
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def barrier(name: str) -> None:
+  """Wait until every process gets here (no-op with one process)."""
+  if multiprocess():
+    multihost_utils.sync_global_devices(name)
 
 
 def runs_mesh(devices=None) -> Mesh:
@@ -44,6 +71,8 @@ def _pad(tree: Any, n_pad: int) -> Any:
 def place(state, spec, data, mesh: Mesh, n_pad: int, *, shared_data: bool):
   """(state, spec, data) padded by ``n_pad`` inactive runs and laid out over ``mesh``:
   runs-axis leaves split over 'runs', shared data replicated."""
+  if multiprocess():  # each process holds the whole batch: host copies, then global arrays
+    state, spec, data = jax.device_get((state, spec, data))
   if n_pad:
     state = _pad(state, n_pad)
     r = state.active.shape[0]

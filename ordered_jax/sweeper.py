@@ -210,15 +210,19 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
   packed = batches(items)
   for b in packed:  # probes are validated before anything runs, too
     probes(b[0].config)
-  runs.check_workdir(workdir)
-  _check_sweep_dir(config, workdir, overwrite)
+  primary = sharding.is_primary()  # with several processes, process 0 keeps the books
+  if primary:
+    runs.check_workdir(workdir)
+    _check_sweep_dir(config, workdir, overwrite)
+  sharding.barrier('sweep folder')
   runs_dir = os.path.join(workdir, RUNS_DIR)
-  for it in items:
+  for it in items if primary else []:
     if filters and sweep.matches(it.keys, filters):
       d = os.path.join(runs_dir, it.id)
       if os.path.isdir(d):
         logging.info('sweep: --rerun restarts run %s', it.id)
         shutil.rmtree(d)
+  sharding.barrier('reruns cleared')
   writer = results.ResultsWriter(workdir)
   logging.info('sweep: %d runs in %d batches under %s', len(items), len(packed), runs_dir)
   for k, b in enumerate(packed):
@@ -232,9 +236,11 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
                    'resuming' if is_resume else 'starting', len(part))
       experiment.run(part[0].config, runs_dir, resume=is_resume, overwrite=not is_resume,
                      quiet=quiet, probes=probes(part[0].config), batch=[it.run for it in part])
-    if todo or not _in_table(workdir, b):
+    if primary and (todo or not _in_table(workdir, b)):
       writer.add([result_row(it, os.path.join(runs_dir, it.id)) for it in b])
-  return writer.consolidate()
+  path = writer.consolidate() if primary else os.path.join(workdir, results.TABLE)
+  sharding.barrier('sweep finished')
+  return path
 
 
 def _in_table(workdir: str, b: list[Item]) -> bool:

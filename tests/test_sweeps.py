@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import experiment, results, runs, sinks, sweeper
-from tests.conftest import ROOT, micro_config
+from tests.conftest import MICRO, ROOT, micro_config
 
 
 def sweep_config(grid=None, zip_=None, max_runs=0, **overrides):
@@ -181,3 +181,44 @@ def test_sharded_runs_equal_unsharded(n, unsharded):
   assert got['correct'] == one['correct']
   for a, b in zip(got['params'], one['params']):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_run_one_batch_like_one_process(tmp_path):
+  """main.py --distributed: two processes (one CPU device each) share a three-run batch on
+  one mesh; process 0 writes the files, which match an in-process run to float rounding."""
+  flags = ['--config=configs/default.py', '--quiet', '--config.strategy=stride,random,target',
+           '--config.epochs=4'] + [f'--config.{k}={v}' for k, v in MICRO.items()
+                                   if k not in ('epochs',)]
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  procs = [subprocess.Popen(
+      [sys.executable, 'main.py', *flags, f'--workdir={tmp_path / "two"}', '--distributed',
+       f'--coordinator=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:  # never leave a process waiting for its peer
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert '3 runs (+1 padding) sharded over 2 devices' in outs[0][1]
+  c = micro_config(strategy='stride,random,target', epochs=4)
+  experiment.run(c, str(tmp_path / 'one'), quiet=True)
+  for run in ('stride', 'random', 'target'):
+    two = sinks.read_jsonl(str(tmp_path / 'two' / run / f'{run}.jsonl'))
+    one = sinks.read_jsonl(str(tmp_path / 'one' / run / f'{run}.jsonl'))
+    assert [r['epoch'] for r in two] == [r['epoch'] for r in one]
+    for a, b in zip(two, one):
+      assert a['training_metrics/loss'] == pytest.approx(b['training_metrics/loss'], rel=1e-5)
+    assert (sorted(os.listdir(tmp_path / 'two' / run / 'checkpoints')) ==
+            sorted(os.listdir(tmp_path / 'one' / run / 'checkpoints')))
