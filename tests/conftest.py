@@ -1,5 +1,6 @@
 """Shared fixtures: a micro config that compiles in seconds, a persistent compile cache."""
 
+import contextlib
 import os
 import sys
 
@@ -65,3 +66,24 @@ def epoch_info(**kw):
               validation_accuracy=jnp.float32(0.0), apply=None, loss_fn=None)
   base.update(kw)
   return instrument.EpochInfo(**base)
+
+
+@contextlib.contextmanager
+def crash_after_epoch(monkeypatch, epoch: int):
+  """Inside the block, a ``RuntimeError('simulated crash')`` is raised right after the
+  metrics row of ``epoch`` is written (what a kill then leaves on disk); the block must
+  raise it. The real sink is back afterwards."""
+  from ordered_jax import sinks  # pylint: disable=g-import-not-at-top
+  real = sinks.JsonlSink.write
+
+  def crash(self, e, metrics):
+    real(self, e, metrics)
+    if e == epoch:
+      raise RuntimeError('simulated crash')
+
+  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
+  try:
+    with pytest.raises(RuntimeError, match='simulated crash'):
+      yield
+  finally:
+    monkeypatch.setattr(sinks.JsonlSink, 'write', real)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import checkpoint, experiment, models, sinks, train
-from tests.conftest import micro_config
+from tests.conftest import crash_after_epoch, micro_config
 
 KEYS = {'training_metrics/loss', 'training_metrics/perplexity', 'training_metrics/learning_rate',
         'training_metrics/training_accuracy', 'training_metrics/validation_accuracy'}
@@ -81,17 +81,8 @@ def test_notebook_restore_evaluates_to_the_summary(reference_run):
 def test_crash_then_resume_is_bit_identical(reference_run, tmp_path, monkeypatch):
   config, ref_dir, _ = reference_run
   workdir = str(tmp_path)
-  real_write = sinks.JsonlSink.write
-
-  def crash(self, epoch, metrics):
-    real_write(self, epoch, metrics)
-    if epoch == 4:
-      raise RuntimeError('simulated crash')
-
-  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
-  with pytest.raises(RuntimeError, match='simulated crash'):
+  with crash_after_epoch(monkeypatch, 4):
     experiment.run(config, workdir, quiet=True)
-  monkeypatch.setattr(sinks.JsonlSink, 'write', real_write)
   # Latest checkpoint is after epoch 2 (checkpoint_every=2); epochs 3-4 are in the JSONL.
   experiment.run(config, workdir, resume=True, quiet=True)
   for run in ('stride', 'random'):

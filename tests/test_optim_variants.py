@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from ordered_jax import experiment, optim, runs, sinks, tasks, train
-from tests.conftest import micro_config
+from tests.conftest import crash_after_epoch, micro_config
 
 RNG = np.random.default_rng(0)
 PARAMS = {'w': RNG.normal(size=(4, 3)).astype(np.float32),
@@ -383,17 +383,8 @@ def test_grokfast_buffers_survive_a_crash_and_resume(e2e_runs, tmp_path, monkeyp
   crashes after epoch 3 and resumes from the checkpoint after epoch 2 ends bit-identical."""
   config, ref_dir, _ = e2e_runs['muon']
   workdir = str(tmp_path)
-  real_write = sinks.JsonlSink.write
-
-  def crash(self, epoch, metrics):
-    real_write(self, epoch, metrics)
-    if epoch == 3:
-      raise RuntimeError('simulated crash')
-
-  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
-  with pytest.raises(RuntimeError, match='simulated crash'):
+  with crash_after_epoch(monkeypatch, 3):
     experiment.run(config, workdir, quiet=True)
-  monkeypatch.setattr(sinks.JsonlSink, 'write', real_write)
   experiment.run(config, workdir, resume=True, quiet=True)
   ours = sinks.read_jsonl(os.path.join(workdir, 'stride', 'stride.jsonl'))
   assert ours == sinks.read_jsonl(os.path.join(ref_dir, 'stride', 'stride.jsonl'))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import experiment, results, runs, sinks, sweeper
-from tests.conftest import MICRO, ROOT, micro_config
+from tests.conftest import MICRO, ROOT, crash_after_epoch, micro_config
 
 
 def sweep_config(grid=None, zip_=None, max_runs=0, **overrides):
@@ -108,17 +108,8 @@ def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path)
 
 def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, monkeypatch):
   c, _, path = finished_sweep
-  real = sinks.JsonlSink.write
-
-  def crash(self, epoch, metrics):
-    real(self, epoch, metrics)
-    if epoch == 1:
-      raise RuntimeError('simulated crash')
-
-  monkeypatch.setattr(sinks.JsonlSink, 'write', crash)
-  with pytest.raises(RuntimeError):
+  with crash_after_epoch(monkeypatch, 1):
     sweeper.run(c, str(tmp_path), quiet=True)
-  monkeypatch.setattr(sinks.JsonlSink, 'write', real)
   got = _table(sweeper.run(c, str(tmp_path), quiet=True))
   want = _table(path)
   drop = lambda r: {k: v for k, v in r.items() if k != 'duration_seconds'}
