@@ -108,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.probes.curvature.k = 3              # top Hessian eigenvalues reported
   c.probes.curvature.lanczos_steps = 20
   c.probes.curvature.hutchinson_samples = 8
+  c.probes.curvature.every_n_steps = 1000  # at most once per 1000 steps (0: every probe epoch)
   # Outputs.
   c.checkpoint_every = 50      # epochs; also at the end, on SIGINT/SIGTERM
   c.keep_checkpoints = 3       # keep the latest N checkpoints ...

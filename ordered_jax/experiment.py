@@ -267,7 +267,7 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
     old = json.load(f)
   skip = set(RESUME_SAFE) | {'environment', 'sweep'}  # the sweep spec is not the run's
   # A field added after the run was started reads as its default (what the run had).
-  old = {**{k: v for k, v in runs.ADDED_DEFAULTS.items() if k in new}, **old}
+  old = _with_added(old, runs.ADDED_DEFAULTS, new)
   diff = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
   if diff:
     k = diff[0]
@@ -276,6 +276,19 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
   if old['environment'] != new['environment']:
     logging.warning('resuming on a different environment; results may not be bit-identical '
                     'to an uninterrupted run')
+
+
+def _with_added(old: dict, added: dict, new: dict) -> dict:
+  """``old`` with the fields of ``added`` it lacks (at any depth) that ``new`` has."""
+  out = dict(old)
+  for k, v in added.items():
+    if k not in new:
+      continue
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict) and isinstance(new[k], dict):
+      out[k] = _with_added(out[k], v, new[k])
+  return out
 
 
 def _fresh_host(r: runs.Run) -> dict:

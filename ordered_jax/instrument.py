@@ -8,10 +8,18 @@ ONE run (the trainer ``vmap``s them with the rest of the epoch):
   previous vectors, ...). It lives in ``RunState.probes[name]``, so checkpoints carry it
   and a resumed run emits what an uninterrupted one would.
 * ``on_step(state, StepInfo) -> state`` (only if ``'steps' in needs``): accumulate per
-  optimiser step inside the scanned epoch (nothing leaves the device).
+  optimiser step inside the scanned epoch (nothing leaves the device). Step metrics are
+  emitted only at probe epochs; in the others ``StepInfo.record`` is False and the probe
+  keeps only the state later epochs need (a FIFO, a running path length), so its per-step
+  measurements cost nothing between probe epochs.
 * ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics
   is a dict of arrays, ``present`` a bool saying whether to emit them (e.g. a cosine with
   the previous epoch needs a previous epoch).
+* ``masks_inactive`` (optional, default False): ``on_step`` and ``on_epoch`` leave the
+  state of a run that is not training (``active`` False) as it was, so the trainer need not
+  restore it at the end of the epoch: worth it for windows of parameter vectors, whose
+  restore is a copy and a select of the whole window (a run stopped for non-finite values
+  keeps that epoch's entries; it emits no more metrics).
 * ``weight_only`` (optional, default False): the probe reads only the weights (and at
   most the mean gradient), so evaluate-only runs (``epochs = 0``) run it on the initial or
   ``init_from`` weights.
@@ -52,6 +60,9 @@ class StepInfo:
   dropout_key: jax.Array = None  # the step's dropout key (loss_fn(p, batch, mask, key))
   loss_fn: Callable = None
   reference: Any = None     # reference ("solution") parameters, if configured
+  steps: int = None         # optimiser steps in this epoch (static)
+  record: bool = True       # static: this epoch's step metrics are emitted (a probe epoch)
+  active: jax.Array = True  # the run trains this epoch (stopped runs are computed, then kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +83,7 @@ class EpochInfo:
   apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
   loss_fn: Callable         # loss_fn(params, abc_BxC, mask_B, dropout_key) -> mean CE
   reference: Any = None     # reference ("solution") parameters, if configured
+  active: jax.Array = True  # the run trains this epoch (see ``masks_inactive``)
   replay: Callable = None   # replay(order_N, key) -> epoch-mean gradient of an extra epoch
                             # from the pre-epoch state over rows order_N (interventions)
 

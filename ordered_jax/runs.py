@@ -42,7 +42,8 @@ ADDED_DEFAULTS = {
     'task': 'add', 'train_fraction': 0.0, 'critical_delta': 0.0, 'model': 'reference',
     'mlp': {'activation': 'sqr', 'embed_trainable': False, 'inner_product': False},
     'lockstep': False, 'interventions': {'lr': '', 'batch_size': ''},
-    'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3}}
+    'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3},
+    'probes': {'curvature': {'every_n_steps': 0}}}  # nested: only the missing leaves
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 

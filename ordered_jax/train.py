@@ -260,9 +260,11 @@ class Trainer:
                                        (jnp.arange(steps), idx_SxB, mask_SxB))
     return jax.tree.map(lambda g: g / steps, grad_sum)
 
-  def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool):
+  def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool,
+                   record: bool = False):
     """One epoch of one run: (params, opt_state, mean loss, probe states, mean gradient,
-    the epoch's first batch)."""
+    the epoch's first batch). ``record``: a probe epoch, whose step metrics are emitted
+    (``StepInfo.record``)."""
     h = self.hyper
     n = data.train_NxC.shape[0]
     root = jax.random.wrap_key_data(state.key)
@@ -285,7 +287,8 @@ class Trainer:
         info = instrument.StepInfo(
             step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
             learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_BxC=batch_BxC,
-            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference)
+            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference,
+            steps=steps, record=record, active=state.active)
         probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
       if grad_sum is not None:
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
@@ -357,7 +360,7 @@ class Trainer:
         key=jax.random.fold_in(jax.random.fold_in(root, PROBE_STREAM), epoch),
         train_NxC=data.train_NxC, first_batch_BxC=first_batch,
         validation_accuracy=validation_accuracy, apply=self.model.apply, loss_fn=self.loss,
-        reference=spec.reference,
+        reference=spec.reference, active=state.active,
         replay=functools.partial(self._replay, state, spec, data, epoch))
     new, metrics, present = dict(probes), {}, {}
     for p in self.probes if only is None else only:
@@ -369,7 +372,7 @@ class Trainer:
              do_probe: bool = False):
     do_probe = do_probe and bool(self.probes)
     params, opt_state, loss, probes, grad_mean, first_batch = self._train_epoch(
-        state, spec, data, epoch, grad_mean=do_probe and self._grad_mean)
+        state, spec, data, epoch, grad_mean=do_probe and self._grad_mean, record=do_probe)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
     trained = state.active & finite
@@ -387,6 +390,9 @@ class Trainer:
           state, spec, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch,
           val_acc)
     keep = lambda new, old: jnp.where(trained, new, old)
+    # Probes that leave stopped runs' states as they were skip the select (for a window of
+    # parameter vectors: a copy and a select of the whole window).
+    unkept = {p.name for p in self.probes if getattr(p, 'masks_inactive', False)}
     new_state = RunState(
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
@@ -395,7 +401,8 @@ class Trainer:
         active=trained & ~reached,
         stop_reason=jnp.where(state.active & ~finite, NON_FINITE,
                               jnp.where(trained & reached, REACHED_TARGET, state.stop_reason)),
-        probes=jax.tree.map(keep, probes, state.probes))
+        probes={n: v if n in unkept else jax.tree.map(keep, v, state.probes[n])
+                for n, v in probes.items()})
     return new_state, metrics
 
   def _batched_epoch(self, state, spec, data, epoch, do_eval, do_probe=False):

@@ -65,7 +65,8 @@ def _factories(config):
       'curvature': lambda: curvature.Curvature(
           adam=config.optimizer in ADAM_FAMILY, batch_size=c.batch_size, k=c.k, lanczos_steps=c.lanczos_steps,
           hutchinson_samples=c.hutchinson_samples, b1=config.adam_b1, b2=config.adam_b2,
-          eps=config.adam_eps),
+          eps=config.adam_eps, every_n_steps=c.every_n_steps, steps_per_epoch=spe,
+          probe_every=config.probe_every),
   }
 
 
@@ -127,7 +128,8 @@ def build(config) -> list:
     if n in skip:
       raise runs.ConfigError('probes.names', f'probe {n!r} {skip[n]}; probes for any model '
                              f'and task: {", ".join(MODEL_AGNOSTIC)}')
-  per_step = [n for n in selected if n in STEP_CADENCE]
+  per_step = [n for n in selected if n in STEP_CADENCE or (
+      n == 'curvature' and config.probes.curvature.every_n_steps)]
   if per_step and runs.changes(config, 'batch_size'):
     raise runs.ConfigError('interventions.batch_size', f'probe {per_step[0]!r} counts '
                            'optimiser steps with one batch size; drop it or the batch-size '
@@ -168,6 +170,9 @@ def build(config) -> list:
   if c.k > c.lanczos_steps:
     raise runs.ConfigError('probes.curvature.k', f'must be <= lanczos_steps '
                            f'({c.lanczos_steps}); got {c.k}')
+  if not isinstance(c.every_n_steps, int) or c.every_n_steps < 0:
+    raise runs.ConfigError('probes.curvature.every_n_steps', 'must be an integer >= 0 (0 = '
+                           f'every probe epoch); got {c.every_n_steps!r}')
   if not isinstance(c.hutchinson_samples, int) or c.hutchinson_samples < 1:
     raise runs.ConfigError('probes.curvature.hutchinson_samples',
                            f'must be an integer >= 1; got {c.hutchinson_samples!r}')

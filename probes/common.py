@@ -57,16 +57,29 @@ def flat_non_bias_raw(tree) -> jax.Array:
 
 
 def window_init(d: int, window: int) -> dict:
-  """An empty window of the last ``window`` vectors of size d (a ring buffer)."""
-  return {'buf': jnp.zeros((window, d)), 'count': jnp.zeros((), jnp.int32)}
+  """An empty window of the last ``window`` vectors of size d (a ring buffer) and the Gram
+  matrix of its rows, kept up to date as vectors come in."""
+  return {'buf': jnp.zeros((window, d)), 'count': jnp.zeros((), jnp.int32),
+          'gram': jnp.zeros((window, window))}
 
 
-def window_push(state: dict, x: jax.Array):
-  """(the window with x added, members n, mask of the filled rows, mean of the members)."""
+def window_push(state: dict, x: jax.Array, active=True):
+  """(the window with x added, members n, mask of the filled rows, the rows' Gram matrix).
+
+  The Gram matrix gains x's dot products with the window (one pass over it, before x
+  overwrites the oldest row) instead of being recomputed: O(window D), not O(window^2 D).
+  Rows not yet filled are zero, and so are their entries. With ``active`` False (a stopped
+  run) the window stays as it was, so the trainer need not restore it (``masks_inactive``)."""
   window = state['buf'].shape[0]
-  buf = state['buf'].at[state['count'] % window].set(x)
-  count = state['count'] + 1
+  slot = state['count'] % window
+  active = jnp.asarray(active)
+  x = jnp.where(active, x, jax.lax.dynamic_index_in_dim(state['buf'], slot, 0, False))
+  hi = jax.lax.Precision.HIGHEST
+  dots = jnp.matmul(state['buf'], x, precision=hi).at[slot].set(jnp.dot(x, x, precision=hi))
+  gram = jnp.where(active, state['gram'].at[slot, :].set(dots).at[:, slot].set(dots),
+                   state['gram'])
+  buf = jax.lax.dynamic_update_slice(state['buf'], x[None], (slot, 0))
+  count = state['count'] + active.astype(jnp.int32)
   n = jnp.minimum(count, window)
   valid = (jnp.arange(window) < n).astype(buf.dtype)
-  mean = jnp.sum(buf * valid[:, None], axis=0) / n
-  return {'buf': buf, 'count': count}, n, valid, mean
+  return {'buf': buf, 'count': count, 'gram': gram}, n, valid, gram

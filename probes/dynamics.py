@@ -79,6 +79,8 @@ class TrainingDiagnostics:
     return {'loss': z, 'grad_norm': z, 'weight_norm': z, 'update_ratio': z}
 
   def on_step(self, state, s):
+    if not s.record:  # every slot is rewritten in the probe epoch
+      return state
     g, w = _tree_norm(s.grads), _tree_norm(s.params_after)
     new = {'loss': s.loss, 'grad_norm': g, 'weight_norm': w,
            'update_ratio': s.learning_rate * g / w}
@@ -102,9 +104,10 @@ class TrainingDiagnostics:
 @dataclasses.dataclass(frozen=True)
 class BatchDynamics:
   """Geometry of consecutive batch gradients x = flat(g_batch), over a FIFO of the last
-  ``max_lag`` of them that persists across epochs. Per step, for each lag l <= the FIFO's
-  length: cos(x, x_{-l}) (steps with |x| < 1e-12 skipped). Per probe epoch: lag_{l} = mean
-  of that epoch's cosines, autocorrelation_mean = mean over the lags present,
+  ``max_lag`` of them that persists across epochs (written at every step). Per step of a
+  probe epoch, for each lag l <= the FIFO's length: cos(x, x_{-l}) (steps with |x| < 1e-12
+  skipped). Per probe epoch: lag_{l} = mean of that epoch's cosines (the reference's
+  per-epoch value), autocorrelation_mean = mean over the lags present,
   efficiency_{w} = |sum of the last w| / sum of their norms, and from the eigenvalues of the
   uncentred Gram matrix of the FIFO: top1_variance = l_1 / sum l, effective_rank =
   exp(entropy of l / sum l)."""
@@ -114,6 +117,7 @@ class BatchDynamics:
   max_lag: int = 50
   name: str = 'batch_dynamics'
   needs: frozenset = frozenset({'steps'})
+  masks_inactive: bool = True  # a stopped run's state is left as it was (no end-of-epoch copy)
 
   # The ring has one slot more than max_lag: each step writes its gradient first and then
   # reads the lagged ones from the updated ring (none of them is the slot just written), so
@@ -127,22 +131,27 @@ class BatchDynamics:
 
   def on_step(self, state, s):
     depth = self.max_lag + 1
-    x = common.flat_non_bias_raw(s.grads)
+    count, active = state['count'], jnp.asarray(s.active)
+    slot = count % depth
+    # A stopped run rewrites its oldest row with itself: its FIFO stays as it was.
+    x = jnp.where(active, common.flat_non_bias_raw(s.grads),
+                  jax.lax.dynamic_index_in_dim(state['buf'], slot, 0, False))
     n = jnp.linalg.norm(x)
-    count = state['count']
-    buf = jax.lax.dynamic_update_slice(state['buf'], x[None], (count % depth, 0))
-    norms = state['norms'].at[count % depth].set(n)
+    buf = jax.lax.dynamic_update_slice(state['buf'], x[None], (slot, 0))
+    norms = state['norms'].at[slot].set(n)
+    if not s.record:  # only the FIFO outlives the epoch; the cosines are the probe epoch's
+      return {**state, 'buf': buf, 'norms': norms, 'count': count + active.astype(jnp.int32)}
     lags = jnp.array(self.lags)
     slots = (count - lags) % depth
     lag_norms = norms[slots]
     c = jnp.take(buf, slots, axis=0) @ x / (n * lag_norms + 1e-8)
-    ok = (lags <= jnp.minimum(count, self.max_lag)) & (n >= 1e-12) & (lag_norms >= 1e-12)
-    return {'buf': buf, 'norms': norms, 'count': count + 1,
+    ok = ((lags <= jnp.minimum(count, self.max_lag)) & (n >= 1e-12) & (lag_norms >= 1e-12)
+          & active)
+    return {'buf': buf, 'norms': norms, 'count': count + active.astype(jnp.int32),
             'cos_sum': state['cos_sum'] + jnp.where(ok, c, 0.0),
             'cos_n': state['cos_n'] + ok.astype(jnp.float32)}
 
   def on_epoch(self, state, info):
-    del info
     depth = self.max_lag + 1
     filled = jnp.minimum(state['count'], self.max_lag)
     m = {}
@@ -153,15 +162,17 @@ class BatchDynamics:
     m['autocorrelation_mean'] = jnp.sum(jnp.where(has, lag_means, 0.0)) / jnp.maximum(
         jnp.sum(has), 1)
     age = (state['count'] - 1 - jnp.arange(depth)) % depth  # 0 = newest
-    for w in self.windows:
+    g = spectra.gram(state['buf'])  # [depth, depth]: one pass over the FIFO serves all
+    for w in self.windows:  # |sum of the last w|^2 = sel^T G sel
       sel = (age < jnp.minimum(w, filled)).astype(jnp.float32)
-      total = jnp.linalg.norm(sel @ state['buf'])
+      total = jnp.sqrt(jnp.maximum(sel @ g @ sel, 0.0))
       m[f'efficiency_{w}'] = jnp.where(w <= filled, total / jnp.sum(sel * state['norms']),
                                        jnp.nan)
     use = ((age < filled) & (state['norms'] >= 1e-12)).astype(jnp.float32)
-    m[spectra.GRAM] = spectra.gram((state['buf'] * use[:, None]).T)  # [depth, depth]
-    reset = {**state, 'cos_sum': jnp.zeros_like(state['cos_sum']),
-             'cos_n': jnp.zeros_like(state['cos_n'])}
+    m[spectra.GRAM] = g * use[:, None] * use[None, :]
+    active = jnp.asarray(info.active)
+    reset = {**state, 'cos_sum': jnp.where(active, 0.0, state['cos_sum']),
+             'cos_n': jnp.where(active, 0.0, state['cos_n'])}
     return reset, m, filled >= 1
 
   def to_host(self, m: dict) -> dict:

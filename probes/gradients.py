@@ -68,24 +68,27 @@ class Variance:
   window: int = 10
   name: str = 'variance'
   needs: frozenset = frozenset({'grad_mean'})
+  masks_inactive: bool = True  # common.window_push leaves a stopped run's window as it was
 
   def init(self, params):
     return common.window_init(common.flat_non_bias(params, self.cfg).shape[0], self.window)
 
   def on_epoch(self, state, info):
-    new, n, valid, mean = common.window_push(
-        state, common.flat_non_bias(info.grad_mean, self.cfg))
-    buf = new['buf']
-    sq = jnp.sum(jnp.square(buf - mean) * valid[:, None], axis=0)
-    norms = jnp.linalg.norm(buf, axis=1)
-    cos_jk = (buf @ buf.T) / (norms[:, None] * norms[None, :] + 1e-8)
+    new, n, valid, g = common.window_push(
+        state, common.flat_non_bias(info.grad_mean, self.cfg), info.active)
+    # Everything from the members' Gram matrix G (no pass over the window): with the mean
+    # g_bar, |g_bar|^2 = sum G / n^2 and sum_i |g_i - g_bar|^2 = tr G - n |g_bar|^2.
+    n_f = n.astype(g.dtype)
+    d = new['buf'].shape[1]
+    mean_norm = jnp.sqrt(jnp.maximum(jnp.sum(g), 0.0)) / n_f
+    sq = jnp.maximum(jnp.trace(g) - n_f * mean_norm ** 2, 0.0)
+    norms = jnp.sqrt(jnp.diagonal(g))
+    cos_jk = g / (norms[:, None] * norms[None, :] + 1e-8)
     pairs = valid[:, None] * valid[None, :] * jnp.triu(jnp.ones_like(cos_jk), 1)
-    n_f = n.astype(buf.dtype)
-    m = {'gradient_variance': jnp.sum(sq) / (n_f * buf.shape[1]),
+    m = {'gradient_variance': sq / (n_f * d),
          'mean_pairwise_cos': jnp.sum(cos_jk * pairs) / jnp.maximum(jnp.sum(pairs), 1.0),
-         'signal_to_noise': jnp.linalg.norm(mean) / (
-             jnp.linalg.norm(jnp.sqrt(sq / jnp.maximum(n_f - 1, 1.0))) + 1e-8),
-         'window_mean_norm': jnp.linalg.norm(mean)}
+         'signal_to_noise': mean_norm / (jnp.sqrt(sq / jnp.maximum(n_f - 1, 1.0)) + 1e-8),
+         'window_mean_norm': mean_norm}
     return new, m, n >= 2
 
 

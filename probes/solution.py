@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,20 +83,27 @@ class SubspaceGradientInfo:
   with_reference: bool = False
   name: str = 'subspace_gradient_info'
   needs: frozenset = frozenset({'grad_mean'})
+  masks_inactive: bool = True  # common.window_push leaves a stopped run's window as it was
 
   def init(self, params):
     return common.window_init(common.flat_non_bias(params, self.cfg).shape[0], self.window)
 
   def on_epoch(self, state, info):
-    new, n, valid, mean = common.window_push(
-        state, common.flat_non_bias(info.grad_mean, self.cfg))
+    new, n, valid, g = common.window_push(
+        state, common.flat_non_bias(info.grad_mean, self.cfg), info.active)
     buf = new['buf']
-    centred = (buf - mean) * valid[:, None]  # [window, D]
-    m = {spectra.GRAM: spectra.gram(centred.T), 'members': n}  # spectrum: to_host
+    # The centred window's Gram matrix from the plain one the window keeps: with r = G v / n
+    # (x_i . mean) and q = v G v / n^2 (|mean|^2), C = (G - r 1^T - 1 r^T + q) on the
+    # members; no pass over the window, no centred copy of it.
+    nf = n.astype(buf.dtype)
+    r = g @ valid / nf
+    centred = (g - r[:, None] - r[None, :] + valid @ r / nf) * valid[:, None] * valid[None, :]
+    m = {spectra.GRAM: centred, 'members': n}  # spectrum: to_host
     if self.with_reference:
       sol = common.flat_non_bias(info.reference, self.cfg) - common.flat_non_bias(
           info.params, self.cfg)
-      m['centred_dot_solution'] = centred @ (sol / jnp.linalg.norm(sol))  # [window]
+      b = jnp.matmul(buf, sol / jnp.linalg.norm(sol), precision=jax.lax.Precision.HIGHEST)
+      m['centred_dot_solution'] = (b - valid @ b / nf) * valid  # [window]
     return new, m, n >= 2
 
   def to_host(self, m: dict) -> dict:

@@ -24,12 +24,30 @@ import numpy as np
 GRAM = 'gram'  # metric-key prefix of device Gram matrices that to_host turns into spectra
 
 
+CHUNK = 8192  # contraction block of ``gram`` for long, thin arrays
+
+
 def gram(w: jax.Array) -> jax.Array:
-  """The smaller-side Gram matrix of a 2-D array (W^T W or W W^T), full f32 precision."""
+  """The smaller-side Gram matrix of a 2-D array (W^T W or W W^T), full f32 precision.
+
+  A window of K parameter vectors (K x D, D ~ 10^5..10^7) is summed over blocks of CHUNK
+  columns: XLA:CPU runs the single K x D x K product at about a quarter of its matmul rate
+  (85 ms against 28 ms for 51 x 421,729 on 2 cores); on a GPU the loop costs a few
+  launches."""
   hi = jax.lax.Precision.HIGHEST
   if w.shape[0] >= w.shape[1]:
-    return jnp.matmul(w.T, w, precision=hi)
-  return jnp.matmul(w, w.T, precision=hi)
+    w = w.T  # [small, long]
+  k, d = w.shape
+  if d < 4 * CHUNK:
+    return jnp.matmul(w, w.T, precision=hi)
+  n = d // CHUNK
+
+  def block(i, g):
+    b = jax.lax.dynamic_slice_in_dim(w, i * CHUNK, CHUNK, axis=1)
+    return g + jnp.matmul(b, b.T, precision=hi)
+
+  rest = w[:, n * CHUNK:]
+  return jax.lax.fori_loop(0, n, block, jnp.matmul(rest, rest.T, precision=hi))
 
 
 def eigenvalues(g: np.ndarray) -> np.ndarray:

@@ -5,7 +5,10 @@ g = epoch * steps_per_epoch + step) with g >= warmup and g % every < burst. The 
 test depends only on g, which every run of a batch shares, so under ``vmap`` it stays a
 real ``lax.cond`` and inactive steps cost nothing. Values are reported as the reference's
 per-epoch lists (one entry per active step) for the steps of the probe epoch; with
-``probe_every = 1`` that is every epoch, as the reference writes them.
+``probe_every = 1`` that is every epoch, as the reference writes them. Between probe epochs
+(``StepInfo.record`` False) nothing is measured, except what the next epoch's first step
+needs (hessian's previous gradient, and its entanglement at an epoch's last step for the
+coherence across the boundary), so the values are those of probing every epoch.
 """
 
 from __future__ import annotations
@@ -104,11 +107,16 @@ class Hessian(_Burst):
   def init(self, params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     d = common.flat_non_bias_raw(params).shape[0]
-    return {'prev_grads': zeros, 'has_prev': jnp.array(False), 'prev_ent': jnp.zeros((d,)),
+    return {'prev_grads': zeros, 'prev_ent': jnp.zeros((d,)),
             'prev_active': jnp.array(False), 'rec': self._empty()}
 
   def on_step(self, state, s):
-    on = self.active(s) & state['has_prev']
+    # A previous step exists from the run's second step on. The test reads only the step
+    # count, which every run of a batch shares (a per-run flag here would turn the cond
+    # into a select under vmap: an HVP at every step).
+    on = self.active(s) & (s.epoch * self.steps_per_epoch + s.step > 0)
+    if not s.record:  # only the last step's entanglement can reach the next epoch
+      on = on & (s.step == s.steps - 1) if s.steps is not None else on
 
     def measure(_):
       loss = lambda p: s.loss_fn(p, s.batch_BxC, s.mask_B, s.dropout_key)
@@ -153,8 +161,11 @@ class Hessian(_Burst):
       return {k: jnp.zeros((), jnp.float32) for k in self.keys}, state['prev_ent']
 
     vals, ent = jax.lax.cond(on, measure, skip, None)
-    return {'prev_grads': s.grads, 'has_prev': jnp.array(True), 'prev_ent': ent,
-            'prev_active': on, 'rec': self._store(state['rec'], s, on, vals)}
+    # prev_active: whether prev_ent is this step's (a step skipped between probe epochs
+    # that was active only matters at the epoch's last step, which is measured).
+    return {'prev_grads': s.grads, 'prev_ent': ent,
+            'prev_active': on,
+            'rec': self._store(state['rec'], s, on, vals) if s.record else state['rec']}
 
 
 ADAM_KEYS = ('momentum_grad_cossim', 'amplification_ratio', 'update_deflection',
@@ -187,6 +198,8 @@ class AdamDynamics(_Burst):
     return {'rec': self._empty()}
 
   def on_step(self, state, s):
+    if not s.record:  # nothing outlives the epoch: every slot is rewritten when recorded
+      return state
     on = self.active(s)
 
     def measure(_):

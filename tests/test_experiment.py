@@ -156,6 +156,23 @@ def test_workdir_is_never_silently_overwritten(reference_run, tmp_path):
   assert os.path.exists(os.path.join(workdir, 'stride', 'summary.json'))
 
 
+def test_resume_reads_fields_added_since_as_their_old_values(tmp_path):
+  """A run saved before a field existed resumes when the field has the value the run had
+  (nested fields too: probes.curvature.every_n_steps was every probe epoch, 0)."""
+  config = micro_config()
+  new = experiment.run_config(config, experiment.runs.expand(config)[0], {})
+  old = json.loads(json.dumps(new))
+  del old['task'], old['probes']['curvature']['every_n_steps']
+  sinks.write_json(str(tmp_path / 'experiment_config.json'), old)
+  with pytest.raises(experiment.WorkdirError, match=r'config\.probes differs'):
+    experiment._check_resume_config(str(tmp_path), new)  # pylint: disable=protected-access
+  new['probes']['curvature']['every_n_steps'] = 0
+  experiment._check_resume_config(str(tmp_path), new)  # pylint: disable=protected-access
+  new['task'] = 'sub'
+  with pytest.raises(experiment.WorkdirError, match=r'config\.task differs'):
+    experiment._check_resume_config(str(tmp_path), new)  # pylint: disable=protected-access
+
+
 def test_zero_epochs_evaluates_the_initial_weights(tmp_path):
   config = micro_config(epochs=0)
   (s,) = experiment.run(config, str(tmp_path), quiet=True)

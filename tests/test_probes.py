@@ -1,5 +1,6 @@
 """Probes against independent computations, and the framework's guarantees."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 
 import probes
 from ordered_jax import checkpoint, experiment, instrument, models, sinks, train
-from probes import curvature, dynamics, fourier, gradients, weights
+from probes import common, curvature, dynamics, fourier, gradients, weights
 from tests.conftest import LAPACK_PRIMITIVES, epoch_info, jaxpr_primitives, micro_config
 
 CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
@@ -209,6 +210,23 @@ def test_curvature_probe_and_adam_preconditioning(dense):
   assert float(m['preconditioned_lambda_max']) == pytest.approx(eig[-1] * scale, rel=1e-3)
 
 
+@pytest.mark.parametrize('spe,n,every,epochs', [(14, 1000, 10, 400), (4, 10, 3, 31),
+                                                 (1172, 1000, 10, 60), (7, 7, 1, 12)])
+def test_curvature_fires_once_per_every_n_steps(spe, n, every, epochs):
+  """At the first probe epoch at or after each multiple of n steps (epoch 0 included), by
+  brute force over the run's probe epochs (the last epoch is one too)."""
+  probe = curvature.Curvature(every_n_steps=n, steps_per_epoch=spe, probe_every=every)
+  probe_epochs = sorted({e for e in range(epochs) if e % every == 0} | {epochs - 1})
+  want, last = [], None
+  for e in probe_epochs:
+    if last is None or any(last < m <= e * spe for m in range(0, e * spe + 1, n)):
+      want.append(e)
+    last = e * spe
+  got = [e for e in probe_epochs if bool(probe.fires(jnp.int32(e)))]
+  assert got == want
+  assert curvature.Curvature().fires(jnp.int32(5))  # every_n_steps = 0: every probe epoch
+
+
 # -- the framework -------------------------------------------------------------------------
 
 
@@ -294,6 +312,36 @@ def test_resume_keeps_probe_state(probed, tmp_path):
   for run in ('stride', 'random'):
     assert (sinks.read_jsonl(str(work / run / f'{run}.jsonl')) ==
             sinks.read_jsonl(os.path.join(full, run, f'{run}.jsonl')))
+
+
+STEP_PROBES = 'hessian,adam_dynamics,training_diagnostics,batch_dynamics,path_length'
+
+
+def test_step_probes_between_probe_epochs_match_probing_every_epoch(tmp_path):
+  """Step probes measure only in probe epochs; what they carry across the others (the
+  FIFO, the path, hessian's previous gradient and boundary entanglement) makes their values
+  those of probing every epoch. Hessian bursts here cross epoch boundaries (4 steps per
+  epoch, steps g % 5 < 3 active)."""
+  rows = {}
+  for every in (1, 3):
+    c = micro_config(strategy='random', probe_every=every, epochs=7)
+    c.probes.names = STEP_PROBES
+    c.probes.hessian.update(every_n_steps=5, burst_length=3, warmup=0)
+    c.probes.adam_dynamics.update(every_n_steps=5, burst_length=3, warmup=0)
+    experiment.run(c, str(tmp_path / str(every)), quiet=True, probes=probes.build(c))
+    rows[every] = {r['epoch']: r for r in
+                   sinks.read_jsonl(str(tmp_path / str(every) / 'random' / 'random.jsonl'))}
+  probed = [e for e, r in rows[3].items() if 'path_length/path_length' in r]
+  assert probed == [0, 3, 6]
+  for e in probed:
+    want = {k: v for k, v in rows[1][e].items() if k.split('/')[0] in STEP_PROBES}
+    got = {k: v for k, v in rows[3][e].items() if k.split('/')[0] in STEP_PROBES}
+    assert sorted(got) == sorted(want)
+    for k in want:
+      assert np.asarray(got[k], float) == pytest.approx(np.asarray(want[k], float),
+                                                        rel=1e-5, abs=1e-7, nan_ok=True), k
+  # the boundary: epoch 3's first step (g = 12) is active after an active g = 11
+  assert math.isfinite(rows[3][3]['hessian/entanglement_coherence'][0])
 
 
 def test_variance_window_matches_numpy():
@@ -421,6 +469,42 @@ def test_batch_dynamics_matches_a_numpy_fifo():
   assert host['effective_rank'] == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-4)
 
 
+def test_batch_dynamics_between_probe_epochs_keeps_the_fifo_of_stopped_runs():
+  """Between probe epochs only the FIFO is written, and not for a stopped run (the trainer
+  does not restore this probe's state: ``masks_inactive``)."""
+  probe = dynamics.BatchDynamics(lags=(1,), windows=(2,), max_lag=3)
+  grads = [_tree(70 + i) for i in range(3)]
+  state = probe.init(grads[0])
+  for i, g in enumerate(grads[:2]):
+    state = probe.on_step(state, _step(i, grads[0], grads[0], g, 1.0))
+  quiet = lambda st, g, active: probe.on_step(st, dataclasses.replace(
+      _step(2, grads[0], grads[0], g, 1.0), record=False, active=jnp.array(active)))
+  same = quiet(state, grads[2], False)
+  assert all(np.array_equal(same[k], state[k]) for k in state)
+  moved = quiet(state, grads[2], True)
+  assert int(moved['count']) == 3
+  np.testing.assert_array_equal(moved['buf'][2], common.flat_non_bias_raw(grads[2]))
+  np.testing.assert_array_equal(moved['cos_sum'], state['cos_sum'])  # no cosine measured
+  assert probe.masks_inactive
+
+
+def test_window_keeps_its_gram_matrix_and_ignores_stopped_runs():
+  """common.window_push's running Gram matrix equals numpy's rows @ rows.T through the
+  ring's wrap-around; a push for a stopped run changes nothing."""
+  rng = np.random.default_rng(0)
+  xs = rng.normal(size=(7, 5)).astype(np.float32)
+  state = common.window_init(5, 3)
+  for i, x in enumerate(xs):
+    state, n, valid, g = common.window_push(state, jnp.asarray(x))
+    rows = np.zeros((3, 5), np.float32)
+    for j in range(max(0, i - 2), i + 1):
+      rows[j % 3] = xs[j]
+    np.testing.assert_allclose(np.asarray(g), rows @ rows.T, rtol=1e-5, atol=1e-6)
+    assert int(n) == min(i + 1, 3) and list(np.asarray(valid)) == [float(k < n) for k in range(3)]
+  same, _, _, _ = common.window_push(state, jnp.ones((5,)), active=jnp.array(False))
+  assert all(np.array_equal(same[k], state[k]) for k in state)
+
+
 def test_phases_velocity_acceleration_and_codes():
   probe = gradients.Phases(CFG)
   trees = [_tree(50 + i) for i in range(3)]
@@ -458,7 +542,7 @@ def test_hessian_probe_uses_the_exact_hessian(dense):
   g_b = unravel(jax.random.normal(jax.random.key(6), flat.shape))
   probe = steps.Hessian(steps_per_epoch=4, every=10, burst=3, warmup=0,
                         keys=steps.hessian_keys(TINY, True), cfg=TINY)
-  state = {**probe.init(params), 'prev_grads': g_a, 'has_prev': jnp.array(True)}
+  state = {**probe.init(params), 'prev_grads': g_a}
   after = unravel(flat + 0.01 * jax.random.normal(jax.random.key(7), flat.shape))
   ref = unravel(jax.random.normal(jax.random.key(8), flat.shape))
   info = instrument.StepInfo(step=jnp.int32(1), params_before=params, params_after=after,
@@ -644,6 +728,31 @@ def test_no_lapack_inside_the_probed_epoch():
   names = jaxpr_primitives(jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr)
   assert 'scan' in names and 'dot_general' in names  # the walk reaches the epoch's body
   assert not names & LAPACK_PRIMITIVES, names & LAPACK_PRIMITIVES
+
+
+def test_step_probe_bursts_stay_conditional_under_vmap():
+  """The burst test reads only the shared step count: under the runs vmap it stays a
+  ``cond`` (a per-run predicate turns it into a select that runs the measurement, an HVP
+  for hessian, at every step of every epoch)."""
+  c = micro_config(strategy='stride,random')
+  c.probes.names = 'hessian,adam_dynamics'
+  b = experiment.build(c, probes.build(c))
+  for record in (True, False):
+    fn = lambda *a: b.trainer._batched_epoch(*a, do_eval=False, do_probe=record)  # pylint: disable=protected-access
+    jaxpr = jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr
+    counts = {}
+    _count_conds(jaxpr, counts)
+    assert counts.get('cond', 0) >= (2 if record else 1), (record, counts)
+
+
+def _count_conds(jaxpr, counts):
+  for eqn in jaxpr.eqns:
+    counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          _count_conds(inner, counts)
 
 
 def _fake_replay(n):
