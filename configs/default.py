@@ -100,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.probes.adam_dynamics = ml_collections.ConfigDict(
       dict(every_n_steps=500, burst_length=10, warmup=500))
   c.probes.counterfactual = ml_collections.ConfigDict(  # K shuffled replays per probe epoch
-      dict(k=3, window=20))                               # (the validator runs K + 1)
+      dict(k=3, window=20, parallel=1))  # (the validator K + 1); parallel: at once (0: all)
   c.probes.progress = ml_collections.ConfigDict(   # Nanda et al.'s progress measures
       dict(n_key=5, strip_rows=8, train_pairs=8192))
   c.probes.curvature = ml_collections.ConfigDict()

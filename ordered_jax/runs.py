@@ -43,7 +43,8 @@ ADDED_DEFAULTS = {
     'mlp': {'activation': 'sqr', 'embed_trainable': False, 'inner_product': False},
     'lockstep': False, 'interventions': {'lr': '', 'batch_size': ''},
     'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3},
-    'probes': {'curvature': {'every_n_steps': 0}}}  # nested: only the missing leaves
+    'probes': {'curvature': {'every_n_steps': 0},   # nested: only the missing leaves
+               'counterfactual': {'parallel': 1}}}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 

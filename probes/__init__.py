@@ -49,9 +49,9 @@ def _factories(config):
       'subspace_gradient_info': lambda: solution.SubspaceGradientInfo(
           cfg, with_reference=ref),
       'counterfactual': lambda: counterfactual.Counterfactual(
-          cfg, k=cf.k, window=cf.window, with_reference=ref),
+          cfg, k=cf.k, window=cf.window, parallel=cf.parallel, with_reference=ref),
       'counterfactual_validator': lambda: counterfactual.CounterfactualValidator(
-          cfg, k=cf.k, with_reference=ref),
+          cfg, k=cf.k, parallel=cf.parallel, with_reference=ref),
       'training_diagnostics': lambda: dynamics.TrainingDiagnostics(spe),
       'hessian': lambda: steps.Hessian(
           spe, every=h.every_n_steps, burst=h.burst_length, warmup=h.warmup,
@@ -157,10 +157,11 @@ def build(config) -> list:
       allowed = 'an integer >= 1' if hi is None else f'an integer in [1, {hi}]'
       raise runs.ConfigError(f'probes.progress.{field}', f'must be {allowed}; '
                              f'got {pm[field]!r}')
-  for field in ('k', 'window'):
+  for field, lo in (('k', 1), ('window', 1), ('parallel', 0)):
     v = config.probes.counterfactual[field]
-    if not isinstance(v, int) or v < 1:
-      raise runs.ConfigError(f'probes.counterfactual.{field}', f'must be an integer >= 1; '
+    if not isinstance(v, int) or v < lo:
+      raise runs.ConfigError(f'probes.counterfactual.{field}', f'must be an integer >= {lo}'
+                             f'{" (0: all k at once)" if field == "parallel" else ""}; '
                              f'got {v!r}')
   c = config.probes.curvature
   for field in ('batch_size', 'k', 'lanczos_steps'):

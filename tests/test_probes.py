@@ -254,6 +254,14 @@ def test_build_groups_and_errors():
   with pytest.raises(Exception, match=r'config\.probes\.counterfactual\.k: must be'):
     probes.build(c)
   c.probes.counterfactual.k = 3
+  c.probes.counterfactual.parallel = -1
+  with pytest.raises(Exception, match=r'config\.probes\.counterfactual\.parallel: must be'):
+    probes.build(c)
+  c.probes.counterfactual.parallel = 1
+  c.probes.curvature.every_n_steps = -5
+  with pytest.raises(Exception, match=r'config\.probes\.curvature\.every_n_steps: must be'):
+    probes.build(c)
+  c.probes.curvature.every_n_steps = 0
   c.probes.group = 'everything'
   with pytest.raises(Exception, match=r'config\.probes\.group'):
     probes.build(c)
@@ -784,6 +792,10 @@ def test_counterfactual_matches_numpy():
   flat_k = np.stack([np.concatenate([np.asarray(x[i], np.float64).ravel()
                                      for x in jax.tree.leaves(stacked)]) for i in range(3)])
   assert len({tuple(np.round(r[:5], 6)) for r in flat_k}) == 3  # K distinct replicates
+  for parallel in (0, 2):  # all at once, or two then one: the same replicates
+    other = counterfactual._shuffled_grads(info(0), 3, parallel)  # pylint: disable=protected-access
+    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(stacked)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   state, m, present = probe.on_epoch(probe.init(pre), info(0))
   flat = lambda t: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)])
   gv, cf = flat(g), flat_k.mean(0)
