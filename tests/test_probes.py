@@ -168,14 +168,15 @@ def dense():
                                              target_correct=1))
   flat, unravel = ravel_pytree(params)
   loss = lambda f: trainer.loss(unravel(f), abc, jnp.ones((25,), bool), None)
-  return flat, loss, np.asarray(jax.hessian(loss)(flat), np.float64), trainer, abc, unravel
+  h = jax.jit(jax.hessian(loss))(flat)  # compiled: op-by-op it took 20 s
+  return flat, loss, np.asarray(h, np.float64), trainer, abc, unravel
 
 
 def test_hvp_equals_the_explicit_hessian(dense):
   flat, loss, h, *_ = dense
   v = jax.random.normal(jax.random.key(1), flat.shape)
-  np.testing.assert_allclose(np.asarray(curvature.hvp(loss, flat, v)), h @ np.asarray(v),
-                             rtol=1e-4, atol=1e-5)
+  hv = jax.jit(lambda v: curvature.hvp(loss, flat, v))(v)
+  np.testing.assert_allclose(np.asarray(hv), h @ np.asarray(v), rtol=1e-4, atol=1e-5)
 
 
 def test_lanczos_and_hutchinson_against_eigvalsh(dense):
@@ -332,7 +333,7 @@ def test_step_probes_between_probe_epochs_match_probing_every_epoch(tmp_path):
   epoch, steps g % 5 < 3 active)."""
   rows = {}
   for every in (1, 3):
-    c = micro_config(strategy='random', probe_every=every, epochs=7)
+    c = micro_config(strategy='random', probe_every=every, epochs=4)
     c.probes.names = STEP_PROBES
     c.probes.hessian.update(every_n_steps=5, burst_length=3, warmup=0)
     c.probes.adam_dynamics.update(every_n_steps=5, burst_length=3, warmup=0)
@@ -340,7 +341,7 @@ def test_step_probes_between_probe_epochs_match_probing_every_epoch(tmp_path):
     rows[every] = {r['epoch']: r for r in
                    sinks.read_jsonl(str(tmp_path / str(every) / 'random' / 'random.jsonl'))}
   probed = [e for e, r in rows[3].items() if 'path_length/path_length' in r]
-  assert probed == [0, 3, 6]
+  assert probed == [0, 3]
   for e in probed:
     want = {k: v for k, v in rows[1][e].items() if k.split('/')[0] in STEP_PROBES}
     got = {k: v for k, v in rows[3][e].items() if k.split('/')[0] in STEP_PROBES}
@@ -792,10 +793,9 @@ def test_counterfactual_matches_numpy():
   flat_k = np.stack([np.concatenate([np.asarray(x[i], np.float64).ravel()
                                      for x in jax.tree.leaves(stacked)]) for i in range(3)])
   assert len({tuple(np.round(r[:5], 6)) for r in flat_k}) == 3  # K distinct replicates
-  for parallel in (0, 2):  # all at once, or two then one: the same replicates
-    other = counterfactual._shuffled_grads(info(0), 3, parallel)  # pylint: disable=protected-access
-    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(stacked)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  at_once = counterfactual._shuffled_grads(info(0), 3, parallel=0)  # pylint: disable=protected-access
+  for a, b in zip(jax.tree.leaves(at_once), jax.tree.leaves(stacked)):  # same replicates
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   state, m, present = probe.on_epoch(probe.init(pre), info(0))
   flat = lambda t: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)])
   gv, cf = flat(g), flat_k.mean(0)
