@@ -1,5 +1,6 @@
 """Shared fixtures: a micro config that compiles in seconds, a persistent compile cache."""
 
+import collections
 import contextlib
 import os
 import sys
@@ -42,17 +43,23 @@ LAPACK_PRIMITIVES = frozenset({'eigh', 'svd', 'eig', 'cholesky', 'lu', 'qr',
                                'geqrf', 'geqp3', 'lu_pivots_to_permutation'})
 
 
-def jaxpr_primitives(jaxpr) -> set:
-  """Every primitive name in a jaxpr, sub-jaxprs (scan, cond, while, pjit) included."""
-  names = set()
+def jaxpr_primitive_counts(jaxpr) -> collections.Counter:
+  """How often each primitive occurs in a jaxpr, sub-jaxprs (scan, cond, while, pjit)
+  included."""
+  counts = collections.Counter()
   for eqn in jaxpr.eqns:
-    names.add(eqn.primitive.name)
+    counts[eqn.primitive.name] += 1
     for v in eqn.params.values():
       for sub in (v if isinstance(v, (tuple, list)) else (v,)):
         inner = getattr(sub, 'jaxpr', sub)
         if hasattr(inner, 'eqns'):
-          names |= jaxpr_primitives(inner)
-  return names
+          counts += jaxpr_primitive_counts(inner)
+  return counts
+
+
+def jaxpr_primitives(jaxpr) -> set:
+  """Every primitive name in a jaxpr, sub-jaxprs included."""
+  return set(jaxpr_primitive_counts(jaxpr))
 
 
 def epoch_info(**kw):

@@ -15,7 +15,8 @@ from jax.flatten_util import ravel_pytree
 import probes
 from ordered_jax import checkpoint, experiment, instrument, models, sinks, train
 from probes import common, curvature, dynamics, fourier, gradients, weights
-from tests.conftest import LAPACK_PRIMITIVES, epoch_info, jaxpr_primitives, micro_config
+from tests.conftest import (LAPACK_PRIMITIVES, epoch_info, jaxpr_primitive_counts,
+                            jaxpr_primitives, micro_config)
 
 CFG = models.ModelConfig(vocab=13, embed_dim=8, num_heads=2, layers=2, mlp_dim=16)
 MODEL = models.Model(CFG)
@@ -748,20 +749,9 @@ def test_step_probe_bursts_stay_conditional_under_vmap():
   b = experiment.build(c, probes.build(c))
   for record in (True, False):
     fn = lambda *a: b.trainer._batched_epoch(*a, do_eval=False, do_probe=record)  # pylint: disable=protected-access
-    jaxpr = jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr
-    counts = {}
-    _count_conds(jaxpr, counts)
-    assert counts.get('cond', 0) >= (2 if record else 1), (record, counts)
-
-
-def _count_conds(jaxpr, counts):
-  for eqn in jaxpr.eqns:
-    counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          _count_conds(inner, counts)
+    counts = jaxpr_primitive_counts(
+        jax.make_jaxpr(fn)(b.state, b.spec, b.data, jnp.int32(1)).jaxpr)
+    assert counts['cond'] >= (2 if record else 1), (record, counts)
 
 
 def _fake_replay(n):
