@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ordered_jax import sinks  # noqa: E402
+from analysis import style  # noqa: E402
 
 ACC_TRAIN = 'training_metrics/training_accuracy'
 ACC_TEST = 'training_metrics/validation_accuracy'
@@ -52,10 +53,7 @@ def plot(runs: dict[str, list[dict]], out: str, title: str = '') -> str:
     ax.legend(frameon=False)
   if title:
     fig.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return style.save(fig, out, dpi=120)
 
 
 def main(argv=None) -> None:

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ordered_jax import results  # noqa: E402
+from analysis import style  # noqa: E402
 
 
 def cells(rows: list[dict], column: str) -> tuple[list, list, dict]:
@@ -58,8 +59,7 @@ def plot(rows: list[dict], out: str, column: str = 'weight_decay', title: str = 
       dark = hit and mean[i, j] > (lo + hi) / 2  # late epochs are dark in viridis_r
       ax_map.text(j, i, f'{label}\n({len(hit)}/{len(epochs)})', ha='center', va='center',
                   fontsize=9, color='white' if dark else 'black')
-  cmap = plt.get_cmap('viridis_r').copy()
-  cmap.set_bad('0.85')
+  cmap = plt.get_cmap('viridis_r').with_extremes(bad='0.85')
   im = ax_map.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect='auto')
   ax_map.set_xticks(range(len(values)), [f'{v:g}' if isinstance(v, float) else str(v)
                                          for v in values])
@@ -78,10 +78,7 @@ def plot(rows: list[dict], out: str, column: str = 'weight_decay', title: str = 
   ax_curves.legend(loc='lower right', fontsize=8)
   if title:
     fig.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return style.save(fig, out, dpi=120)
 
 
 def main(argv=None) -> None:

@@ -90,6 +90,15 @@ def test_table_has_a_row_per_run_with_keys_metrics_and_curves(finished_sweep):
     assert len(r['validation_accuracy']) == 3 and r['seed'] in (0, 1, 2)
 
 
+def test_sweep_map_draws_the_table(finished_sweep, tmp_path):
+  from analysis import sweep_map  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = finished_sweep
+  out = str(tmp_path / 'fig' / 'map.png')
+  sweep_map.main(['--table', workdir, '--out', out, '--column', 'seed'])
+  with open(out, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
 def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path):
   c, original, _ = finished_sweep
   workdir = str(tmp_path / 'sweep')  # a copy: a rerun batch has other runs beside it, so
