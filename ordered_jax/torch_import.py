@@ -1,196 +1,165 @@
-"""Read the reference's PyTorch ``.pt`` files without torch and without running their code.
+"""The reference's ``.pt`` files as our parameters, optimiser moments and epoch, without torch.
 
-``torch.save`` writes a zip archive: ``<name>/data.pkl`` (a protocol-2 pickle of the
-object), ``<name>/data/<key>`` (the raw bytes of each tensor storage) and
-``<name>/byteorder``. In the pickle a tensor is the record
-``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)``
-whose storage is a persistent id ``('storage', torch.FloatStorage, key, location, numel)``.
+Reading an archive safely (no code run, bounded memory) is ``torch_pickle``'s job; this
+module knows what the reference puts in it (section 3.7 of the reference sheet):
 
-Unpickling normally imports and calls whatever the file names. ``SafeUnpickler`` instead
-resolves a fixed list of names and refuses every other one (``UnsafeFileError``):
+* ``<strategy>_final.pt``: ``{model_state_dict, environment}`` (weights only);
+* a checkpoint at HEAD: ``{step, components: {model, optimizer, scheduler}, rng_states,
+  training_state, environment}``; at paper-data-v3 the same flat: ``{step,
+  model_state_dict, optimizer_state_dict, scheduler_state_dict, rng_states, ...}``;
+* a bare state dict ``{name: tensor}`` (also under ``state_dict`` or ``model``).
 
-* tensor records (``_rebuild_tensor_v2``, ``_rebuild_parameter``) and the ``torch.*Storage``
-  types: rebuilt here as numpy arrays from the archive's bytes (bounds-checked);
-* ``collections.OrderedDict`` (a plain container) and ``_codecs.encode(text, 'latin1')``
-  (how protocol 2 stores bytes);
-* numpy's array and dtype records, which appear only in the checkpoints' RNG states: kept
-  as inert ``Opaque`` placeholders, never built.
-
-The files this reads (section 3.7 of the reference sheet): final weights
-``{model_state_dict, environment}``; paper-era checkpoints with flat keys
-``{step, model_state_dict, optimizer_state_dict, ...}``; current checkpoints with
-``{step, components: {model, optimizer, scheduler}, ...}``; bare state dicts.
+``contents`` finds the model, optimiser and scheduler state in any of them; ``adam_state``
+reads torch's Adam/AdamW ``state_dict`` by parameter name (``continuation`` maps it onto
+optax); ``load_params`` gives our parameter pytree.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import os
-import pickle
-import zipfile
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+from absl import logging
 
-STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_, 'ComplexFloatStorage': np.complex64,
-    'ComplexDoubleStorage': np.complex128,
-}
-# numpy records of the checkpoints' RNG states: accepted, never built.
-INERT = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-         ('numpy', 'ndarray'), ('numpy', 'dtype')}
+from ordered_jax import torch_pickle
+
+UnsafeFileError = torch_pickle.UnsafeFileError
+load = torch_pickle.load
 PREFIXES = ('_orig_mod.', 'module.')  # torch.compile / DataParallel wrappers
 
 
-class UnsafeFileError(ValueError):
-  """The file is not a torch zip archive we can read, or it names code we refuse to run."""
-
-
-@dataclasses.dataclass
-class Opaque:
-  """A record we accept but do not build (numpy RNG state); holds its arguments."""
-
-  name: str
-  args: tuple = dataclasses.field(default=(), repr=False)
-  state: Any = dataclasses.field(default=None, repr=False)
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-def _inert(name: str):
-  def record(*args):
-    return Opaque(name, args)
-  return record
-
-
-def _latin1(text: str, encoding: str = 'latin1') -> bytes:
-  if encoding != 'latin1':
-    raise UnsafeFileError(f'_codecs.encode with encoding {encoding!r} is not a bytes record')
-  return text.encode('latin1')
-
-
 @dataclasses.dataclass(frozen=True)
-class _StorageType:
-  dtype: Any
+class Contents:
+  """What a reference ``.pt`` file holds, in the reference's names and layouts."""
+
+  model: dict[str, np.ndarray]  # the state dict, wrapper prefixes stripped, file order
+  kind: str                     # final weights | HEAD checkpoint | paper-data-v3 ... | ...
+  step: int | None = None       # a checkpoint's epoch (written after that epoch)
+  optimizer: dict | None = None
+  scheduler: dict | None = None
+
+  @property
+  def next_epoch(self) -> int | None:
+    """The epoch a continuation runs first: the scheduler's ``last_epoch`` (it counts the
+    epochs stepped, so e + 1 after epoch e, and e for an emergency snapshot taken before
+    epoch e), else step + 1."""
+    last = (self.scheduler or {}).get('last_epoch')
+    if isinstance(last, int) and not isinstance(last, bool) and last >= 0:
+      return last
+    return None if self.step is None else self.step + 1
+
+  def describe(self) -> str:
+    parts = ['weights']
+    if self.optimizer is not None:
+      parts.append('optimizer state')
+    if self.step is not None:
+      parts.append(f'epoch {self.step}')
+    return f'{self.kind} ({" + ".join(parts)})'
 
 
-class SafeUnpickler(pickle.Unpickler):
-  """Unpickles ``data.pkl`` of a torch archive, resolving only the names listed above."""
-
-  def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str):
-    super().__init__(file)
-    self._archive, self._prefix = archive, prefix
-    self._order = '<' if byteorder == 'little' else '>'
-    self._storages: dict[str, np.ndarray] = {}
-
-  def find_class(self, module: str, name: str):
-    if module == 'torch._utils' and name == '_rebuild_tensor_v2':
-      return self._rebuild_tensor
-    if module == 'torch._utils' and name == '_rebuild_parameter':
-      return lambda data, requires_grad=False, hooks=None: data
-    if module == 'torch' and name in STORAGE_DTYPES:
-      return _StorageType(np.dtype(STORAGE_DTYPES[name]))
-    if (module, name) == ('collections', 'OrderedDict'):
-      return collections.OrderedDict
-    if (module, name) == ('_codecs', 'encode'):
-      return _latin1
-    if (module, name) in INERT:
-      return _inert(f'{module}.{name}')
-    raise UnsafeFileError(f'refusing to load {module}.{name}: only tensors, storages and '
-                          'plain containers are read from .pt files')
-
-  def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
-            and isinstance(pid[1], _StorageType)):
-      raise UnsafeFileError(f'unsupported persistent record {str(pid)[:80]}')
-    _, kind, key, _location, numel = pid
-    if key not in self._storages:
-      path = f'{self._prefix}data/{key}'
-      try:
-        raw = self._archive.read(path)
-      except KeyError:
-        raise UnsafeFileError(f'storage {path} is missing from the archive') from None
-      dtype = kind.dtype.newbyteorder(self._order) if kind.dtype.itemsize > 1 else kind.dtype
-      if len(raw) < numel * dtype.itemsize:
-        raise UnsafeFileError(f'storage {path} has {len(raw)} bytes, expected '
-                              f'{numel * dtype.itemsize}')
-      flat = np.frombuffer(raw, dtype, count=numel)
-      self._storages[key] = flat.astype(dtype.newbyteorder('='), copy=False)
-    return self._storages[key]
-
-  @staticmethod
-  def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
-                      metadata=None):
-    """A numpy copy of the tensor view (offset, size, stride in elements) of ``storage``."""
-    del requires_grad, hooks, metadata
-    if not isinstance(storage, np.ndarray):
-      raise UnsafeFileError('a tensor record without a storage')
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
-      raise UnsafeFileError(f'malformed tensor record (size {size}, stride {stride})')
-    if 0 in size:
-      return np.zeros(size, storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= storage.shape[0]:
-      raise UnsafeFileError(f'tensor of size {size} reads past its storage '
-                            f'({storage.shape[0]} elements)')
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride],
-        writeable=False)
-    return np.array(view)
+def _tensors(obj) -> bool:
+  return isinstance(obj, dict) and bool(obj) and all(
+      isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
 
 
-def load(path: str) -> Any:
-  """The object saved in a ``.pt`` file, with tensors as numpy arrays (see module doc)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'no such file: {path}')
-  if not zipfile.is_zipfile(path):
-    raise UnsafeFileError(f'{path} is not a torch zip archive (torch >= 1.6 format)')
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith('data.pkl')
-               and n.count('/') == 1]
-    if len(pickles) != 1:
-      raise UnsafeFileError(f'{path} has no single <name>/data.pkl record')
-    prefix = pickles[0][:-len('data.pkl')]
-    names = set(archive.namelist())
-    order = (archive.read(prefix + 'byteorder').decode().strip()
-             if prefix + 'byteorder' in names else 'little')
-    with archive.open(pickles[0]) as f:
-      try:
-        return SafeUnpickler(f, archive, prefix, order).load()
-      except UnsafeFileError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        raise UnsafeFileError(f'{path}: malformed pickle ({type(e).__name__}: '
-                              f'{str(e)[:120]})') from None
+def _step(obj: dict) -> int | None:
+  step = obj.get('step')
+  return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def contents(obj: Any) -> Contents:
+  """The model (and, for checkpoints, optimiser, scheduler and epoch) in ``obj``."""
+  if isinstance(obj, dict) and isinstance(obj.get('components'), dict):
+    comp = obj['components']
+    found = Contents(comp.get('model'), 'HEAD checkpoint', _step(obj), comp.get('optimizer'),
+                     comp.get('scheduler'))
+  elif isinstance(obj, dict) and 'optimizer_state_dict' in obj:
+    found = Contents(obj.get('model_state_dict'), 'paper-data-v3 checkpoint', _step(obj),
+                     obj.get('optimizer_state_dict'), obj.get('scheduler_state_dict'))
+  elif isinstance(obj, dict) and 'model_state_dict' in obj:
+    found = Contents(obj['model_state_dict'], 'final weights')
+  elif isinstance(obj, dict) and not _tensors(obj) and any(
+      _tensors(obj.get(k)) for k in ('state_dict', 'model')):
+    found = Contents(next(obj[k] for k in ('state_dict', 'model') if _tensors(obj.get(k))),
+                     'state dict')
+  else:
+    found = Contents(obj, 'bare state dict')
+  if not _tensors(found.model):
+    raise UnsafeFileError('no model state_dict found (expected model_state_dict, '
+                          'components.model or a dict of tensors)')
+  model = {}
+  for name, value in found.model.items():
+    for pre in PREFIXES:
+      if name.startswith(pre):
+        name = name[len(pre):]
+    model[name] = value
+  opt = found.optimizer if isinstance(found.optimizer, dict) else None
+  sched = found.scheduler if isinstance(found.scheduler, dict) else None
+  return dataclasses.replace(found, model=model, optimizer=opt, scheduler=sched)
 
 
 def state_dict(obj: Any) -> dict[str, np.ndarray]:
   """The model ``state_dict`` inside any of the reference's envelopes, prefixes stripped."""
-  if isinstance(obj, dict) and isinstance(obj.get('components'), dict):
-    obj = obj['components'].get('model')
-  elif isinstance(obj, dict):
-    for key in ('model_state_dict', 'state_dict', 'model'):
-      if isinstance(obj.get(key), dict):
-        obj = obj[key]
-        break
-  if not isinstance(obj, dict) or not obj or not all(
-      isinstance(v, np.ndarray) for v in obj.values()):
-    raise UnsafeFileError('no model state_dict found (expected model_state_dict, '
-                          'components.model or a dict of tensors)')
-  out = {}
-  for name, value in obj.items():
-    for pre in PREFIXES:
-      if name.startswith(pre):
-        name = name[len(pre):]
-    out[name] = value
-  return out
+  return contents(obj).model
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamState:
+  """torch's Adam/AdamW ``state_dict`` by parameter name (the reference's one group)."""
+
+  step: int                        # optimiser steps taken (torch's per-parameter ``step``)
+  exp_avg: dict[str, np.ndarray]   # first moments, reference names and layouts
+  exp_avg_sq: dict[str, np.ndarray]
+  group: dict                      # lr, initial_lr, betas, eps, weight_decay, ...
+  kind: str | None                 # 'adamw' | 'adam' | None: the file does not say
+
+
+def adam_state(c: Contents) -> AdamState:
+  """Reads ``c.optimizer`` (torch Adam/AdamW: ``state`` {index: {step, exp_avg,
+  exp_avg_sq}}, ``param_groups`` [{..., params: [index]}]); index i is the i-th parameter
+  of ``model.named_parameters()``, which for the reference's model (no buffers) is the
+  state dict's order. Raises ValueError naming what does not fit."""
+  opt = c.optimizer
+  if opt is None:
+    raise ValueError(f'the file is {c.describe()}: it has no optimizer state')
+  state, groups = opt.get('state'), opt.get('param_groups')
+  if not (isinstance(state, dict) and isinstance(groups, list) and groups
+          and all(isinstance(g, dict) for g in groups)):
+    raise ValueError('its optimizer state has no state/param_groups')
+  if len(groups) != 1:
+    raise ValueError(f'its optimizer has {len(groups)} parameter groups; the reference '
+                     'uses one')
+  group, names = groups[0], list(c.model)
+  if group.get('params') != list(range(len(names))):
+    raise ValueError(f'its optimizer holds parameters {str(group.get("params"))[:60]}, the '
+                     f'model has {len(names)}')
+  if any(isinstance(s, dict) and 'momentum_buffer' in s for s in state.values()):
+    raise ValueError('its optimizer is SGD (momentum_buffer), not Adam/AdamW')
+  if group.get('amsgrad') or group.get('maximize'):
+    raise ValueError('its optimizer uses amsgrad or maximize, which ours does not')
+  steps, m, v = set(), {}, {}
+  for i, name in enumerate(names):
+    s = state.get(i)
+    if not (isinstance(s, dict) and {'step', 'exp_avg', 'exp_avg_sq'} <= set(s)):
+      raise ValueError(f'its optimizer state for parameter {i} ({name}) is not Adam/AdamW\'s '
+                       '(step, exp_avg, exp_avg_sq)')
+    for key, out in (('exp_avg', m), ('exp_avg_sq', v)):
+      x = s[key]
+      if not isinstance(x, np.ndarray) or x.shape != c.model[name].shape:
+        raise ValueError(f'its optimizer {key} of {name} has shape '
+                         f'{getattr(x, "shape", None)}, the parameter {c.model[name].shape}')
+      out[name] = x
+    step = float(np.asarray(s['step'], np.float64))
+    if not (step >= 0 and step == int(step)):
+      raise ValueError(f'its optimizer step of {name} is {step}')
+    steps.add(int(step))
+  if len(steps) != 1:
+    raise ValueError(f'its parameters have taken different numbers of steps {sorted(steps)}')
+  dwd = group.get('decoupled_weight_decay')
+  kind = None if dwd is None else ('adamw' if dwd else 'adam')
+  return AdamState(steps.pop(), m, v, {k: val for k, val in group.items() if k != 'params'},
+                   kind)
 
 
 def model_config(sd: dict[str, np.ndarray], *, num_heads: int = 4, dropout: float = 0.1):
@@ -208,7 +177,8 @@ def model_config(sd: dict[str, np.ndarray], *, num_heads: int = 4, dropout: floa
 
 
 def check_shapes(sd: dict[str, np.ndarray], cfg) -> None:
-  """Every parameter of ``cfg``'s model is in ``sd`` with the reference's shape."""
+  """Every parameter of ``cfg``'s model is in ``sd`` with the reference's shape (one line
+  naming the first parameter that differs and both shapes)."""
   from ordered_jax import models  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   want = jax.eval_shape(lambda p: models.to_reference(p, cfg),
@@ -225,13 +195,28 @@ def check_shapes(sd: dict[str, np.ndarray], cfg) -> None:
     raise UnsafeFileError(f'state_dict has parameters the config lacks, e.g. {extra[0]!r}')
 
 
+def to_params(tensors: dict[str, np.ndarray], cfg):
+  """Reference-named arrays (weights, or optimiser moments: same names and layouts) as our
+  float32 parameter pytree for ``cfg``."""
+  from ordered_jax import models  # pylint: disable=g-import-not-at-top
+  return models.from_reference({k: np.asarray(v, np.float32) for k, v in tensors.items()}, cfg)
+
+
+def read(path: str, cfg=None, *, num_heads: int = 4):
+  """(Contents, cfg) of a reference ``.pt`` file, its shapes checked against ``cfg`` (a
+  ``models.ModelConfig``; without it the shape is read off the file with ``num_heads``)."""
+  c = contents(load(path))
+  cfg = cfg or model_config(c.model, num_heads=num_heads)
+  check_shapes(c.model, cfg)
+  return c, cfg
+
+
 def load_params(path: str, cfg=None, *, num_heads: int = 4):
-  """(params, cfg): a reference ``.pt`` file as our parameter pytree (float32).
+  """(params, cfg): a reference ``.pt`` file's weights as our parameter pytree (float32).
 
   ``cfg`` (a ``models.ModelConfig``) is checked against the file; without it the shape is
-  read off the file (with ``num_heads``)."""
-  from ordered_jax import models  # pylint: disable=g-import-not-at-top
-  sd = state_dict(load(path))
-  cfg = cfg or model_config(sd, num_heads=num_heads)
-  check_shapes(sd, cfg)
-  return models.from_reference({k: v.astype(np.float32) for k, v in sd.items()}, cfg), cfg
+  read off the file (with ``num_heads``). Logs what the file holds and that only its weights
+  are taken."""
+  c, cfg = read(path, cfg, num_heads=num_heads)
+  logging.info('%s: %s; taking its weights only', path, c.describe())
+  return to_params(c.model, cfg), cfg

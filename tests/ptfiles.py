@@ -1,13 +1,16 @@
 """Writes PyTorch ``.pt`` files by hand (no torch), for the import tests.
 
-``write_pt(path, obj)`` produces what ``torch.save`` produces: a zip archive with
-``<name>/data.pkl`` (a protocol-2 pickle), ``<name>/data/<key>`` (raw storage bytes),
-``<name>/byteorder`` and ``<name>/version``. In the pickle every ``Tensor`` becomes the
-record ``torch._utils._rebuild_tensor_v2((storage), offset, size, stride, False,
+The reference's own files are in tests/data/reference/ (written by the reference itself);
+this module makes the ones a test needs of another shape, byte order or content, and the
+hostile ones. ``write_pt(path, obj, storages)`` produces what ``torch.save`` produces: a zip
+archive with ``<name>/data.pkl`` (a protocol-2 pickle), ``<name>/data/<key>`` (raw storage
+bytes), ``<name>/byteorder`` and ``<name>/version``. In the pickle every ``Tensor`` becomes
+the record ``torch._utils._rebuild_tensor_v2((storage), offset, size, stride, False,
 collections.OrderedDict())`` with the persistent id ``('storage', torch.<T>Storage, key,
 'cpu', numel)``, exactly as ``torch.save`` writes it; everything else is pickled as usual
-(numpy arrays in RNG states become numpy's own records). ``write_layout`` writes the
-reference's three envelopes (final weights, paper-era and current checkpoints).
+(numpy arrays become numpy's own records, ``TorchVersion`` a NEWOBJ of
+``torch.torch_version.TorchVersion``). ``write_layout`` writes the reference's three
+envelopes with the real files' structure (tests/test_torch_import.py compares them).
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def torch_name(module: str, name: str):
 
 
 REBUILD = torch_name('torch._utils', '_rebuild_tensor_v2')
+
+
+class TorchVersion(str):
+  """Stand-in for ``torch.torch_version.TorchVersion`` (a str subclass)."""
+
+
+TorchVersion.__module__ = 'torch.torch_version'
 
 
 @dataclasses.dataclass
@@ -91,14 +101,18 @@ class _Pickler(pickle._Pickler):  # pylint: disable=protected-access
     self.memoize(obj)
 
 
+def pickle_bytes(obj) -> bytes:
+  buf = io.BytesIO()
+  _Pickler(buf).dump(obj)
+  return buf.getvalue()
+
+
 def write_pt(path: str, obj, storages: list, *, name: str = 'archive',
              byteorder: str = 'little') -> str:
   """Write ``obj`` (containing ``Tensor``s over ``storages``) as torch's zip format."""
-  buf = io.BytesIO()
-  _Pickler(buf).dump(obj)
   order = '<' if byteorder == 'little' else '>'
   with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
-    z.writestr(f'{name}/data.pkl', buf.getvalue())
+    z.writestr(f'{name}/data.pkl', pickle_bytes(obj))
     z.writestr(f'{name}/byteorder', byteorder)
     for s in storages:
       data = s.data.astype(s.data.dtype.newbyteorder(order)) if s.data.dtype.itemsize > 1 \
@@ -109,8 +123,11 @@ def write_pt(path: str, obj, storages: list, *, name: str = 'archive',
 
 
 def state_dict_pt(sd: dict[str, np.ndarray], storages: list) -> collections.OrderedDict:
-  """A model state_dict of ``Tensor``s (an OrderedDict, as ``Module.state_dict()``)."""
-  return collections.OrderedDict((k, Tensor.of(v, storages)) for k, v in sd.items())
+  """A model state_dict of ``Tensor``s (an OrderedDict with ``_metadata``, as
+  ``Module.state_dict()``)."""
+  out = collections.OrderedDict((k, Tensor.of(v, storages)) for k, v in sd.items())
+  out._metadata = collections.OrderedDict([('', {'version': 1})])  # pylint: disable=protected-access
+  return out
 
 
 def random_state_dict(cfg, seed: int = 0) -> dict[str, np.ndarray]:
@@ -133,37 +150,70 @@ def random_state_dict(cfg, seed: int = 0) -> dict[str, np.ndarray]:
               ).astype(np.float32) for k, s in shapes.items()}
 
 
-def _optimizer(sd, storages):
-  """An AdamW state_dict as torch writes it (scalar step tensors, param_groups)."""
-  state = {i: {'step': Tensor.of(np.float32(7.0), storages),
-               'exp_avg': Tensor.of(np.full(v.shape, 0.5, np.float32), storages),
-               'exp_avg_sq': Tensor.of(np.full(v.shape, 0.25, np.float32), storages)}
-           for i, v in enumerate(sd.values())}
-  return {'state': state, 'param_groups': [
-      {'lr': 1e-3, 'betas': (0.9, 0.999), 'eps': 1e-8, 'weight_decay': 0.1, 'amsgrad': False,
-       'maximize': False, 'foreach': None, 'capturable': False, 'differentiable': False,
-       'fused': None, 'initial_lr': 1e-3, 'params': list(range(len(sd)))}]}
+def optimizer_pt(sd, storages, *, step: float = 7.0, kind: str = 'adamw', lr: float = 1e-3,
+                 next_lr: float | None = None, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.1, moments=None) -> dict:
+  """An Adam/AdamW state_dict as torch >= 2.8 writes it (scalar float32 step tensors,
+  ``decoupled_weight_decay``; ``kind=None`` leaves that key out, as older torch).
+  ``moments`` = (exp_avg dict, exp_avg_sq dict), default constant 0.5 and 0.25."""
+  m, v = moments or ({k: np.full(x.shape, 0.5, np.float32) for k, x in sd.items()},
+                     {k: np.full(x.shape, 0.25, np.float32) for k, x in sd.items()})
+  state = {i: {'step': Tensor.of(np.float32(step), storages),
+               'exp_avg': Tensor.of(m[k], storages), 'exp_avg_sq': Tensor.of(v[k], storages)}
+           for i, k in enumerate(sd)}
+  group = {'lr': lr if next_lr is None else next_lr, 'betas': tuple(betas), 'eps': eps,
+           'weight_decay': weight_decay, 'amsgrad': False, 'maximize': False, 'foreach': None,
+           'capturable': False, 'differentiable': False, 'fused': None,
+           'decoupled_weight_decay': kind == 'adamw', 'initial_lr': lr,
+           'params': list(range(len(sd)))}
+  if kind is None:
+    del group['decoupled_weight_decay']
+  return {'state': state, 'param_groups': [group]}
 
 
-def write_layout(path: str, sd: dict, layout: str) -> str:
-  """The reference's final weights ('final'), paper-era checkpoint ('flat') or current
-  checkpoint ('components') holding the state dict ``sd``."""
+def scheduler_state(epochs: int, last_epoch: int, lr: float = 1e-3,
+                    min_lr: float = 5e-7) -> dict:
+  """CosineAnnealingLR's state_dict after ``last_epoch`` steps (torch 2.13's keys)."""
+  last = min_lr + (lr - min_lr) * (1 + np.cos(np.pi * last_epoch / epochs)) / 2
+  return {'T_max': epochs, 'eta_min': min_lr, 'base_lrs': [lr], 'last_epoch': last_epoch,
+          '_step_count': last_epoch + 1, '_is_initial': False,
+          '_get_lr_called_within_step': False, '_last_lr': [float(last)]}
+
+
+def environment() -> dict:
+  """The reference's ``get_environment_info()`` on a CPU (torch_version a TorchVersion)."""
+  return {'torch_version': TorchVersion('2.13.0+cpu'), 'cuda_available': False,
+          'python_version': '3.11.7', 'platform': 'Linux-x86_64', 'float32_matmul_precision':
+          'highest', 'cudnn_deterministic': True, 'cudnn_benchmark': False,
+          'cublas_workspace_config': ':4096:8'}
+
+
+def rng_states(storages) -> dict:
+  """torch's CPU RNG state (a ByteTensor), ``random.getstate()``, ``np.random.get_state()``."""
+  return {'torch': Tensor.of(np.arange(5056, dtype=np.uint8), storages),
+          'python': random.Random(3).getstate(),
+          'numpy': np.random.RandomState(3).get_state()}
+
+
+def write_layout(path: str, sd: dict, layout: str, *, epoch: int = 50, epochs: int = 5000,
+                 optimizer: dict | None = None) -> str:
+  """The reference's final weights ('final'), paper-data-v3 checkpoint ('flat') or HEAD
+  checkpoint ('components') holding the state dict ``sd`` (a checkpoint after ``epoch`` of
+  ``epochs``; ``optimizer``: keyword arguments of ``optimizer_pt``)."""
   st: list = []
   model = state_dict_pt(sd, st)
-  env = {'torch_version': '2.4.1+cu124', 'cuda_available': True}
-  rng = {'torch': Tensor.of(np.arange(16, dtype=np.uint8), st),
-         'python': random.Random(3).getstate(),
-         'numpy': np.random.RandomState(3).get_state()}
-  sched = {'T_max': 5000, 'eta_min': 5e-7, 'base_lrs': [1e-3], 'last_epoch': 50,
-           '_step_count': 51, '_get_lr_called_within_step': False, '_last_lr': [9.9e-4]}
   if layout == 'final':
-    obj = {'model_state_dict': model, 'environment': env}
-  elif layout == 'flat':  # paper-data-v3 checkpoint_{e}.pt
-    obj = {'step': 50, 'model_state_dict': model, 'optimizer_state_dict': _optimizer(sd, st),
-           'scheduler_state_dict': sched, 'rng_states': rng, 'training_state': None,
-           'environment': env}
-  else:  # HEAD checkpoint_{e}.pt / emergency_{e}.pt
-    obj = {'step': 50, 'components': {'model': model, 'optimizer': _optimizer(sd, st),
-                                      'scheduler': sched},
-           'rng_states': rng, 'training_state': None, 'environment': env}
+    obj = {'model_state_dict': model, 'environment': environment()}
+  else:
+    opt = optimizer_pt(sd, st, **(optimizer or {}))
+    sched = scheduler_state(epochs, epoch + 1)
+    rng = rng_states(st)
+    if layout == 'flat':  # paper-data-v3 checkpoint_{e}.pt
+      obj = {'step': epoch, 'model_state_dict': model, 'optimizer_state_dict': opt,
+             'scheduler_state_dict': sched, 'rng_states': rng, 'training_state': None,
+             'environment': environment()}
+    else:  # HEAD checkpoint_{e}.pt
+      obj = {'step': epoch, 'components': {'model': model, 'optimizer': opt,
+                                           'scheduler': sched},
+             'rng_states': rng, 'training_state': None, 'environment': environment()}
   return write_pt(path, obj, st, name=os.path.splitext(os.path.basename(path))[0])
