@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.lrs = ()                   # several peak learning rates in one batch; () = (lr,)
   c.weight_decays = ()         # several weight decays in one batch; () = (weight_decay,)
   c.init_from = ''             # start from these weights: a reference .pt file or one of our runs
+  c.init_optimizer = False     # with init_from = a reference checkpoint_<e>.pt: continue its run
+                               # (AdamW moments, step count, epoch e + 1); docs/analysis.md
   c.lockstep = False           # compare the batch's runs every evaluated epoch (one shared
                                # init and data): <workdir>/lockstep.jsonl, docs/lockstep.md
   # Task (docs/tasks.md).

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (checkpoint, environment, lockstep, models, optim, orderings,
-                         resonant, runs, sharding, sinks, tasks, train)
+from ordered_jax import (checkpoint, continuation, environment, lockstep, models, optim,
+                         orderings, resonant, runs, sharding, sinks, tasks, train)
 
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
@@ -162,13 +162,18 @@ def load_reference(config, batch: list[runs.Run], source: str) -> list[Any]:
   return out
 
 
-def load_init(config) -> Any:
-  """The weights ``config.init_from`` names (a reference ``.pt`` file, one of our run
-  folders or checkpoints; see ``checkpoint.load_weights``), shaped for the config's model;
-  a missing, unreadable or differently shaped file is a ``ConfigError``."""
+def load_init(config) -> tuple[Any, continuation.Continuation | None]:
+  """(params, continuation): the weights ``config.init_from`` names (a reference ``.pt``
+  file, one of our run folders or checkpoints; see ``checkpoint.load_weights``), shaped for
+  the config's model, and with ``config.init_optimizer`` the reference checkpoint's
+  optimiser state and epoch (``continuation.load``; else None). A missing, unreadable or
+  differently shaped file is a ``ConfigError``."""
   path = config.init_from
+  model = models.Model(model_config(config))
+  if config.get('init_optimizer', False):
+    return continuation.load(config, path, model)
   try:
-    return checkpoint.load_weights(path, models.Model(model_config(config)))
+    return checkpoint.load_weights(path, model), None
   except Exception as e:  # pylint: disable=broad-except
     why = (str(e).splitlines() or [''])[0][:200]
     raise runs.ConfigError('init_from', f'cannot load weights from {path!r}: '
@@ -467,7 +472,8 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   reference = None
   if probes and source:  # read before --overwrite may delete it ('auto' = this workdir)
     reference = load_reference(config, batch, workdir if source == 'auto' else source)
-  init_params = load_init(config) if config.get('init_from') and not resume else None
+  init_params, cont = (load_init(config) if config.get('init_from') and not resume
+                       else (None, None))
   primary = sharding.is_primary()  # with several processes, only process 0 writes files
   if primary:
     _check_workdir(dirs, workdir, resume, overwrite, files=[
@@ -506,6 +512,10 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   else:
     start = 0
     host = [_fresh_host(r) for r in batch]
+    if cont is not None:  # init_optimizer: count on from the reference's checkpoint
+      state, start = continuation.apply(state, cont), cont.next_epoch
+      for h in host:
+        h.update(steps=cont.step, epochs_trained=start, last_epoch=start - 1)
     for d, c in zip(dirs, run_cfgs if primary else []):
       sinks.write_json(os.path.join(d, 'experiment_config.json'), c)
     init_eval = train.accuracies(trainer.evaluate(state.params, data), data)

@@ -41,7 +41,7 @@ ADDED_DEFAULTS = {
     'loss': 'ce', 'l1': 0.0, 'data_seed': -1, 'init_seed': -1, 'order_seed': -1,
     'task': 'add', 'train_fraction': 0.0, 'critical_delta': 0.0, 'model': 'reference',
     'mlp': {'activation': 'sqr', 'embed_trainable': False, 'inner_product': False},
-    'lockstep': False, 'interventions': {'lr': '', 'batch_size': ''},
+    'lockstep': False, 'init_optimizer': False, 'interventions': {'lr': '', 'batch_size': ''},
     'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3},
     'probes': {'curvature': {'every_n_steps': 0},   # nested: only the missing leaves
                'counterfactual': {'parallel': 1}}}
@@ -152,6 +152,14 @@ def validate(config) -> None:
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
   _check(isinstance(config.get('init_from', ''), str), 'init_from',
          f"must be a path ('' = fresh weights); got {config.get('init_from')!r}")
+  if config.get('init_optimizer', False) is not False:
+    _check(config.init_optimizer is True, 'init_optimizer',
+           f'must be true or false; got {config.init_optimizer!r}')
+    _check(bool(config.init_from), 'init_optimizer',
+           'continues a reference checkpoint: set init_from to its checkpoint_<epoch>.pt')
+    _check(config.optimizer in ('adamw', 'adam'), 'init_optimizer',
+           f"continues the reference's AdamW/Adam state; config.optimizer is "
+           f'{config.optimizer!r}')
   for field, lo, integer in (('seeds', 0, True), ('lrs', 0, False),
                              ('weight_decays', 0, False)):
     values = config[field]
@@ -238,11 +246,16 @@ def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
            "replacement; 0 = 'the rest' needs data_generator='fast')")
   train, test = sizes(config)
   _check(train >= 1, 'train_size', f'gives no training example ({train})')
-  # Both sets must fit among the task's tuples (the reference generator draws its test pairs
-  # with replacement, but a test set larger than the pairs left would be mostly duplicates).
-  _check(train + test <= t.n_codes, 'train_size',
-         f'training + test examples must be <= the {t.n_codes} tuples of task {t.name!r}; '
-         f'got {train} + {test}')
+  if config.data_generator == 'reference':
+    # As the reference: its test pairs are drawn with replacement from the pairs outside
+    # the training set, so any test_size works while one pair is left.
+    _check(train < t.n_codes, 'train_size',
+           f'must be < the {t.n_codes} pairs of task {t.name!r} with data_generator='
+           f"'reference' (its test pairs are drawn from the pairs left); got {train}")
+  else:
+    _check(train + test <= t.n_codes, 'train_size',
+           f'training + test examples must be <= the {t.n_codes} tuples of task {t.name!r}; '
+           f'got {train} + {test}')
   _check(test >= 1, 'test_size', f'leaves no test example for task {t.name!r}')
   return train, test
 
