@@ -134,7 +134,8 @@ def _reference_codes(p: int, train_size: int, test_size: int,
   words_per_draw = 2 * (1 << p.bit_length()) / p
   train_draws = _expected_draws(train_size, pairs)
   test_draws = test_size * pairs / max(pairs - train_size, 1)
-  chunk = int(words_per_draw * 1.02 * (train_draws + test_draws)) + 1024
+  # (capped: a test set drawn from few pairs left can need many draws; the loops go on)
+  chunk = min(int(words_per_draw * 1.02 * (train_draws + test_draws)) + 1024, 1 << 23)
   stream = _pair_codes(seed, p, chunk)
 
   # Train: the draw index at which the set reaches train_size elements.
@@ -544,7 +545,10 @@ def make_task(task: Task, train_size: int, test_size: int, seed: int,
     if train_size > n:
       _fail('train_size', f'must be <= the {n} tuples of task {task.name!r}; got {train_size}')
     test_size = n - train_size
-  if train_size + test_size > n:
+  if generator == 'reference' and train_size >= n:  # test pairs come from the pairs left
+    _fail('train_size', f'must be < the {n} pairs of task {task.name!r} (the reference draws '
+          f'its test pairs, with replacement, from the pairs left); got {train_size}')
+  if generator != 'reference' and train_size + test_size > n:
     _fail('train_size + test_size', f'must be <= the {n} tuples of task {task.name!r}; '
           f'got {train_size} + {test_size}')
   if generator == 'reference':
