@@ -465,6 +465,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   runs.validate(config)
   config = runs.resolve(config)  # strategy resonant sizes its own data and batches
   runs.validate(config)
+  # Read before anything is written: a bad file leaves the workdir as it was.
+  init_params, cont = (load_init(config) if config.get('init_from') and not resume
+                       else (None, None))
   runs.check_workdir(workdir)
   batch = runs.expand(config) if batch is None else batch
   dirs = [os.path.join(workdir, r.name) for r in batch]
@@ -472,8 +475,6 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   reference = None
   if probes and source:  # read before --overwrite may delete it ('auto' = this workdir)
     reference = load_reference(config, batch, workdir if source == 'auto' else source)
-  init_params, cont = (load_init(config) if config.get('init_from') and not resume
-                       else (None, None))
   primary = sharding.is_primary()  # with several processes, only process 0 writes files
   if primary:
     _check_workdir(dirs, workdir, resume, overwrite, files=[

@@ -138,6 +138,11 @@ def adam_state(c: Contents) -> AdamState:
     raise ValueError('its optimizer is SGD (momentum_buffer), not Adam/AdamW')
   if group.get('amsgrad') or group.get('maximize'):
     raise ValueError('its optimizer uses amsgrad or maximize, which ours does not')
+  if not state:  # a fresh optimizer (an emergency file before epoch 0's first step)
+    return AdamState(0, {k: np.zeros_like(x) for k, x in c.model.items()},
+                     {k: np.zeros_like(x) for k, x in c.model.items()},
+                     {k: val for k, val in group.items() if k != 'params'},
+                     _kind(group))
   steps, m, v = set(), {}, {}
   for i, name in enumerate(names):
     s = state.get(i)
@@ -156,10 +161,13 @@ def adam_state(c: Contents) -> AdamState:
     steps.add(int(step))
   if len(steps) != 1:
     raise ValueError(f'its parameters have taken different numbers of steps {sorted(steps)}')
-  dwd = group.get('decoupled_weight_decay')
-  kind = None if dwd is None else ('adamw' if dwd else 'adam')
   return AdamState(steps.pop(), m, v, {k: val for k, val in group.items() if k != 'params'},
-                   kind)
+                   _kind(group))
+
+
+def _kind(group: dict) -> str | None:
+  dwd = group.get('decoupled_weight_decay')  # torch >= 2.8
+  return None if dwd is None else ('adamw' if dwd else 'adam')
 
 
 def model_config(sd: dict[str, np.ndarray], *, num_heads: int = 4, dropout: float = 0.1):
@@ -183,6 +191,11 @@ def check_shapes(sd: dict[str, np.ndarray], cfg) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   want = jax.eval_shape(lambda p: models.to_reference(p, cfg),
                         models.Model(cfg).abstract_params())
+  layers = lambda names: len({n.split('.')[2] for n in names
+                              if n.startswith('transformer.layers.')})
+  if layers(sd) != layers(want):
+    raise UnsafeFileError(f'transformer.layers has {layers(sd)} layers, the config needs '
+                          f'{layers(want)}')
   for name, value in sd.items():  # the file's (the reference's) order
     if name in want and tuple(value.shape) != tuple(want[name].shape):
       raise UnsafeFileError(f'{name} has shape {tuple(value.shape)}, the config needs '

@@ -196,17 +196,18 @@ def rng_states(storages) -> dict:
 
 
 def write_layout(path: str, sd: dict, layout: str, *, epoch: int = 50, epochs: int = 5000,
-                 optimizer: dict | None = None) -> str:
+                 optimizer: dict | None = None, emergency: bool = False) -> str:
   """The reference's final weights ('final'), paper-data-v3 checkpoint ('flat') or HEAD
   checkpoint ('components') holding the state dict ``sd`` (a checkpoint after ``epoch`` of
-  ``epochs``; ``optimizer``: keyword arguments of ``optimizer_pt``)."""
+  ``epochs``, or with ``emergency`` the snapshot before it; ``optimizer``: keyword arguments
+  of ``optimizer_pt``)."""
   st: list = []
   model = state_dict_pt(sd, st)
   if layout == 'final':
     obj = {'model_state_dict': model, 'environment': environment()}
   else:
     opt = optimizer_pt(sd, st, **(optimizer or {}))
-    sched = scheduler_state(epochs, epoch + 1)
+    sched = scheduler_state(epochs, epoch if emergency else epoch + 1)
     rng = rng_states(st)
     if layout == 'flat':  # paper-data-v3 checkpoint_{e}.pt
       obj = {'step': epoch, 'model_state_dict': model, 'optimizer_state_dict': opt,

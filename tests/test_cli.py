@@ -64,7 +64,7 @@ BAD = [
     ('strategy', 'stride,bogus', 'unknown strategy'), ('strategy', 'stride,stride', 'twice'),
     ('strategy', '', 'at least one'), ('p', 91, 'prime'), ('p', 2, '>= 3'),
     ('p', 50021, '46341'), ('seed', -1, '>= 0'), ('train_size', 0, '>= 1'),
-    ('train_size', 130, 'training + test examples'), ('train_size', 'half', "'critical'"),
+    ('train_size', 169, 'must be < the 169 pairs'), ('train_size', 'half', "'critical'"),
     ('train_fraction', 1.5, '<= 1'), ('task', 'sym:9', 'sym'), ('task', 'poly:x/y', "'/'"),
     ('task', 'pow', 'add'), ('model', 'gpt', 'mlp'), ('mlp.activation', 'tanh', 'relusqr'),
     ('critical_delta', 3.0, '<='), ('sweep.max_runs_per_batch', -1, '>= 0'),
@@ -79,7 +79,7 @@ BAD = [
     ('keep_every', -1, '>= 0'), ('data_generator', 'slow', 'reference'),
     ('matmul_precision', 'fp8', 'highest'), ('adam_eps', 0.0, '> 0'),
     ('seeds', (1, -2), 'integers >= 0'), ('seeds', (1, 1), 'twice'), ('lrs', (0.0,), '> 0'),
-    ('weight_decays', (-1.0,), '>= 0'),
+    ('weight_decays', (-1.0,), '>= 0'), ('init_optimizer', True, 'set init_from'),
 ]
 
 

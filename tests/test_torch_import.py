@@ -194,6 +194,31 @@ def test_generated_files_have_the_real_structure(tmp_path, layout, real):
   assert skeleton(ours, values=False) == skeleton(theirs, values=False)
 
 
+def test_matches_torch_when_installed(tmp_path):
+  """Optional cross-check against torch itself (not a dependency; skipped without it)."""
+  torch = pytest.importorskip('torch')
+  sd = random_state_dict(CFG, seed=4)
+  ours = write_layout(str(tmp_path / 'ours.pt'), sd, 'components')
+  back = torch.load(ours, weights_only=False)['components']['model']
+  assert all(np.array_equal(back[k].numpy(), v) for k, v in sd.items())
+  layer = torch.nn.TransformerEncoderLayer(8, 4, 16, norm_first=True, batch_first=True)
+  opt = torch.optim.AdamW(layer.parameters())
+  layer(torch.randn(3, 2, 8)).sum().backward()
+  opt.step()
+  torch.save({'step': 1, 'components': {'model': layer.state_dict(),
+                                        'optimizer': opt.state_dict()},
+              'rng_states': {'torch': torch.get_rng_state(),
+                             'numpy': np.random.RandomState(0).get_state()},
+              'environment': {'torch_version': torch.__version__}},
+             str(tmp_path / 'torch.pt'))
+  got = torch_import.load(str(tmp_path / 'torch.pt'))
+  for k, v in layer.state_dict().items():
+    assert np.array_equal(got['components']['model'][k], v.numpy()), k
+  exp_avg = opt.state_dict()['state'][0]['exp_avg'].numpy()
+  assert np.array_equal(got['components']['optimizer']['state'][0]['exp_avg'], exp_avg)
+  assert got['environment']['torch_version'] == str(torch.__version__)
+
+
 # -- files written here: shapes, layouts, dtypes ------------------------------------------
 
 @pytest.mark.parametrize('layout', ['final', 'flat', 'components', 'bare'])
@@ -295,11 +320,17 @@ def test_shape_checks(tmp_path):
       (models.ModelConfig(vocab=11, embed_dim=12, num_heads=4, layers=2, mlp_dim=16),
        r'^pos_embedding has shape \(2, 8\), the config needs \(2, 12\)$'),
       (models.ModelConfig(vocab=11, embed_dim=8, num_heads=4, layers=3, mlp_dim=16),
-       r"^state_dict has no 'transformer.layers.2"),
+       r'^transformer.layers has 2 layers, the config needs 3$'),
       (models.ModelConfig(vocab=11, embed_dim=8, num_heads=4, layers=1, mlp_dim=16),
-       r"parameters the config lacks, e.g. 'transformer.layers.1")):
+       r'^transformer.layers has 2 layers, the config needs 1$'),
+      (models.ModelConfig(vocab=11, embed_dim=8, num_heads=4, layers=2, mlp_dim=32),
+       r'^transformer.layers.0.linear1.weight has shape \(16, 8\), the config needs '
+       r'\(32, 8\)$')):
     with pytest.raises(torch_import.UnsafeFileError, match=match):
       torch_import.load_params(path, other)
+  missing = {k: v for k, v in sd.items() if k != 'decoder.bias'}
+  with pytest.raises(torch_import.UnsafeFileError, match="^state_dict has no 'decoder.bias'$"):
+    torch_import.check_shapes(missing, CFG)
   prefixed = torch_import.state_dict({'model_state_dict': {f'_orig_mod.{k}': v
                                                            for k, v in sd.items()}})
   assert list(prefixed) == list(sd)  # torch.compile's prefix is stripped
@@ -313,6 +344,13 @@ def test_adam_state_errors(tmp_path):
         str(tmp_path / 'c.pt'), sd, 'components', optimizer=opt)))
 
   assert torch_import.adam_state(contents(kind=None)).kind is None  # torch < 2.8
+  emergency = torch_import.contents(torch_import.load(write_layout(
+      str(tmp_path / 'emergency_50.pt'), sd, 'components', emergency=True)))
+  assert (emergency.step, emergency.next_epoch) == (50, 50)  # saved before epoch 50
+  fresh = torch_import.Contents(sd, 'HEAD checkpoint', 0, {'state': {}, 'param_groups': [
+      {'params': list(range(len(sd))), 'decoupled_weight_decay': True}]}, None)
+  a = torch_import.adam_state(fresh)  # an optimizer that has not stepped yet
+  assert a.step == 0 and a.kind == 'adamw' and not a.exp_avg_sq['decoder.bias'].any()
   assert torch_import.adam_state(contents(kind='adam')).kind == 'adam'
   c = contents()
   sgd = {**c.optimizer, 'state': {i: {'momentum_buffer': s['exp_avg']}
@@ -382,7 +420,7 @@ def test_malicious_files_run_nothing_through_every_entry_point(tmp_path):
     c.init_from = path
     with pytest.raises(runs.ConfigError, match='refusing') as e:
       experiment.run(c, str(tmp_path / 'w'), quiet=True)
-    assert e.value.field == 'init_from' and not os.path.exists(tmp_path / 'w' / 'stride')
+    assert e.value.field == 'init_from' and not os.path.exists(tmp_path / 'w')
     with pytest.raises(runs.ConfigError) as e:
       experiment.load_reference(config, runs.expand(config), path)
     assert e.value.field == 'probes.reference_weights'
@@ -528,13 +566,16 @@ def test_init_from_one_of_our_runs_continues_from_its_weights(tmp_path):
 
 def test_init_from_errors_are_one_line_config_errors(tmp_path):
   small = write_layout(str(tmp_path / 'small.pt'), random_state_dict(CFG), 'final')
+  (tmp_path / 'empty').mkdir()
   for path, match in ((str(tmp_path / 'nothing.pt'), 'no such file'),
+                      (str(tmp_path / 'empty'), 'no final_params or checkpoints'),
                       (small, r'pos_embedding has shape \(2, 8\), the config needs \(2, 16\)')):
     config = _with(micro_config(), init_from=path)
     with pytest.raises(runs.ConfigError, match=match) as e:
       experiment.run(config, str(tmp_path / 'w'), quiet=True)
     assert e.value.field == 'init_from' and '\n' not in str(e.value)
-    assert not os.path.exists(tmp_path / 'w' / 'stride')  # nothing was started
+    assert not os.path.exists(tmp_path / 'w')  # nothing was written
+  assert not os.listdir(tmp_path / 'empty')
   bad = ml_collections.ConfigDict({**micro_config().to_dict(), 'init_from': 3})
   with pytest.raises(runs.ConfigError, match='init_from'):
     runs.validate(bad)
@@ -641,7 +682,7 @@ def test_init_optimizer_errors_are_one_line(tmp_path):
       experiment.run(c, str(tmp_path / 'w'), quiet=True)
     msg = str(e.value)
     assert e.value.field == field and needle in msg and '\n' not in msg, (overrides, msg)
-    assert not os.path.exists(tmp_path / 'w' / 'stride')
+    assert not os.path.exists(tmp_path / 'w')
   for overrides, needle in ((dict(init_from=''), 'set init_from'),
                             (dict(init_from=good, optimizer='sgd'), "config.optimizer is 'sgd'"),
                             (dict(init_from=good, init_optimizer=1), 'true or false')):
@@ -665,7 +706,7 @@ def test_init_from_bad_input_through_main(tmp_path):
        ('config.init_from', 'pos_embedding has shape (2, 4), the config needs (2, 16)')),
       ([f'--config.init_from={evil}'], ('config.init_from', 'refusing to load'))):
     _one_line_error(_main(*base, *flags), *needles)
-    assert not workdir.exists() or not os.listdir(workdir)
+    assert not workdir.exists()
   assert not (tmp_path / 'marker').exists()
 
 
