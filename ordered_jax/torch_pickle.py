@@ -105,10 +105,12 @@ def _numpy_dtype(name, align=False, copy=True) -> _Pending:
     _refuse(f'numpy.dtype({name!r}) (numeric and bool dtypes only)')
 
   def finish(state):
+    # (version, byteorder, subarray, names, fields, ...): plain dtypes have no sub-arrays,
+    # names or fields.
     order = state[1] if isinstance(state, tuple) and len(state) > 1 else '|'
-    if order not in ('<', '>', '|', '=') or (isinstance(state, tuple) and len(state) > 3
-                                             and state[3] is not None):
-      _refuse(f'numpy.dtype({name!r}) with fields or byte order {order!r}')
+    if order not in ('<', '>', '|', '=') or (isinstance(state, tuple) and any(
+        x is not None for x in state[2:5])):
+      _refuse(f'numpy.dtype({name!r}) with fields, sub-arrays or byte order {order!r}')
     dtype = np.dtype(name)
     return dtype.newbyteorder(order) if order in '<>' else dtype
 

@@ -410,6 +410,12 @@ def test_refuses_code_and_runs_none_of_it(tmp_path):
         name, 'system')
     assert want in msg, (name, msg)
     assert not (tmp_path / 'marker').exists(), name
+  # numpy arrays of objects or records are not plain data: refused at their dtype.
+  for i, arr in enumerate((np.array([1, None], dtype=object),
+                           np.zeros(2, dtype=[('a', 'i4'), ('b', 'f4')]))):
+    path = _raw_pt(str(tmp_path / f'np{i}.pt'), ptfiles.pickle_bytes({'a': arr}))
+    with pytest.raises(torch_import.UnsafeFileError, match=r'refusing to load numpy.dtype'):
+      torch_import.load(path)
 
 
 def test_malicious_files_run_nothing_through_every_entry_point(tmp_path):
@@ -620,6 +626,8 @@ def test_continuing_a_reference_checkpoint_takes_one_adamw_step_from_its_moments
           t['total_gradient_steps']) == (1, 1, 2, adam.step + 1)
   rows = sinks.read_jsonl(str(tmp_path / 'stride' / 'stride.jsonl'))
   assert [r['epoch'] for r in rows] == [1]
+  # The row's rate is the next epoch's (the reference's convention): epoch 2 = T_max.
+  assert rows[0]['training_metrics/learning_rate'] == pytest.approx(cosine_closed_form(2))
 
   cfg = experiment.model_config(config)
   model = models.Model(cfg)
@@ -655,15 +663,23 @@ def test_init_optimizer_errors_are_one_line(tmp_path):
   final = write_layout(str(tmp_path / 'final.pt'), sd, 'final')
   ckpt = lambda name, **kw: write_layout(str(tmp_path / f'{name}.pt'), sd, 'components',
                                          epochs=60, **kw)
-  good = ckpt('good', epoch=9, optimizer=dict(lr=config.lr, weight_decay=config.weight_decay))
   opt = dict(lr=config.lr, weight_decay=config.weight_decay)
+  good = ckpt('good', epoch=9, optimizer=opt)
   (tmp_path / 'ours').mkdir()
+  # torch < 2.8 does not say Adam or AdamW: the run's experiment_config.json beside
+  # checkpoints/ does (without it the config's optimizer is taken, with a warning).
+  (tmp_path / 'old' / 'checkpoints').mkdir(parents=True)
+  old_adam = write_layout(str(tmp_path / 'old' / 'checkpoints' / 'checkpoint_9.pt'), sd,
+                          'components', epoch=9, epochs=60, optimizer={**opt, 'kind': None})
+  (tmp_path / 'old' / 'experiment_config.json').write_text('{"optimizer": "adam"}')
   cases = [
       (dict(init_from=final), 'init_optimizer', 'final weights (weights): no optimizer state'),
       (dict(init_from=str(tmp_path / 'ours')), 'init_optimizer', 'use --resume'),
       (dict(init_from=good, optimizer='adam'), 'init_optimizer',
        "holds AdamW state but config.optimizer is 'adam'"),
       (dict(init_from=ckpt('adam', optimizer={**opt, 'kind': 'adam'})), 'init_optimizer',
+       "holds Adam state but config.optimizer is 'adamw'"),
+      (dict(init_from=old_adam), 'init_optimizer',
        "holds Adam state but config.optimizer is 'adamw'"),
       (dict(init_from=good, lr=2e-3), 'lr', "differs from the checkpoint's initial_lr"),
       (dict(init_from=good, weight_decay=1.0), 'weight_decay', 'differs'),
