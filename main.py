@@ -40,35 +40,113 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _config_path(argv) -> str | None:
+  """The file of --config (``path`` or ``path:args``), if given."""
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      return a.split('=', 1)[1].split(':', 1)[0]
+    if a == '--config' and i + 1 < len(argv):
+      return argv[i + 1].split(':', 1)[0]
+  return None
+
+
 def _parse_flags(argv):
-  """absl flag parsing with one-line errors (ml_collections raises for unknown keys)."""
+  """absl flag parsing with one-line errors (ml_collections raises for unknown keys, and
+  runs the config file, which may be missing or broken)."""
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    _fail(f'--config={path}: no such file (e.g. configs/tiny.py)')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
+  except SyntaxError as e:  # the file is not Python (README.md) or has a typo
+    _fail(f'--config={path}: not a Python config file ({e.msg}, line {e.lineno})')
   except (AttributeError, KeyError) as e:  # a --config.<key> the config does not have
+    if "no attribute 'get_config'" in str(e):
+      _fail(f'--config={path}: defines no get_config() (see configs/default.py)')
     key = str(e).strip('"\'')
     arg = next((a for a in argv if re.match(rf'--config\.(\w+\.)*{re.escape(key)}\b', a)), key)
     _fail(f'{arg.split("=")[0]}: unknown config key {key!r} (see configs/default.py for the '
           'fields)')
   except (ValueError, TypeError) as e:
     _fail(str(e).splitlines()[0])
+  except Exception as e:  # pylint: disable=broad-except  (get_config() itself failed)
+    _fail(f'--config={path}: loading it raised {type(e).__name__}: '
+          f'{(str(e).splitlines() or [""])[0][:200]}')
+
+
+def _load_config():
+  """The parsed config, or one line naming --config."""
+  try:
+    config = _CONFIG.value
+  except Exception as e:  # pylint: disable=broad-except  (ml_collections' deferred error)
+    cause = e.__cause__ or e.__context__ or e
+    why = [l.strip() for l in str(cause).splitlines() if l.strip()]
+    _fail(f'--config={_config_path(sys.argv)}: cannot load it ({why[-1] if why else e})')
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if not isinstance(config, ml_collections.ConfigDict):
+    _fail(f'--config={_config_path(sys.argv)}: get_config() must return a ConfigDict; got '
+          f'{type(config).__name__}')
+  return config
 
 
 class _QuietLibraries:
-  """Drops INFO/DEBUG records of Orbax (it logs every file it writes) and of JAX internals."""
+  """Drops INFO/DEBUG records of Orbax (it logs every file it writes) and of JAX internals,
+  and Orbax's tracebacks of a save that ran out of space (the run ends with one line
+  saying so)."""
 
   NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
+  FULL = ('RESOURCE_EXHAUSTED', 'No space left on device')
 
   def filter(self, record) -> bool:
+    if f'{os.sep}orbax{os.sep}' in record.pathname and any(
+        f in str(record.msg) or f in str(record.exc_info and record.exc_info[1])
+        for f in self.FULL):
+      return False
     return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
 
+def _quiet_closed_loops() -> None:
+  """TensorStore's callbacks into an event loop that a failed Orbax save already closed
+  report 'Event loop is closed' through sys.unraisablehook, once per pending write; drop
+  just those."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def main(argv):
+  """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk, 130/143 interrupted
+  (a second Ctrl-C aborts at once, also with one line)."""
+  try:
+    _main(argv)
+  except KeyboardInterrupt:
+    print('error: interrupted (a second Ctrl-C aborts without a new checkpoint); the last '
+          'checkpoint is kept, continue with --resume', file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access  (no cleanup traceback from threads)
+
+
+def _main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _quiet_closed_loops()
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  config = _load_config()
+  from ordered_jax import runs  # pylint: disable=g-import-not-at-top
+  for field, ok in (('matmul_precision', lambda v: v in runs.PRECISIONS),
+                    ('deterministic', lambda v: isinstance(v, bool))):
+    if field in config and not ok(config[field]):  # read before JAX starts: check them now
+      _fail(f'config.{field}: must be '
+            f'{"one of " + ", ".join(runs.PRECISIONS) if field != "deterministic" else "true or false"}'
+            f'; got {config[field]!r}')
   # Before any JAX computation: XLA reads its flags once, at backend start-up.
   from ordered_jax import environment  # pylint: disable=g-import-not-at-top
   environment.configure(
@@ -83,7 +161,7 @@ def main(argv):
       jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except (RuntimeError, ValueError) as e:
       _fail(f'--distributed: {str(e).splitlines()[0]}')
-  from ordered_jax import experiment, runs, sweep, sweeper  # pylint: disable=g-import-not-at-top
+  from ordered_jax import experiment, results, sweep, sweeper  # pylint: disable=g-import-not-at-top
   import probes  # pylint: disable=g-import-not-at-top
   try:
     if sweeper.is_sweep(config):
@@ -100,7 +178,12 @@ def main(argv):
     summaries = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
                                overwrite=_OVERWRITE.value, quiet=_QUIET.value,
                                probes=probes.build(config))
-  except (runs.ConfigError, experiment.WorkdirError, sweep.SweepError) as e:
+  except experiment.DiskFull as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access  (Orbax's threads would print at exit)
+  except (runs.ConfigError, experiment.WorkdirError, sweep.SweepError,
+          results.ResultsError) as e:
     _fail(str(e))
   except experiment.Interrupted as e:
     print(f'{e}', file=sys.stderr)

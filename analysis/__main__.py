@@ -354,9 +354,21 @@ def _dataset_dft(args):
   seed = int(pick(args.seed, 'seed', 199))
   stride = int(pick(args.stride, 'stride', 0) or 0)
   generator = pick(args.generator, 'data_generator', 'reference')
-  if p < 3 or n < 2 or batch < 1 or n > p * p:
-    raise InputError(f'dataset_dft: need p >= 3, 2 <= train_size <= p*p, batch_size >= 1; '
-                     f'got p={p}, train_size={n}, batch_size={batch}')
+  for flag, ok, allowed in (
+      ('--p', 3 <= p < dataset_dft.MAX_P, f'3 <= p < {dataset_dft.MAX_P} (as a run\'s config.p)'),
+      ('--train-size', 2 <= n <= p * p, '2 <= train_size <= p*p'),
+      ('--batch-size', batch >= 1, 'batch_size >= 1')):
+    if not ok:
+      raise InputError(f'dataset_dft {flag}: need {allowed}; got p={p}, train_size={n}, '
+                       f'batch_size={batch}')
+  from ordered_jax import budget  # pylint: disable=g-import-not-at-top
+  need = dataset_dft.memory_bytes(p, n, batch, len(args.orderings), generator)
+  have = budget.host_available()
+  if sum(need.values()) > have:  # p is bounded: the size comes from the rows and batches
+    raise InputError(f'dataset_dft --train-size: p={p}, train_size={n}, batch_size={batch} '
+                     f'(histograms of {-(-n // batch)} batches over p values) needs about '
+                     f'{sum(need.values()) / 2**30:.1f} GiB of memory, the host has '
+                     f'{have / 2**30:.1f} GiB available')
   sets = dataset_dft.ordered_sets(p, n, seed, stride=stride, generator=generator,
                                   names=args.orderings)
   name = f'dataset_dft_p{p}_n{n}_b{batch}_seed{seed}'
@@ -371,7 +383,8 @@ def _report(args):
   text = report.render(runs, title=args.title or 'Ordered-learning report',
                        sources=args.workdir, memorization=args.memorization_threshold)
   path = _out(args, 'report', 'html')
-  with open(path, 'w') as f:
+  from analysis import atomic  # pylint: disable=g-import-not-at-top
+  with atomic.replacing(path) as f:  # a full disk leaves no partial page
     f.write(text)
   return [path]
 

@@ -17,6 +17,19 @@ from analysis import style, tables
 
 COMPONENTS = ('a', 'b', 'c')
 ORDERINGS = ('stride', 'target', 'fixed-random', 'random')
+MAX_P = 46341  # a run's bound on p (its pairs are int32)
+
+
+def memory_bytes(p: int, n: int, batch: int, n_orderings: int,
+                 generator: str = 'reference') -> dict[str, int]:
+  """Rough peak bytes: ``sequences`` (generating the pairs, the ordered tables, one
+  component's spectra and autocorrelation) and ``histograms`` (one component's batch
+  histograms [batches, p] with their DFT), checked before anything is computed."""
+  from ordered_jax import budget  # pylint: disable=g-import-not-at-top
+  per_train = budget.HOST_BYTES.get(generator, budget.HOST_BYTES['reference'])[0]
+  n_batches = -(-n // batch)
+  return {'sequences': per_train * n + n_orderings * n * 20 + 96 * n,
+          'histograms': 40 * n_batches * p}
 
 
 def ordered_sets(p: int, train_size: int, seed: int, *, stride: int = 0,

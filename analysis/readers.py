@@ -100,6 +100,8 @@ def read_jsonl(path: str) -> list[dict]:
       continue
     try:
       row = json.loads(line)
+    except RecursionError:
+      raise InputError(f'{path}:{i + 1}: nested too deeply to be a metrics row') from None
     except json.JSONDecodeError:
       if i == len(lines) - 1:
         break
@@ -167,6 +169,8 @@ def read_json(path: str) -> dict:
       obj = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise InputError(f'{path}: not valid JSON ({e})') from None
+  except RecursionError:
+    raise InputError(f'{path}: nested too deeply to read') from None
   if not isinstance(obj, dict):
     raise InputError(f'{path}: expected a JSON object')
   return obj

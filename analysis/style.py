@@ -68,10 +68,13 @@ def panels(n: int, *, ncols: int = 3, size=(4.2, 3.0), sharex=False, sharey=Fals
 
 
 def save(fig, path: str, *, dpi: int = 150) -> str:
-  """Write ``fig`` (format from the extension), close it, return the path."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
+  """Write ``fig`` (format from the extension; atomically), close it, return the path."""
+  from analysis import atomic  # pylint: disable=g-import-not-at-top
+  try:
+    with atomic.replacing(path, 'wb') as f:
+      fig.savefig(f, dpi=dpi, format=os.path.splitext(path)[1][1:] or 'png')
+  finally:
+    plt.close(fig)
   return path
 
 

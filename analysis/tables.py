@@ -106,14 +106,14 @@ def to_markdown(table: pa.Table, *, precision=4, bold_best=False) -> str:
 def write(table: pa.Table, path: str, fmt: str, *, precision=4, bold_best=False,
           caption='') -> str:
   """Write ``table`` as ``fmt`` (latex, markdown or csv; CSV keeps full precision)."""
-  if fmt == 'csv':
-    pa_csv.write_csv(table, path)
-  elif fmt == 'latex':
-    with open(path, 'w') as f:
-      f.write(to_latex(table, precision=precision, bold_best=bold_best, caption=caption))
-  elif fmt == 'markdown':
-    with open(path, 'w') as f:
-      f.write(to_markdown(table, precision=precision, bold_best=bold_best))
-  else:
+  from analysis import atomic  # pylint: disable=g-import-not-at-top
+  if fmt not in FORMATS:
     raise ValueError(f'format must be one of {", ".join(FORMATS)}; got {fmt!r}')
+  with atomic.replacing(path, 'wb' if fmt == 'csv' else 'w') as f:
+    if fmt == 'csv':
+      pa_csv.write_csv(table, f)
+    elif fmt == 'latex':
+      f.write(to_latex(table, precision=precision, bold_best=bold_best, caption=caption))
+    else:
+      f.write(to_markdown(table, precision=precision, bold_best=bold_best))
   return path

@@ -7,14 +7,23 @@ JSON ``meta`` item with the host-side bookkeeping, so a resume is bit-identical.
 writes to a temporary directory and renames it when complete, so a kill during a save
 leaves the previous checkpoints intact; saves are asynchronous (training goes on while
 the files are written). Nothing is unpickled on restore.
+
+Every checkpoint's ``meta`` carries ``checksum``: a BLAKE2b digest of the saved state
+(each leaf's dtype, shape and bytes, in tree order, computed on the host from what is
+handed to Orbax) and of the bookkeeping. ``restore`` recomputes it from what it read and
+raises ``CorruptCheckpoint`` on a mismatch, so ``restore_latest`` falls back to the
+previous checkpoint (with a warning) instead of resuming from silently damaged numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
@@ -46,11 +55,33 @@ def manager(run_dir: str, *, keep: int = 3, keep_every: int = 0,
   return ocp.CheckpointManager(root, options=options, item_names=('state', 'meta'))
 
 
+CHECKSUM = 'checksum'  # the meta key holding the digest (not part of the bookkeeping)
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose contents do not match what was saved (one-line message)."""
+
+
+def digest(state: Any, meta: dict) -> str:
+  """BLAKE2b of ``state``'s leaves (dtype, shape, bytes, in tree order) and of ``meta``
+  (canonical JSON, as it reads back)."""
+  h = hashlib.blake2b(digest_size=20)
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+  h.update(json.dumps(json.loads(json.dumps(meta)), sort_keys=True).encode())
+  return h.hexdigest()
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  """Asynchronous save of one run's state after ``step`` epochs (replaces an equal step)."""
+  """Asynchronous save of one run's state after ``step`` epochs (replaces an equal step),
+  with the checksum of ``state`` and ``meta`` in the saved meta."""
   if step in mgr.all_steps():
     mgr.wait_until_finished()
     mgr.delete(step)
+  state = jax.device_get(state)  # the host copy both the digest and Orbax read
+  meta = {**meta, CHECKSUM: {'blake2b': digest(state, meta)}}
   mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -60,17 +91,42 @@ def _target(like: Any):
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict]:
-  """(state, meta) saved at ``step``; ``like`` is a state of the same structure."""
+  """(state, meta) saved at ``step``; ``like`` is a state of the same structure.
+
+  ``meta`` comes back without its checksum; ``CorruptCheckpoint`` if the meta is not a
+  JSON object or the state and meta read do not match the checksum saved with them
+  (checkpoints written before checksums existed load unverified)."""
   out = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(_target(like)), meta=ocp.args.JsonRestore()))
-  return out['state'], out['meta']
+  state, meta = out['state'], out['meta']
+  if not isinstance(meta, dict):
+    raise CorruptCheckpoint(f'its meta is a JSON {type(meta).__name__}, not an object')
+  meta = dict(meta)
+  saved = meta.pop(CHECKSUM, None)
+  if saved is not None:
+    want = saved.get('blake2b') if isinstance(saved, dict) else None
+    if want != digest(state, meta):
+      raise CorruptCheckpoint('its contents do not match the checksum saved with them')
+  return state, meta
 
 
-def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any]):
+def steps(run_dir: str) -> list[int]:
+  """The finished checkpoint steps of a run folder (from the folder names; no Orbax)."""
+  root = os.path.join(run_dir, 'checkpoints')
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n) for n in os.listdir(root)
+                if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+
+
+def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any],
+                   check_meta: Callable[[dict], None] | None = None, errors=None):
   """Restore every run of a batch at the newest step all of them can load.
 
-  A step whose files are damaged (or missing for some run) is skipped with a warning and
-  the previous one is tried. Returns (step, [state], [meta]) or None if nothing loads.
+  A step whose files are damaged, fail their checksum, hold a meta ``check_meta`` rejects
+  (it raises ValueError) or are missing for some run is skipped with a warning and the
+  previous one is tried. Returns (step, [state], [meta]) or None if nothing loads; each
+  failure is appended to ``errors`` (a list) as (step, one-line reason).
   """
   common = set(mgrs[0].all_steps())
   for m in mgrs[1:]:
@@ -78,9 +134,15 @@ def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any]):
   for step in sorted(common, reverse=True):
     try:
       pairs = [restore(m, step, like) for m, like in zip(mgrs, likes)]
+      for _, meta in pairs:
+        if check_meta is not None:
+          check_meta(meta)
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('checkpoint at epoch %d cannot be restored (%s: %s); trying the '
-                      'previous one', step, type(e).__name__, str(e).splitlines()[0][:200])
+      why = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+      logging.warning('checkpoint at epoch %d cannot be restored (%s); trying the previous '
+                      'one', step, why)
+      if errors is not None:
+        errors.append((step, why))
       continue
     return step, [s for s, _ in pairs], [m for _, m in pairs]
   return None

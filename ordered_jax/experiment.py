@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -24,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (checkpoint, continuation, environment, lockstep, models, optim,
-                         orderings, resonant, runs, sharding, sinks, tasks, train)
+from ordered_jax import (budget, checkpoint, continuation, environment, lockstep, models,
+                         optim, orderings, resonant, runs, sharding, sinks, tasks, train)
+from ordered_jax import workdir as workdir_lib
 
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
@@ -33,8 +35,8 @@ MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
 RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every')
 
 
-class WorkdirError(RuntimeError):
-  """The workdir's state forbids the request (one-line message)."""
+WorkdirError = workdir_lib.WorkdirError  # the workdir's state forbids the request
+DiskFull = workdir_lib.DiskFull  # a full disk stopped the run (its last checkpoint is kept)
 
 
 class Interrupted(RuntimeError):
@@ -255,7 +257,7 @@ def _check_workdir(dirs, workdir, resume, overwrite, files=()):
   if resume:
     if not busy:
       raise WorkdirError(f'--resume: no run of this config in {workdir} to resume')
-    if all(os.path.exists(os.path.join(d, 'summary.json')) for d in dirs):
+    if all(workdir_lib.is_complete(d) for d in dirs):
       raise WorkdirError(f'--resume: every run in {workdir} is already complete')
   elif busy:
     if not overwrite:
@@ -266,10 +268,30 @@ def _check_workdir(dirs, workdir, resume, overwrite, files=()):
       shutil.rmtree(d)
 
 
-def _check_resume_config(run_dir: str, new: dict) -> None:
+def _saved_config(run_dir: str) -> dict | None:
+  """The run's ``experiment_config.json`` (None if missing); one-line ``WorkdirError`` if
+  it is not a JSON object."""
   path = os.path.join(run_dir, 'experiment_config.json')
-  with open(path) as f:
-    old = json.load(f)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:
+    why = e.strerror if isinstance(e, OSError) else 'not valid JSON'
+    raise WorkdirError(f'--resume: {path} cannot be read ({why}); restore it, or pass '
+                       '--overwrite to start the run again') from None
+  if not isinstance(old, dict) or not isinstance(old.get('environment', {}), dict):
+    raise WorkdirError(f'--resume: {path} is not a run config (a JSON object); restore it, '
+                       'or pass --overwrite to start the run again')
+  return old
+
+
+def _check_resume_config(run_dir: str, new: dict) -> None:
+  old = _saved_config(run_dir)
+  if old is None:
+    raise WorkdirError(f'--resume: {run_dir} has checkpoints but no experiment_config.json; '
+                       'restore it, or pass --overwrite to start the run again')
   skip = set(RESUME_SAFE) | {'environment', 'sweep'}  # the sweep spec is not the run's
   # A field added after the run was started reads as its default (what the run had).
   old = _with_added(old, runs.ADDED_DEFAULTS, new)
@@ -278,7 +300,7 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
     k = diff[0]
     raise WorkdirError(f'--resume: config.{k} differs from the saved run ({old.get(k)!r} -> '
                        f'{new.get(k)!r}); resume with the same config')
-  if old['environment'] != new['environment']:
+  if old.get('environment') != new['environment']:
     logging.warning('resuming on a different environment; results may not be bit-identical '
                     'to an uninterrupted run')
 
@@ -294,6 +316,13 @@ def _with_added(old: dict, added: dict, new: dict) -> dict:
     elif isinstance(v, dict) and isinstance(out[k], dict) and isinstance(new[k], dict):
       out[k] = _with_added(out[k], v, new[k])
   return out
+
+
+def _check_meta(meta: dict) -> None:
+  """A checkpoint's bookkeeping has every field a run keeps (else ValueError)."""
+  missing = sorted(set(_fresh_host(runs.Run('', '', 0, 0.0, 0.0))) - set(meta))
+  if missing:
+    raise ValueError(f'its meta lacks {", ".join(missing)}')
 
 
 def _fresh_host(r: runs.Run) -> dict:
@@ -442,6 +471,19 @@ class _Lockstep:
     self.sink.close()
 
 
+def _close_all(closers) -> None:
+  """Call every closer even if some fail; then raise the first failure (if no exception
+  is already on its way, which it would otherwise replace)."""
+  errors = []
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  if errors and sys.exc_info()[0] is None:
+    raise errors[0]
+
+
 def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
   """Evaluate-only (``epochs = 0``): one row at epoch 0 with the weight-only probes and
   the accuracies of the initial (or ``init_from``) weights; other probes need training."""
@@ -461,15 +503,64 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         quiet: bool = False, probes=(), batch: list[runs.Run] | None = None) -> list[dict]:
   """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries.
 
-  ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows."""
+  ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows.
+  Before anything is built the config is validated and its memory estimated
+  (``budget.check``); the run folders are locked for the whole run (``workdir.lock``:
+  another process writing them is refused). A full disk stops the run with a one-line
+  ``DiskFull``, its last complete checkpoint kept."""
   runs.validate(config)
   config = runs.resolve(config)  # strategy resonant sizes its own data and batches
   runs.validate(config)
-  # Read before anything is written: a bad file leaves the workdir as it was.
-  init_params, cont = (load_init(config) if config.get('init_from') and not resume
-                       else (None, None))
-  runs.check_workdir(workdir)
   batch = runs.expand(config) if batch is None else batch
+  budget.check(config, len(batch))
+  # Read before anything is written: a bad file leaves the workdir as it was.
+  init = load_init(config) if config.get('init_from') and not resume else (None, None)
+  runs.check_workdir(workdir)
+  names = [r.name for r in batch] + ([lockstep.FILENAME] if config.get('lockstep') else [])
+  dirs = [os.path.join(workdir, r.name) for r in batch]
+  held = workdir_lib.lock(workdir, names) if sharding.is_primary() else contextlib.nullcontext()
+  with held:
+    try:
+      return _run(config, workdir, resume=resume, overwrite=overwrite, quiet=quiet,
+                  probes=probes, batch=batch, init=init)
+    except Exception as e:  # pylint: disable=broad-except
+      full = workdir_lib.disk_full(e)
+      if full is None:
+        raise
+      raise _disk_full(config, dirs, full[0], e) from None
+
+
+def _disk_full(config, dirs, path: str, e: Exception) -> DiskFull:
+  """One line: where the disk is full, what a checkpoint needs, what is kept."""
+  for d in dirs:
+    workdir_lib.remove_partial_checkpoints(d)
+  common = _common_steps(dirs)
+  kept = (f'the checkpoint after epoch {max(common) - 1} is kept' if common else
+          'no checkpoint was written')
+  need = workdir_lib.gib(budget.state_bytes(config) * len(dirs) * 1.1 + len(dirs) * 2**18)
+  where = path or os.path.dirname(dirs[0])
+  if '.orbax-checkpoint-tmp' in where:  # a file of the unfinished (now removed) save
+    where = where[:where.index('.orbax-checkpoint-tmp')].rsplit(os.sep, 1)[0]
+  text = str(e) if isinstance(e, DiskFull) else (
+      f'{where}: no space left on device ({workdir_lib.gib(workdir_lib.free_bytes(where))} '
+      f'free; a checkpoint of this batch needs about {need})')
+  err = DiskFull(f'{text}; {kept}: free some space and continue with --resume')
+  err.path = where
+  return err
+
+
+def _common_steps(dirs) -> set[int]:
+  common = set(checkpoint.steps(dirs[0]))
+  for d in dirs[1:]:
+    common &= set(checkpoint.steps(d))
+  return common
+
+
+def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, probes,
+         batch: list[runs.Run], init: tuple) -> list[dict]:
+  """``run`` after validation, under the lock; ``init`` = ``load_init``'s (params,
+  continuation), or (None, None)."""
+  init_params, cont = init
   dirs = [os.path.join(workdir, r.name) for r in batch]
   source = config.probes.reference_weights if 'probes' in config else ''
   reference = None
@@ -482,9 +573,22 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   sharding.barrier('workdir checked')
   env = environment.metadata()
   run_cfgs = [run_config(config, r, env) for r in batch]
+  if resume and not _common_steps(dirs):
+    # Killed before every run had a checkpoint: nothing to continue from, so the batch
+    # starts again (as one batch, so it repeats an uninterrupted run).
+    for d, c in zip(dirs, run_cfgs):
+      if _saved_config(d) is not None:
+        _check_resume_config(d, c)
+    logging.warning('--resume: no checkpoint common to every run in %s (killed before its '
+                    'first one); starting afresh', workdir)
+    resume = False
+    if config.get('init_from'):
+      init_params, cont = load_init(config)
   if resume:
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
+    for d in dirs if primary else []:
+      workdir_lib.unmark_complete(d)  # complete again only when this resume finishes
 
   b = build(config, probes, reference, init_params, batch)
   trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
@@ -502,10 +606,15 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
     mgrs = [checkpoint.manager(d, read_only=True) for d in dirs]
 
   if resume:
+    errors = []
     restored = checkpoint.restore_latest(mgrs, [train.run_slice(state, i)
-                                                for i in range(len(batch))])
+                                                for i in range(len(batch))],
+                                         check_meta=_check_meta, errors=errors)
     if restored is None:
-      raise WorkdirError(f'--resume: no readable checkpoint in {dirs[0]}/checkpoints')
+      step, why = errors[0] if errors else (None, 'none found')
+      raise WorkdirError(f'--resume: no readable checkpoint in {dirs[0]}/checkpoints (the '
+                         f'latest, after epoch {step - 1 if step else "?"}: {why}); pass '
+                         '--overwrite to start again')
     start, states, metas = restored
     state = jax.device_put(train.stack_runs(states))
     host = [dict(m) for m in metas]
@@ -557,8 +666,12 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
         h['compile_seconds'] = h.get('compile_seconds', 0.0) + time.perf_counter() - t
     return executables[variant]
 
+  ckpt_bytes = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + len(batch) * 2**18
+
   def save_all(step):
     nonlocal last_saved
+    if primary:  # refuse before Orbax starts a save that cannot fit
+      workdir_lib.check_space(dirs[0], ckpt_bytes, f'the checkpoint after epoch {step - 1}')
     saved = sharding.fetch(state) if sharding.multiprocess() else state
     for i, m in enumerate(mgrs if primary else []):
       checkpoint.save(m, step, train.run_slice(saved, i), copy.deepcopy(host[i]))
@@ -612,14 +725,9 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
       if config.epochs and last_saved != epochs_done:
         save_all(epochs_done)
   finally:
-    for m in mgrs:
-      m.wait_until_finished()
-    for w in writers:
-      w.close()
-    if compare is not None:
-      compare.close()
-    if bar is not None:
-      bar.close()
+    _close_all([m.wait_until_finished for m in mgrs] + [m.close for m in mgrs] +
+               [w.close for w in writers] + ([compare.close] if compare is not None else []) +
+               ([bar.close] if bar is not None else []))
 
   final_eval = train.accuracies(sharding.fetch(trainer.evaluate(state.params, data)), data)
   params = sharding.fetch(state.params) if sharding.multiprocess() else state.params
@@ -627,11 +735,10 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   for i, (r, d, h) in enumerate(zip(batch, dirs, host)):
     fe = {k: float(v[i]) for k, v in final_eval.items()}
     s = _summary(config, r, h, fe, n_params, env, steps_per_epoch)
-    if primary:
-      sinks.write_json(os.path.join(d, 'summary.json'), s)
+    if primary:  # the marker last: a run is complete only with every output
       checkpoint.save_params(d, train.run_slice(params, i))
+      sinks.write_json(os.path.join(d, 'summary.json'), s)
+      workdir_lib.mark_complete(d, {'run': r.name, 'epochs_trained': h['epochs_trained']})
     summaries.append(s)
-  for m in mgrs:
-    m.close()
   sharding.barrier('run finished')
   return summaries

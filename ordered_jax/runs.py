@@ -47,6 +47,9 @@ ADDED_DEFAULTS = {
                'counterfactual': {'parallel': 1}}}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
+MAX_SEED = 2**32 - 1  # JAX keys take 32 bits: larger seeds would collide silently
+MAX_STEPS = 2**31 - 1  # epoch and step counters are int32
+MAX_LAYERS = 128  # the epoch program unrolls every layer: compile time grows with depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,7 @@ def _number(config, field, *, integer=False, lo=None, hi=None, lo_open=False, wh
   kinds = (int,) if integer else (int, float)
   _check(isinstance(v, kinds) and not isinstance(v, bool), field,
          f'must be {"an integer" if integer else "a number"}{what}; got {v!r}')
+  _check(math.isfinite(v), field, f'must be finite{what}; got {v!r}')
   if lo is not None:
     _check(v > lo if lo_open else v >= lo, field,
            f'must be {">" if lo_open else ">="} {lo}{what}; got {v!r}')
@@ -108,11 +112,12 @@ def validate(config) -> None:
   _check(_is_prime(p), 'p', f'must be a prime >= 3; got {p}')
   _check(p * p < 2**31, 'p', f'must be < 46341 (pairs are int32); got {p}')
   t = task(config)
-  _number(config, 'seed', integer=True, lo=0)
+  _number(config, 'seed', integer=True, lo=0, hi=MAX_SEED)
   for field in ('data_seed', 'init_seed', 'order_seed'):
     v = config.get(field, -1)
-    _check(isinstance(v, int) and not isinstance(v, bool) and v >= -1, field,
-           f'must be an integer >= 0, or -1 for the run\'s seed; got {v!r}')
+    _check(isinstance(v, int) and not isinstance(v, bool) and -1 <= v <= MAX_SEED, field,
+           f'must be an integer >= 0 (and <= {MAX_SEED}), or -1 for the run\'s seed; '
+           f'got {v!r}')
   _check(config.data_generator in GENERATORS, 'data_generator',
          f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
   train, test = _validate_sizes(config, t)
@@ -121,7 +126,12 @@ def validate(config) -> None:
   _number(config, 'eval_batch_size', integer=True, lo=1)
   lr = _number(config, 'lr', lo=0, lo_open=True)
   _number(config, 'min_lr', lo=0, hi=lr, what=' (and <= lr)')
-  _number(config, 'epochs', integer=True, lo=0)
+  epochs = _number(config, 'epochs', integer=True, lo=0, hi=MAX_STEPS)
+  steps = epochs * orderings.steps_per_epoch(train, min(
+      [config.batch_size] + [v for _, v in changes(config, 'batch_size')
+                             if isinstance(v, int) and v >= 1]))
+  _check(steps <= MAX_STEPS, 'epochs', f'gives {steps} optimiser steps; at most {MAX_STEPS} '
+         '(int32 step counters)')
   _validate_interventions(config, train)
   _one_of(config, 'model', models.MODEL_KINDS)
   _one_of(config, 'mlp.activation', models.ACTIVATIONS)
@@ -130,7 +140,8 @@ def validate(config) -> None:
   d = _number(config, 'embed_dim', integer=True, lo=1)
   h = _number(config, 'num_heads', integer=True, lo=1)
   _check(d % h == 0, 'embed_dim', f'must be divisible by num_heads ({h}); got {d}')
-  _number(config, 'layers', integer=True, lo=1)
+  _number(config, 'layers', integer=True, lo=1, hi=MAX_LAYERS,
+          what=' (every layer is unrolled in the compiled epoch)')
   _number(config, 'mlp_dim', integer=True, lo=1)
   _number(config, 'dropout', lo=0, hi=0.99)
   _number(config, 'weight_decay', lo=0)
@@ -167,9 +178,9 @@ def validate(config) -> None:
            f'must be a tuple such as (1, 2); got {values!r}')
     for v in values:
       kinds = (int,) if integer else (int, float)
-      ok = isinstance(v, kinds) and not isinstance(v, bool) and (
-          v >= lo if field != 'lrs' else v > 0)
-      _check(ok, field, f'entries must be {"integers >= 0" if integer else "numbers > 0" if field == "lrs" else "numbers >= 0"}; got {v!r}')
+      ok = isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and (
+          v >= lo if field != 'lrs' else v > 0) and (not integer or v <= MAX_SEED)
+      _check(ok, field, f'entries must be {f"integers >= 0 (and <= {MAX_SEED})" if integer else "finite numbers > 0" if field == "lrs" else "finite numbers >= 0"}; got {v!r}')
     _check(len(set(values)) == len(values), field, f'lists a value twice: {values}')
   if 'sweep' in config:
     _number(config, 'sweep.max_runs_per_batch', integer=True, lo=0,

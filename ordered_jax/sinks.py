@@ -1,18 +1,26 @@
 """Metric sinks for one run: JSONL (always), TensorBoard via tensorboardX, CSV.
 
 Every sink takes ``write(epoch, metrics)`` with the reference's key names
-(``training_metrics/loss``, ...). On resume, ``truncate_after`` drops rows of epochs that
-the restored checkpoint has not reached yet, so a resumed run's files equal an
-uninterrupted run's; TensorBoard does the same through ``purge_step``.
+(``training_metrics/loss``, ...). On resume, ``truncate_after`` moves the rows of epochs
+that the restored checkpoint has not reached yet to ``<file>.removed`` (appended) and says
+so, so a resumed run's files equal an uninterrupted run's and nothing is lost; it never
+removes a row of an earlier epoch, and keeps a line it cannot read (with a warning) unless
+it comes after the cut. TensorBoard does the same through ``purge_step``. A CSV or
+TensorBoard sink switched on at a resume is first filled from the JSONL rows it missed.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
 from typing import Any, Mapping
+
+from absl import logging
+
+REMOVED = '.removed'  # suffix of the file that keeps the rows a resume cut
 
 
 def _jsonable(v: Any):
@@ -51,34 +59,89 @@ class JsonlSink:
     self._f.close()
 
 
+def _parse_row(line: str) -> dict | None:
+  """A JSONL line as a dict, or None if it is not one (torn, damaged, absurdly nested)."""
+  try:
+    row = json.loads(line)
+  except (ValueError, RecursionError):
+    return None
+  return row if isinstance(row, dict) else None
+
+
 def read_jsonl(path: str) -> list[dict]:
-  """Rows of a JSONL file; a torn last line (a kill mid-write) is ignored."""
+  """Rows of a JSONL file; a torn last line (a kill mid-write) is ignored, any other
+  unreadable line is skipped with a warning."""
   rows = []
   if not os.path.exists(path):
     return rows
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
+  with open(path, errors='replace') as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    row = _parse_row(line)
+    if row is not None:
+      rows.append(row)
+    elif line.strip() and i < len(lines) - 1:
+      logging.warning('%s:%d: not a JSON object; line skipped', path, i + 1)
   return rows
 
 
+def _epoch_of(line: str, is_csv: bool) -> int | None:
+  """The epoch of a metrics line, or None if the line cannot be read."""
+  if is_csv:
+    try:
+      return int(next(csv.reader([line]))[0])
+    except (ValueError, IndexError, StopIteration, csv.Error):
+      return None
+  row = _parse_row(line)
+  e = row.get('epoch') if row is not None else None
+  return e if isinstance(e, int) and not isinstance(e, bool) else None
+
+
 def truncate_after(path: str, start_epoch: int) -> None:
-  """Keep only rows with ``epoch < start_epoch`` (atomically); no-op for a missing file."""
+  """Keep only the lines of epochs < ``start_epoch`` (atomically; no-op for a missing
+  file). What goes is appended to ``<path>.removed`` and logged: every line of a later
+  epoch, and a line that cannot be read when it comes after the first such line (a torn
+  or damaged tail). An unreadable line before that is kept, with a warning."""
   if not os.path.exists(path):
     return
-  if path.endswith('.csv'):
-    with open(path, newline='') as f:
-      rows = list(csv.reader(f))
-    if not rows:
-      return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
-    _atomic_write(path, ''.join(','.join(r) + '\n' for r in kept) if len(kept) > 1 else '')
+  is_csv = path.endswith('.csv')
+  with open(path, newline='' if is_csv else None, errors='surrogateescape') as f:
+    lines = f.read().splitlines(keepends=True)
+  head = lines[:1] if is_csv else []
+  body = lines[len(head):]
+  epochs = [_epoch_of(line, is_csv) for line in body]
+  cut = next((i for i, e in enumerate(epochs) if e is not None and e >= start_epoch),
+             len(body))
+  # A torn last line (a kill mid-write) belongs to an epoch after the checkpoint.
+  if cut == len(body) and body and epochs[-1] is None and not body[-1].endswith('\n'):
+    cut = len(body) - 1
+  kept, removed, unreadable = [], [], []
+  for i, (line, e) in enumerate(zip(body, epochs)):
+    if e is None and line.strip() and i < cut:
+      unreadable.append(len(head) + i + 1)
+    (removed if (e is not None and e >= start_epoch) or (e is None and i >= cut)
+     else kept).append(line)
+  for n in unreadable:
+    logging.warning('%s:%d: cannot be read (not a metrics row); kept as it is (it comes '
+                    'before the checkpoint of epoch %d)', path, n, start_epoch - 1)
+  if not removed:
     return
-  kept = [r for r in read_jsonl(path) if r.get('epoch', 0) < start_epoch]
-  _atomic_write(path, ''.join(json.dumps(r) + '\n' for r in kept))
+  with open(path + REMOVED, 'a', newline='' if is_csv else None,
+            errors='surrogateescape') as f:
+    if is_csv and head:
+      f.write(head[0] if head[0].endswith('\n') else head[0] + '\n')
+    f.writelines(line if line.endswith('\n') else line + '\n' for line in removed)
+  got = [e for e in epochs if e is not None and e >= start_epoch]
+  span = f'epochs {min(got)}..{max(got)}' if got else 'no complete row'
+  logging.info('%s: resuming after epoch %d, moved %d line(s) (%s) to %s', path,
+               start_epoch - 1, len(removed), span, path + REMOVED)
+  text = ''.join(head + kept) if (kept or not is_csv) else ''
+  with open(path + '.tmp', 'w', newline='' if is_csv else None,
+            errors='surrogateescape') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
 
 
 class CsvSink:
@@ -133,8 +196,9 @@ class TensorBoardSink:
 
   def __init__(self, logdir: str, *, start_epoch: int = 0):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._w = SummaryWriter(logdir, purge_step=start_epoch if start_epoch else None,
-                            flush_secs=30)
+    # purge_step hides the events of epochs >= start_epoch that an earlier session wrote
+    # (all of them when a run starts again from epoch 0 in the same folder).
+    self._w = SummaryWriter(logdir, purge_step=start_epoch, flush_secs=30)
 
   def write(self, epoch: int, metrics: Mapping[str, Any]) -> None:
     for k, v in metrics.items():
@@ -162,14 +226,46 @@ class MultiSink:
       s.close()
 
 
+def _csv_epochs(path: str) -> list[int]:
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    return [e for e in (_epoch_of(line, True) for line in f.read().splitlines()[1:])
+            if e is not None]
+
+
 def for_run(run_dir: str, name: str, *, tensorboard: bool, csv_file: bool,
             start_epoch: int = 0) -> MultiSink:
-  """The sinks a run's configuration asks for."""
-  sinks: list[Any] = [JsonlSink(os.path.join(run_dir, f'{name}.jsonl'), start_epoch=start_epoch)]
+  """The sinks a run's configuration asks for. On a resume (``start_epoch`` > 0), a CSV
+  that lacks rows the JSONL has (``csv`` switched on now) is rebuilt from the JSONL (the
+  old one kept as ``.removed``), and TensorBoard switched on now (no event file yet)
+  first gets the JSONL's rows, so every file covers the whole run."""
+  jsonl = JsonlSink(os.path.join(run_dir, f'{name}.jsonl'), start_epoch=start_epoch)
+  sinks: list[Any] = [jsonl]
+  earlier = read_jsonl(jsonl.path) if start_epoch else []
   if csv_file:
-    sinks.append(CsvSink(os.path.join(run_dir, f'{name}.csv'), start_epoch=start_epoch))
+    path = os.path.join(run_dir, f'{name}.csv')
+    truncate_after(path, start_epoch)
+    if earlier and _csv_epochs(path) != [r['epoch'] for r in earlier]:
+      if os.path.exists(path):
+        with open(path) as old, open(path + REMOVED, 'a') as keep:
+          keep.write(old.read())
+        os.remove(path)
+      logging.info('%s: csv was off for epochs the JSONL has; filling it from %s', path,
+                   jsonl.path)
+      sink = CsvSink(path)
+      for r in earlier:
+        sink.write(r['epoch'], {k: v for k, v in r.items() if k != 'epoch'})
+    sinks.append(CsvSink(path, start_epoch=start_epoch))
   if tensorboard:
-    sinks.append(TensorBoardSink(run_dir, start_epoch=start_epoch))
+    fresh = not glob.glob(os.path.join(run_dir, 'events.out.tfevents*'))
+    sink = TensorBoardSink(run_dir, start_epoch=start_epoch)
+    if fresh and earlier:
+      logging.info('%s: tensorboard was off for epochs the JSONL has; replaying them',
+                   run_dir)
+      for r in earlier:
+        sink.write(r['epoch'], {k: v for k, v in r.items() if k != 'epoch'})
+    sinks.append(sink)
   return MultiSink(sinks)
 
 

@@ -37,12 +37,14 @@ import decimal
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 import ml_collections
 
 SWEEP_SKIP = ('sweep',)   # fields never mirrored (the sweep does not sweep itself)
 MAX_VALUES = 100_000      # values one key may expand to (guards against '0..1e9' typos)
+MAX_POINTS = 10_000       # points one sweep may hold (planning takes a few ms per point)
 _NUMBERS = 'a list a,b,c, one value or a range start..stop[..step]'
 
 
@@ -240,6 +242,14 @@ def points(config) -> list[dict[str, Any]]:
       if len(values) != len(v0):
         raise SweepError(f'sweep.zip.{key}', f'zip keys covary and need equal lengths: {key} '
                          f'has {len(values)} values, {k0} has {len(v0)}', text)
+  total = math.prod(len(v) for _, _, v in grid) * (len(zipped[0][2]) if zipped else 1)
+  if total > MAX_POINTS:
+    sizes = ' x '.join(f'{len(v)} {k}' for _, k, v in
+                       ([(None, 'zip rows', zipped[0][2])] if zipped else []) +
+                       [(None, k, v) for k, _, v in grid])
+    raise SweepError('sweep.grid' if grid else 'sweep.zip',
+                     f'{total} points ({sizes}) exceed the {MAX_POINTS} one sweep may hold; '
+                     'split it into several sweeps (same --workdir keeps one table)')
   order = {k: i for i, (k, _) in enumerate(_leaves(config))}
   rows = [dict(zip([k for k, _, _ in zipped], vals))
           for vals in zip(*[v for _, _, v in zipped])] if zipped else [{}]

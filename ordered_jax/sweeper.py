@@ -9,6 +9,11 @@ each batch (``experiment.run``), keep one Parquet table of results (docs/sweeps.
   ``sweep.max_runs_per_batch`` runs (0 = from a device-memory estimate, logged).
 * Running the same command again continues: finished runs are skipped, interrupted
   batches resume from their checkpoints, ``--rerun key=values`` starts chosen runs anew.
+  A batch resumes as the batch it was (its unfinished runs together, from their latest
+  common checkpoint); if its runs have no checkpoint in common (killed between their
+  first saves), it starts again as one batch, so the table equals an uninterrupted one.
+* One sweep at a time per workdir: the primary process holds ``<workdir>/.sweep.lock``
+  for the whole sweep (``workdir.lock``).
 * ``<workdir>/results.parquet``: one row per run, appended as batches finish
   (``results.ResultsWriter``).
 """
@@ -16,6 +21,7 @@ each batch (``experiment.run``), keep one Parquet table of results (docs/sweeps.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +32,8 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from ordered_jax import experiment, models, results, runs, sharding, sinks, sweep
+from ordered_jax import budget, checkpoint, experiment, results, runs, sharding, sinks, sweep
+from ordered_jax import workdir as workdir_lib
 
 RUNS_DIR = 'runs'
 SWEEP_FILE = 'sweep.json'
@@ -89,7 +96,7 @@ def run_bytes(config) -> int:
   gradients and optimiser state, the activations of one training batch (forward and
   backward) and of one evaluation chunk."""
   cfg = experiment.model_config(config)
-  n = models.param_count(models.Model(cfg).abstract_params())
+  n = budget.param_count(config)  # from the shapes: a huge config does not hang here
   copies = 4 + (1 if config.grokfast.kind == 'ema' else 0) + (
       config.grokfast.window if config.grokfast.kind == 'ma' else 0)
   tokens = 2 * cfg.n_ops if config.model == 'power' else cfg.n_ops
@@ -101,10 +108,10 @@ def run_bytes(config) -> int:
 
 def device_bytes() -> int:
   """Memory of one device: the accelerator's limit, or the host's available memory."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_limit' in stats:
     return int(stats['bytes_limit'])
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+  return budget.host_available()
 
 
 def max_runs(config) -> int:
@@ -144,12 +151,30 @@ def batches(items: list[Item]) -> list[list[Item]]:
 
 
 def _done(run_dir: str) -> bool:
-  return os.path.exists(os.path.join(run_dir, 'summary.json'))
+  return workdir_lib.is_complete(run_dir)
 
 
-def _has_checkpoint(run_dir: str) -> bool:
-  ckpt = os.path.join(run_dir, 'checkpoints')
-  return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+def _started(run_dir: str) -> bool:
+  return os.path.isdir(run_dir) and bool(os.listdir(run_dir))
+
+
+def _parts(b: list[Item], runs_dir: str) -> list[tuple[list[Item], bool]]:
+  """How to continue batch ``b``: [(runs, resume?)]. Its unfinished runs that started
+  resume together when they share a checkpoint step (runs never started, e.g. after
+  ``--rerun``, start as another batch); otherwise every unfinished run starts again as
+  one batch."""
+  todo = [it for it in b if not _done(os.path.join(runs_dir, it.id))]
+  started = [it for it in todo if _started(os.path.join(runs_dir, it.id))]
+  common = None
+  for it in started:
+    steps = set(checkpoint.steps(os.path.join(runs_dir, it.id)))
+    common = steps if common is None else common & steps
+  if started and common:
+    return [(started, True), ([it for it in todo if it not in started], False)]
+  if started:
+    logging.warning('sweep: %d unfinished run(s) of a batch have no checkpoint in common '
+                    '(interrupted before their first); the batch starts again', len(started))
+  return [(todo, False)]
 
 
 def result_row(item: Item, run_dir: str) -> dict:
@@ -176,7 +201,8 @@ def result_row(item: Item, run_dir: str) -> dict:
 
 
 def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
-  """The workdir holds this sweep (same base config) or nothing; --overwrite clears it."""
+  """The workdir holds this sweep (same base config) or nothing; --overwrite clears it.
+  A damaged ``sweep.json`` or results table stops here, before anything trains."""
   path = os.path.join(workdir, SWEEP_FILE)
   base = {k: v for k, v in config.to_dict().items() if k != 'sweep'}
   base = json.loads(json.dumps(base, default=str))
@@ -188,13 +214,26 @@ def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
       elif os.path.exists(p):
         os.remove(p)
   elif os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)['base']
+    try:
+      with open(path) as f:
+        old = json.load(f)['base']
+      if not isinstance(old, dict):
+        raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+      raise experiment.WorkdirError(
+          f'{path} cannot be read (not the JSON a sweep writes); restore it, or pass '
+          '--overwrite to replace the sweep') from None
     diff = [k for k in sorted(set(old) | set(base)) if old.get(k) != base.get(k)]
     if diff:
       raise experiment.WorkdirError(
           f'{workdir} holds a sweep whose config.{diff[0]} differs ({old.get(diff[0])!r} -> '
           f'{base.get(diff[0])!r}); use another --workdir, or --overwrite to replace it')
+  if not overwrite:
+    try:
+      results.load(workdir)
+    except results.ResultsError as e:
+      raise experiment.WorkdirError(f'{e}; move it away, or pass --overwrite to replace the '
+                                    'sweep') from None
   os.makedirs(workdir, exist_ok=True)
   sinks.write_json(path, {'base': base})
 
@@ -207,12 +246,25 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
   finished or interrupted runs it matches."""
   items = plan(config)
   filters = sweep.parse_rerun(rerun, config) if rerun else []
+  if filters and not any(sweep.matches(it.keys, filters) for it in items):
+    raise sweep.SweepError('--rerun', f'matches none of the {len(items)} runs of this sweep',
+                           rerun)
   packed = batches(items)
-  for b in packed:  # probes are validated before anything runs, too
+  for b in packed:  # probes are validated, and each batch's memory estimated, up front
     probes(b[0].config)
+    budget.check(b[0].config, len(b))
   primary = sharding.is_primary()  # with several processes, process 0 keeps the books
   if primary:
     runs.check_workdir(workdir)
+  with workdir_lib.lock(workdir, ['sweep']) if primary else contextlib.nullcontext():
+    return _run(config, workdir, items, packed, filters, probes=probes, overwrite=overwrite,
+                quiet=quiet)
+
+
+def _run(config, workdir, items, packed, filters, *, probes, overwrite, quiet) -> str:
+  """``run`` once planned, under the sweep's lock."""
+  primary = sharding.is_primary()
+  if primary:
     _check_sweep_dir(config, workdir, overwrite)
   sharding.barrier('sweep folder')
   runs_dir = os.path.join(workdir, RUNS_DIR)
@@ -227,9 +279,7 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
   logging.info('sweep: %d runs in %d batches under %s', len(items), len(packed), runs_dir)
   for k, b in enumerate(packed):
     todo = [it for it in b if not _done(os.path.join(runs_dir, it.id))]
-    resume = [it for it in todo if _has_checkpoint(os.path.join(runs_dir, it.id))]
-    fresh = [it for it in todo if it not in resume]
-    for part, is_resume in ((resume, True), (fresh, False)):
+    for part, is_resume in _parts(b, runs_dir):
       if not part:
         continue
       logging.info('sweep: batch %d/%d, %s %d run(s)', k + 1, len(packed),

@@ -1,6 +1,7 @@
 """The experiment end to end in-process: outputs, resume, interrupts, workdir safety."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import checkpoint, experiment, models, sinks, train
+from ordered_jax import workdir as workdir_lib
 from tests.conftest import crash_after_epoch, micro_config
 
 KEYS = {'training_metrics/loss', 'training_metrics/perplexity', 'training_metrics/learning_rate',
@@ -149,7 +151,7 @@ def test_workdir_is_never_silently_overwritten(reference_run, tmp_path):
     experiment.run(config, workdir, resume=True, quiet=True)
   with pytest.raises(experiment.WorkdirError, match='no run'):
     experiment.run(config, str(tmp_path / 'empty'), resume=True, quiet=True)
-  os.remove(os.path.join(workdir, 'stride', 'summary.json'))
+  os.remove(os.path.join(workdir, 'stride', workdir_lib.COMPLETE))  # an unfinished run
   with pytest.raises(experiment.WorkdirError, match=r'config\.lr differs'):
     experiment.run(micro_config(epochs=1, lr=2e-3), workdir, resume=True, quiet=True)
   experiment.run(config, workdir, overwrite=True, quiet=True)
@@ -215,3 +217,209 @@ def test_retention_keeps_the_latest_and_every_kth(tmp_path):
   state, meta = checkpoint.restore(mgr, 9, {'x': jnp.zeros((2,), jnp.int32)})
   assert meta == {'step': 9} and state['x'].tolist() == [9, 9]
   mgr.close()
+
+
+# -- issue 19: nothing lost, nothing silent ------------------------------------------------
+
+def _same_as_reference(workdir, ref_dir, config, runs=('stride', 'random')):
+  """Final weights, metrics rows and summary numbers equal the uninterrupted run's."""
+  for run in runs:
+    d, r = os.path.join(workdir, run), os.path.join(ref_dir, run)
+    assert workdir_lib.is_complete(d)
+    assert _params_equal(_load(d, config), _load(r, config)), run
+    assert (sinks.read_jsonl(os.path.join(d, f'{run}.jsonl')) ==
+            sinks.read_jsonl(os.path.join(r, f'{run}.jsonl'))), run
+    a = json.load(open(os.path.join(d, 'summary.json')))
+    b = json.load(open(os.path.join(r, 'summary.json')))
+    assert (a['final_eval'], a['training']) == (b['final_eval'], b['training']), run
+
+
+@pytest.fixture(scope='module')
+def crashed(reference_run, tmp_path_factory):
+  """The reference batch killed after epoch 4's rows: checkpoints after epochs 0 and 2
+  (steps 1 and 3), rows of epochs 0-4. Tests damage copies of it."""
+  config, _, _ = reference_run
+  workdir = str(tmp_path_factory.mktemp('crashed'))
+  with pytest.MonkeyPatch.context() as mp:
+    with crash_after_epoch(mp, 4):
+      experiment.run(config, workdir, quiet=True)
+  return workdir
+
+
+def _copy(src, tmp_path):
+  dst = str(tmp_path / 'w')
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_a_flipped_bit_in_the_latest_checkpoint_is_caught(reference_run, crashed, tmp_path,
+                                                          caplog):
+  """Item 2: the checksum fails, --resume falls back to the previous checkpoint with a
+  warning and ends bit-identical to the uninterrupted run."""
+  caplog.set_level(logging.INFO, logger='absl')
+  config, ref_dir, _ = reference_run
+  workdir = _copy(crashed, tmp_path)
+  latest = os.path.join(workdir, 'stride', 'checkpoints', '3')
+  files = [os.path.join(r, f) for r, _, fs in os.walk(latest) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  data = bytearray(open(biggest, 'rb').read())
+  data[len(data) // 2] ^= 0x10
+  open(biggest, 'wb').write(bytes(data))
+  experiment.run(config, workdir, resume=True, quiet=True)
+  assert 'checkpoint at epoch 3 cannot be restored' in caplog.text
+  assert 'resumed from the checkpoint after epoch 0' in caplog.text
+  _same_as_reference(workdir, ref_dir, config)
+
+
+def test_a_meta_of_the_wrong_type_falls_back_then_is_one_line(reference_run, crashed,
+                                                               tmp_path):
+  """Item 11: a checkpoint whose meta is not a JSON object is skipped; when none is left,
+  --resume stops with one line instead of a traceback."""
+  config, ref_dir, _ = reference_run
+  workdir = _copy(crashed, tmp_path)
+  meta = os.path.join(workdir, 'random', 'checkpoints', '3', 'meta', 'metadata')
+  open(meta, 'w').write('[1, 2, 3]')
+  experiment.run(config, workdir, resume=True, quiet=True)
+  _same_as_reference(workdir, ref_dir, config)
+  other = _copy(crashed, tmp_path / 'b')
+  for step in ('1', '3'):
+    open(os.path.join(other, 'random', 'checkpoints', step, 'meta', 'metadata'),
+         'w').write('"text"')
+  with pytest.raises(experiment.WorkdirError, match='no readable checkpoint.*str, not an object'):
+    experiment.run(config, other, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize('damage', ['missing', 'garbage', 'list'])
+def test_a_damaged_experiment_config_is_one_line(reference_run, crashed, tmp_path, damage):
+  config, _, _ = reference_run
+  workdir = _copy(crashed, tmp_path)
+  path = os.path.join(workdir, 'stride', 'experiment_config.json')
+  if damage == 'missing':
+    os.remove(path)
+  else:
+    open(path, 'w').write('{"lr": 0.1' if damage == 'garbage' else '[]')
+  with pytest.raises(experiment.WorkdirError) as e:
+    experiment.run(config, workdir, resume=True, quiet=True)
+  assert 'experiment_config.json' in str(e.value) and '\n' not in str(e.value)
+  assert open(os.path.join(workdir, 'stride', 'stride.jsonl')).read() == open(
+      os.path.join(crashed, 'stride', 'stride.jsonl')).read()  # nothing changed
+
+
+def test_a_broken_line_before_the_checkpoint_keeps_every_row(reference_run, crashed,
+                                                             tmp_path, caplog):
+  """Item 4: rows after a damaged line survive; only rows after the checkpoint's epoch are
+  cut, into <run>.jsonl.removed, and the log says so."""
+  caplog.set_level(logging.INFO, logger='absl')
+  config, ref_dir, _ = reference_run
+  workdir = _copy(crashed, tmp_path)
+  path = os.path.join(workdir, 'stride', 'stride.jsonl')
+  lines = open(path).read().splitlines(keepends=True)
+  assert [json.loads(l)['epoch'] for l in lines] == [0, 1, 2, 3, 4]
+  lines[1] = lines[1][:25] + '\n'  # epoch 1's row, damaged
+  open(path, 'w').write(''.join(lines))
+  experiment.run(config, workdir, resume=True, quiet=True)
+  ref = sinks.read_jsonl(os.path.join(ref_dir, 'stride', 'stride.jsonl'))
+  assert sinks.read_jsonl(path) == [r for r in ref if r['epoch'] != 1]
+  assert open(path).read().splitlines()[1] == lines[1].strip()  # kept as it was
+  removed = sinks.read_jsonl(path + sinks.REMOVED)
+  assert [r['epoch'] for r in removed] == [3, 4] and removed == ref[3:5]
+  assert 'stride.jsonl:2: cannot be read' in caplog.text
+  assert 'moved 2 line(s) (epochs 3..4)' in caplog.text
+
+
+def test_csv_switched_on_at_resume_covers_every_epoch(reference_run, tmp_path, monkeypatch):
+  """Item 15: the CSV (and TensorBoard) of a run resumed with csv=true (tensorboard=true)
+  hold every epoch, as the uninterrupted run's do."""
+  from tests.test_analysis_tools import _events  # pylint: disable=g-import-not-at-top
+  config, ref_dir, _ = reference_run
+  off = micro_config(strategy='stride,random', csv=False, tensorboard=False)
+  workdir = str(tmp_path)
+  with crash_after_epoch(monkeypatch, 4):
+    experiment.run(off, workdir, quiet=True)
+  experiment.run(config, workdir, resume=True, quiet=True)
+  for run in ('stride', 'random'):
+    assert (open(os.path.join(workdir, run, f'{run}.csv')).read() ==
+            open(os.path.join(ref_dir, run, f'{run}.csv')).read())
+    scalars, _ = _events(os.path.join(workdir, run))
+    assert sorted(s for s, _ in scalars['training_metrics/loss']) == list(range(6))
+
+
+def test_killed_before_the_first_checkpoint_resume_starts_afresh(reference_run, tmp_path,
+                                                                  monkeypatch, caplog):
+  """Item 6: the plain command asks for --resume, and --resume starts again (saying so)
+  and ends as the uninterrupted run."""
+  config, ref_dir, _ = reference_run
+  workdir = str(tmp_path)
+  with crash_after_epoch(monkeypatch, 0):  # the first checkpoint follows epoch 0's row
+    experiment.run(config, workdir, quiet=True)
+  assert not checkpoint.steps(os.path.join(workdir, 'stride'))
+  with pytest.raises(experiment.WorkdirError, match='--resume'):
+    experiment.run(config, workdir, quiet=True)
+  experiment.run(config, workdir, resume=True, quiet=True)
+  assert 'starting afresh' in caplog.text
+  _same_as_reference(workdir, ref_dir, config)
+
+
+def test_killed_between_the_final_outputs_is_not_complete(reference_run, tmp_path,
+                                                          monkeypatch):
+  """Item 5: a kill after summary.json but before final_params (or before the marker)
+  leaves a run --resume finishes, not one it calls complete."""
+  config, ref_dir, _ = reference_run
+  workdir = str(tmp_path)
+
+  def killed(*_):
+    raise RuntimeError('simulated kill')
+
+  monkeypatch.setattr(checkpoint, 'save_params', killed)
+  with pytest.raises(RuntimeError, match='simulated kill'):
+    experiment.run(config, workdir, quiet=True)
+  monkeypatch.undo()
+  assert not workdir_lib.is_complete(os.path.join(workdir, 'stride'))
+  experiment.run(config, workdir, resume=True, quiet=True)
+  _same_as_reference(workdir, ref_dir, config)
+  os.remove(os.path.join(workdir, 'random', workdir_lib.COMPLETE))  # killed before it
+  experiment.run(config, workdir, resume=True, quiet=True)
+  _same_as_reference(workdir, ref_dir, config)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(reference_run, tmp_path,
+                                                               monkeypatch):
+  """Item 10: the checkpoint that cannot fit is refused before Orbax starts it (free space
+  reported tiny after the first checkpoint), and a write that fails with ENOSPC (Orbax's
+  RESOURCE_EXHAUSTED) ends the same way; both name the path and keep the last good
+  checkpoint, from which --resume ends as the uninterrupted run."""
+  config, ref_dir, _ = reference_run
+  workdir = str(tmp_path / 'a')
+  real = workdir_lib.free_bytes
+  saved = []
+  real_save = checkpoint.save
+
+  def save(mgr, step, state, meta):
+    real_save(mgr, step, state, meta)
+    saved.append(step)
+
+  monkeypatch.setattr(checkpoint, 'save', save)
+  monkeypatch.setattr(workdir_lib, 'free_bytes', lambda p: 4096 if saved else real(p))
+  with pytest.raises(experiment.DiskFull) as e:
+    experiment.run(config, workdir, quiet=True)
+  msg = str(e.value)
+  assert '\n' not in msg and os.path.join(workdir, 'stride') in msg
+  assert 'needs about' in msg and '0.0 MiB free' in msg
+  assert 'checkpoint after epoch 0 is kept' in msg
+  monkeypatch.undo()
+  assert checkpoint.steps(os.path.join(workdir, 'random')) == [1]
+  experiment.run(config, workdir, resume=True, quiet=True)
+  _same_as_reference(workdir, ref_dir, config)
+
+  other = str(tmp_path / 'b')
+
+  def full(mgr, step, state, meta):
+    if step == 3:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "/disk/x/_sharding": '
+                       'No space left on device')
+    real_save(mgr, step, state, meta)
+
+  monkeypatch.setattr(checkpoint, 'save', full)
+  with pytest.raises(experiment.DiskFull, match=r'^/disk/x/_sharding: no space left on device '
+                     r'.*needs about .*checkpoint after epoch 0 is kept'):
+    experiment.run(config, other, quiet=True)

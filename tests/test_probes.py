@@ -318,6 +318,7 @@ def test_resume_keeps_probe_state(probed, tmp_path):
     shutil.rmtree(d / 'checkpoints' / '6')
     shutil.rmtree(d / 'final_params')
     os.remove(d / 'summary.json')
+    os.remove(d / 'complete.json')  # the marker of a finished run (docs/outputs.md)
   experiment.run(c, str(work), resume=True, quiet=True, probes=probes.build(c))
   for run in ('stride', 'random'):
     assert (sinks.read_jsonl(str(work / run / f'{run}.jsonl')) ==

@@ -125,6 +125,50 @@ def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, m
   assert {k: drop(v) for k, v in got.items()} == {k: drop(v) for k, v in want.items()}
 
 
+def test_killed_between_the_runs_checkpoints_resumes_to_the_same_table(
+    finished_sweep, tmp_path, monkeypatch):
+  """Issue 19, item 3: killed after the first run of a batch wrote its first checkpoint
+  and before the others did. With no step in common the batch starts again as one batch
+  (with a step in common it resumes whole: test_interrupted_sweep_resumes_to_the_same_table
+  and _parts). The table equals the uninterrupted sweep's."""
+  step = 1
+  from ordered_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  c, _, path = finished_sweep
+  real = checkpoint.save
+  calls = []
+
+  def save(mgr, s, state, meta):
+    if s == step and calls.count(s) == 1:
+      mgr.wait_until_finished()
+      raise RuntimeError('simulated kill')
+    real(mgr, s, state, meta)
+    calls.append(s)
+
+  monkeypatch.setattr(checkpoint, 'save', save)
+  with pytest.raises(RuntimeError, match='simulated kill'):
+    sweeper.run(c, str(tmp_path), quiet=True)
+  monkeypatch.undo()
+  steps = sorted(tuple(checkpoint.steps(os.path.join(tmp_path, 'runs', d)))
+                 for d in os.listdir(tmp_path / 'runs'))
+  assert steps == [(), (), (1,)]
+  batches = []
+  real_run = experiment.run
+
+  def spy(config, workdir, **kw):
+    batches.append(([r.name for r in kw['batch']], kw['resume']))
+    return real_run(config, workdir, **kw)
+
+  monkeypatch.setattr(experiment, 'run', spy)
+  got = _table(sweeper.run(c, str(tmp_path), quiet=True))
+  first = [it.id for it in sweeper.batches(sweeper.plan(c))[0]]
+  # The interrupted batch runs again with its three runs (XLA may order sums differently
+  # for another batch size, so a split batch could change the numbers).
+  assert batches[0] == (first, False) and len(batches) == 2
+  want = _table(path)
+  drop = lambda r: {k: v for k, v in r.items() if k != 'duration_seconds'}
+  assert {k: drop(v) for k, v in got.items()} == {k: drop(v) for k, v in want.items()}
+
+
 def test_a_changed_base_config_needs_another_workdir(finished_sweep):
   c, workdir, _ = finished_sweep
   other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3,

@@ -1,0 +1,166 @@
+"""Memory a config needs, estimated from the config alone, before anything is built.
+
+``estimate(config, n_runs)`` adds up, in bytes: the parameters (counted from the shapes,
+``param_count``, without building the model), the optimiser state, gradients and
+Grokfast buffers; the activations of one training batch (forward and backward) and of one
+evaluation chunk; the data on the device (the training and test tables, each run's
+orders); and the host memory that generating the data takes (measured per example for each
+generator). ``check`` compares that with the machine: on an accelerator the device part
+against one device's ``bytes_limit`` (runs are split over the devices) and the host part
+against the host's available memory; on the CPU their sum against the available memory.
+It refuses with one ``ConfigError`` line naming the field that contributes most (the one
+whose reset to a small value shrinks the estimate most) and both sizes. The estimate is
+rough on purpose (an upper bound within a factor of about two); probe state (windows of
+the dynamics probes) is not counted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ordered_jax import runs
+
+# Small values a field is reset to when looking for the one that makes a config too big.
+SMALL = {'embed_dim': 128, 'mlp_dim': 512, 'layers': 2, 'num_heads': 4, 'p': 97,
+         'train_size': 3500, 'train_fraction': 0.0, 'test_size': 4000, 'batch_size': 256,
+         'eval_batch_size': 2048, 'grokfast.window': 1, 'task': 'add'}
+# Host bytes per generated example, measured (peak RSS of tasks.make_task, p = 9973 and
+# 46337, up to 10M examples): the reference generator's Python set of training pairs
+# dominates its training examples.
+HOST_BYTES = {'reference': (320, 110), 'fast': (80, 80)}  # (per train, per test) example
+F32 = 4
+
+
+def _count_layers(d: int, f: int, layers: int) -> int:
+  """An encoder/decoder block: fused QKV and output projections, two LayerNorms, MLP."""
+  return layers * (4 * d * d + 2 * d * f + 9 * d + f)
+
+
+def param_count(config) -> int:
+  """The number of parameters of ``config``'s model, from its shapes (equals
+  ``models.param_count`` of the built model; tested)."""
+  t = runs.task(config)
+  v, k = t.order, t.n_ops
+  d, f, layers = config.embed_dim, config.mlp_dim, config.layers
+  if config.model == 'mlp':
+    embed = v * v if config.mlp.embed_trainable else 0
+    return embed + k * v * f + f * v
+  if config.model == 'power':
+    return (v + 2) * d + 2 * k * d + _count_layers(d, f, layers) + 2 * d + d * v + v
+  return v * d + k * d + _count_layers(d, f, layers) + d * v + v
+
+
+def _state_copies(config) -> int:
+  """Parameter-sized arrays alive in a step: params, gradients, optimiser moments (sgd
+  and muon one, Adam two), Grokfast's average or window."""
+  moments = 1 if config.optimizer in ('sgd', 'muon') else 2
+  gf = config.grokfast
+  return 2 + moments + (1 if gf.kind == 'ema' else gf.window if gf.kind == 'ma' else 0)
+
+
+def state_bytes(config) -> int:
+  """Bytes of one run's checkpointed state: parameters and optimiser state."""
+  moments = 1 if config.optimizer in ('sgd', 'muon') else 2
+  gf = config.grokfast
+  buffers = 1 if gf.kind == 'ema' else gf.window if gf.kind == 'ma' else 0
+  return F32 * param_count(config) * (1 + moments + buffers)
+
+
+def _largest_batch(config) -> int:
+  return max([config.batch_size] + [v for _, v in runs.changes(config, 'batch_size')])
+
+
+def estimate(config, n_runs: int = 1) -> dict[str, int]:
+  """Bytes by part: ``state`` and ``activations`` per run times ``n_runs``, ``device_data``
+  (shared when the runs share one data seed, else per run; with each run's orders) and
+  ``host_data`` (generating the tables)."""
+  t = runs.task(config)
+  n_train, n_test = runs.sizes(config)
+  tokens = 2 * t.n_ops if config.model == 'power' else t.n_ops
+  width = 6 * config.embed_dim + config.mlp_dim
+  acts = _largest_batch(config) * (tokens * width * config.layers + 2 * t.order) * 3
+  evals = min(config.eval_batch_size, n_train + n_test) * (tokens * width + t.order)
+  per_run = F32 * (param_count(config) * _state_copies(config) + acts + evals)
+  shared = config.get('data_seed', -1) >= 0 or config.get('lockstep', False) or n_runs == 1
+  tables = F32 * (n_train + n_test) * (t.n_ops + 1) * (1 if shared else n_runs)
+  orders = F32 * 2 * n_train * n_runs
+  per_train, per_test = HOST_BYTES.get(config.data_generator, HOST_BYTES['reference'])
+  return {'state': per_run * n_runs, 'device_data': tables + orders,
+          'host_data': per_train * n_train + per_test * n_test}
+
+
+def host_available() -> int:
+  """Available host memory (``MemAvailable``; else free pages)."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+
+
+def device_limit() -> tuple[int | None, int]:
+  """(bytes one accelerator may use, device count); (None, count) on the CPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+  local = jax.local_devices()[0]  # another process's devices have no memory stats here
+  stats = (local.memory_stats() or {}) if local.platform != 'cpu' else {}
+  limit = stats.get('bytes_limit')
+  return (int(limit) if limit else None), len(jax.devices())
+
+
+def need(config, n_runs: int, limit: int | None, n_devices: int) -> tuple[int, int]:
+  """(needed, available) bytes of the tighter of device and host memory."""
+  e = estimate(config, n_runs)
+  host = host_available()
+  if limit is None:  # the CPU: one memory for everything
+    return e['state'] + e['device_data'] + e['host_data'], host
+  per_device = -(-n_runs // n_devices) * (e['state'] // max(n_runs, 1)) + e['device_data']
+  if e['host_data'] > host and e['host_data'] / host >= per_device / limit:
+    return e['host_data'], host
+  return per_device, limit
+
+
+def _with(config, field: str, value):
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    parent = c
+    *path, leaf = field.split('.')
+    for k in path:
+      parent = parent[k]
+    parent[leaf] = value
+  return c
+
+
+def culprit(config, n_runs: int, limit, n_devices) -> str:
+  """The field whose reset to ``SMALL`` shrinks the estimate most (the number of runs,
+  named by its longest tuple field, counts as one)."""
+  base = need(config, n_runs, limit, n_devices)[0]
+  best, name = base, ''
+  for field, small in SMALL.items():
+    try:
+      n = need(_with(config, field, small), n_runs, limit, n_devices)[0]
+    except (KeyError, AttributeError, ValueError, TypeError):
+      continue
+    if n < best:
+      best, name = n, field
+  if n_runs > 1 and need(config, 1, limit, n_devices)[0] < best:
+    name = max(('seeds', 'lrs', 'weight_decays'), key=lambda k: len(config[k]))
+    name = name if len(config[name]) > 1 else 'strategy'
+  return name or 'embed_dim'
+
+
+def check(config, n_runs: int = 1) -> None:
+  """``ConfigError`` (one line: the field, the estimate, the memory) when ``config``'s
+  batch of ``n_runs`` runs cannot fit; nothing is allocated."""
+  from ordered_jax.workdir import gib  # pylint: disable=g-import-not-at-top
+  limit, n_devices = device_limit()
+  needed, available = need(config, n_runs, limit, n_devices)
+  if needed <= available:
+    return
+  where = 'the host has' if limit is None or available != limit else 'the device has'
+  what = f'{n_runs} runs need' if n_runs > 1 else 'needs'
+  raise runs.ConfigError(culprit(config, n_runs, limit, n_devices),
+                         f'{what} about {gib(needed)} of memory, {where} {gib(available)} '
+                         'available (docs/configs.md: sizes)')
