@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import ROOT
 
-SECTIONS = ('paper_r1', 'paper_r4', 'paper_r16', 'precision', 'determinism', 'probes')
+SECTIONS = ('paper_r1', 'paper_r4', 'determinism', 'probes', 'paper_r16', 'precision')
 
 
 def _script(name, *args, timeout=120):
