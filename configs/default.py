@@ -90,19 +90,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.target_acc = 99.5          # stop a run when its validation accuracy (percent) reaches it
   c.eval_every = 1
   c.eval_batch_size = 2048     # the reference's 8 * batch_size
-  c.probe_every = 10           # the reference's snapshot_every: probes run every N epochs
+  c.probe_every = 10           # the reference's snapshot_every: snapshot probes (phases,
+                               # progress, curvature) and an evaluation every N epochs
   # Probes (training-dynamics metrics, docs/probes.md); none by default.
   c.probes = ml_collections.ConfigDict()
   c.probes.group = 'none'      # none | minimal | observers | interventions | full
   c.probes.names = ''          # extra probes, comma-separated, e.g. 'fourier,curvature'
-  c.probes.every = c.get_ref('probe_every')  # the same knob as probe_every
+  c.probes.every = 1           # per-epoch probes every N epochs; 1 = the reference (every
+                               # epoch); N > 1 thins them out (docs/probes.md#cadence)
   c.probes.reference_weights = ''  # '' | 'auto' (this workdir's earlier run) | a workdir
   c.probes.hessian = ml_collections.ConfigDict(   # the reference's bursts of steps
       dict(every_n_steps=1000, burst_length=11, warmup=1000))
   c.probes.adam_dynamics = ml_collections.ConfigDict(
       dict(every_n_steps=500, burst_length=10, warmup=500))
-  c.probes.counterfactual = ml_collections.ConfigDict(  # K shuffled replays per probe epoch
-      dict(k=3, window=20, parallel=1))  # (the validator K + 1); parallel: at once (0: all)
+  c.probes.counterfactual = ml_collections.ConfigDict(  # K shuffled replays per firing
+      dict(k=3, window=20, parallel=1,   # (the validator K + 1); parallel: at once (0: all)
+           every_epoch_until=50))  # every epoch below this one, then every probe_every
   c.probes.progress = ml_collections.ConfigDict(   # Nanda et al.'s progress measures
       dict(n_key=5, strip_rows=8, train_pairs=8192))
   c.probes.curvature = ml_collections.ConfigDict()

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (budget, checkpoint, continuation, environment, lockstep, models,
-                         optim, orderings, resonant, runs, sharding, sinks, tasks, train)
+from ordered_jax import (budget, checkpoint, continuation, environment, instrument, lockstep,
+                         models, optim, orderings, resonant, runs, sharding, sinks, tasks,
+                         train)
 from ordered_jax import workdir as workdir_lib
 
 EXPERIMENT = 'mod_arithmetic'
@@ -107,7 +108,19 @@ def make_trainer(config, shared_data: bool = True, probes=(),
                       grokfast_window=gf.window, grad_clip=config.grad_clip,
                       loss=config.loss, l1=config.l1, schedule=schedule(config))
   return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
-                       probes=probes)
+                       probes=probes, cadence=cadence(config))
+
+
+def cadence(config) -> instrument.Cadence:
+  """The probe schedule (docs/probes.md#cadence): per-epoch probes every
+  ``probes.every`` epochs (1, the reference), snapshot probes every ``probe_every`` (the
+  reference's snapshot_every), the counterfactual family every epoch below
+  ``probes.counterfactual.every_epoch_until`` and at snapshots after."""
+  pc = config.probes if 'probes' in config else {}
+  every = pc.get('every', 1) if pc else 1
+  early = pc.counterfactual.get('every_epoch_until', 50) if pc and 'counterfactual' in pc else 50
+  return instrument.Cadence(every=int(every), snapshot=int(config.probe_every),
+                            early=int(early))
 
 
 def run_orders(strategy: str, train_NxC: np.ndarray, stride: int) -> np.ndarray:
@@ -431,9 +444,16 @@ def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
 
 
 def probe_epoch(config, epoch: int, probes) -> bool:
-  """Probes run every ``probe_every`` epochs (the reference's snapshot cadence) and at the
-  last epoch."""
-  return bool(probes) and (epoch % config.probe_every == 0 or epoch == config.epochs - 1)
+  """Whether any probe fires at ``epoch`` (each at its cadence, ``cadence(config)``)."""
+  c = cadence(config)
+  return any(bool(c.fires(instrument.cadence_of(p), epoch)) for p in probes)
+
+
+def eval_epoch(config, epoch: int) -> bool:
+  """Evaluation epochs: every ``eval_every``, every snapshot (``probe_every``, as the
+  reference's snapshots force an evaluation) and the last epoch."""
+  return (epoch % config.eval_every == 0 or epoch % config.probe_every == 0
+          or epoch == config.epochs - 1)
 
 
 def _probe_row(probes, m: dict, i: int) -> dict:
@@ -687,7 +707,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
         if not active.any():
           break
         do_probe = probe_epoch(config, epoch, probes)
-        do_eval = do_probe or epoch % config.eval_every == 0 or epoch == config.epochs - 1
+        do_eval = eval_epoch(config, epoch)
         size = runs.batch_size_at(config, epoch)
         steps_per_epoch = orderings.steps_per_epoch(n_train, size)
         variant = (size, do_eval, do_probe)

@@ -12,9 +12,12 @@ ONE run (the trainer ``vmap``s them with the rest of the epoch):
   emitted only at probe epochs; in the others ``StepInfo.record`` is False and the probe
   keeps only the state later epochs need (a FIFO, a running path length), so its per-step
   measurements cost nothing between probe epochs.
-* ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at probe epochs; metrics
-  is a dict of arrays, ``present`` a bool saying whether to emit them (e.g. a cosine with
-  the previous epoch needs a previous epoch).
+* ``on_epoch(state, EpochInfo) -> (state, metrics, present)``: at the epochs its
+  ``cadence`` names (see ``Cadence``); metrics is a dict of arrays, ``present`` a bool
+  saying whether to emit them (e.g. a cosine with the previous firing needs one).
+* ``cadence`` (optional, default ``'epoch'``): when ``on_epoch`` fires, one of
+  ``CADENCES``: the reference's hook points. Between firings the state is left as it was,
+  so a stateful probe compares with its own previous firing.
 * ``masks_inactive`` (optional, default False): ``on_step`` and ``on_epoch`` leave the
   state of a run that is not training (``active`` False) as it was, so the trainer need not
   restore it at the end of the epoch: worth it for windows of parameter vectors, whose
@@ -41,6 +44,51 @@ import dataclasses
 from typing import Any, Callable, Protocol
 
 import jax
+import numpy as np
+
+# When a probe's on_epoch fires (its ``cadence``), after the reference's hook points:
+#   'epoch'    POST_EPOCH: every epoch (every ``Cadence.every`` epochs when thinned out);
+#   'snapshot' SNAPSHOT: epochs divisible by ``Cadence.snapshot`` (snapshot_every);
+#   'early'    the counterfactual family: POST_EPOCH below epoch ``Cadence.early``, then
+#              SNAPSHOT.
+CADENCES = ('epoch', 'snapshot', 'early')
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """The probe schedule: which cadences fire at an epoch (host ints or traced arrays).
+
+  The defaults are the reference's: per-epoch hooks every epoch, snapshot hooks every
+  ``snapshot_every`` = 10 epochs, the counterfactual family every epoch below 50 and at
+  snapshots from then on. ``every`` > 1 thins the per-epoch (and early) firings out for
+  cheap long runs: a departure from the reference (stateful probes then compare with their
+  previous firing, not the previous epoch)."""
+
+  every: int = 1
+  snapshot: int = 10
+  early: int = 50
+
+  def fires(self, kind: str, epoch, xp=np):
+    """Whether a probe of cadence ``kind`` fires at ``epoch`` (``xp``: numpy or jnp)."""
+    if kind not in CADENCES:
+      raise ValueError(f'unknown probe cadence {kind!r}; one of {CADENCES}')
+    snap = epoch % self.snapshot == 0
+    per_epoch = epoch % self.every == 0 if self.every > 1 else xp.asarray(True)
+    if kind == 'snapshot':
+      return snap
+    if kind == 'early':
+      return xp.where(epoch < self.early, per_epoch, snap)
+    return per_epoch
+
+  def always(self, kind: str) -> bool:
+    """Fires at every epoch whatever the epoch (no conditional needed)."""
+    return (kind == 'epoch' and self.every == 1) or (
+        kind == 'snapshot' and self.snapshot == 1) or (
+        kind == 'early' and self.every == 1 and self.snapshot == 1)
+
+
+def cadence_of(probe) -> str:
+  return getattr(probe, 'cadence', 'epoch')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +127,8 @@ class EpochInfo:
   key: jax.Array            # a probe key: fold_in(root, PROBE_STREAM, epoch)
   train_NxC: jax.Array      # the training table on device
   first_batch_BxC: jax.Array  # the epoch's first batch (the reference's attention sample)
-  validation_accuracy: jax.Array  # percent after the epoch (probe epochs always evaluate)
+  validation_accuracy: jax.Array  # percent after the epoch; NaN when the epoch is not
+                                  # evaluated (snapshot epochs always are)
   apply: Callable           # apply(params, x_Bx2, dropout_key=None) -> logits
   loss_fn: Callable         # loss_fn(params, abc_BxC, mask_B, dropout_key) -> mean CE
   reference: Any = None     # reference ("solution") parameters, if configured

@@ -44,7 +44,7 @@ ADDED_DEFAULTS = {
     'lockstep': False, 'init_optimizer': False, 'interventions': {'lr': '', 'batch_size': ''},
     'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3},
     'probes': {'curvature': {'every_n_steps': 0},   # nested: only the missing leaves
-               'counterfactual': {'parallel': 1}}}
+               'counterfactual': {'parallel': 1, 'every_epoch_until': 50}}}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 MAX_SEED = 2**32 - 1  # JAX keys take 32 bits: larger seeds would collide silently

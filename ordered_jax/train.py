@@ -126,14 +126,17 @@ class Trainer:
   counts of correct predictions (``accuracies`` turns them into percentages).
   ``shared_data`` says whether all runs use one ``Data`` (else ``Data`` has a runs axis).
   ``probes`` (see ``ordered_jax.instrument``) run inside the epoch: their step functions
-  every epoch, their epoch functions when ``epoch(..., do_probe=True)``.
+  every epoch, their epoch functions in epochs run with ``do_probe=True``, each at the
+  epochs its cadence names in ``cadence`` (an ``instrument.Cadence``).
   """
 
   def __init__(self, model: models.Model, hyper: Hyper, *, shared_data: bool = True,
-               probes: Sequence[instrument.Probe] = ()):
+               probes: Sequence[instrument.Probe] = (),
+               cadence: instrument.Cadence = instrument.Cadence()):
     self.model = model
     self.hyper = hyper
     self.probes = tuple(probes)
+    self.cadence = cadence
     self._step_probes = tuple(p for p in self.probes if 'steps' in p.needs)
     self._grad_mean = any('grad_mean' in p.needs for p in self.probes)
     self.tx = optim.make_optimizer(
@@ -364,9 +367,23 @@ class Trainer:
         replay=functools.partial(self._replay, state, spec, data, epoch))
     new, metrics, present = dict(probes), {}, {}
     for p in self.probes if only is None else only:
-      new[p.name], m, present[p.name] = p.on_epoch(probes[p.name], info)
+      new[p.name], m, present[p.name] = self._fire(p, probes[p.name], info, epoch)
       metrics.update({f'{p.name}/{k}': v for k, v in m.items()})
     return new, metrics, present
+
+  def _fire(self, probe, state, info: instrument.EpochInfo, epoch):
+    """``probe.on_epoch`` where its cadence fires at ``epoch``, else (state unchanged,
+    zeros, not present). The test reads only the epoch, which every run of a batch shares,
+    so under ``vmap`` it stays a real conditional and a probe that does not fire costs
+    nothing."""
+    kind = instrument.cadence_of(probe)
+    on = lambda s: probe.on_epoch(s, info)
+    if self.cadence.always(kind):
+      return on(state)
+    shapes = jax.eval_shape(on, state)[1]
+    off = lambda s: (s, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shapes),
+                     jnp.array(False))
+    return jax.lax.cond(self.cadence.fires(kind, epoch, jnp), on, off, state)
 
   def _epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, do_eval: bool,
              do_probe: bool = False):
@@ -379,13 +396,13 @@ class Trainer:
     metrics = {'loss': loss, 'trained': state.active}
     if self.hyper.l1:
       metrics['l1_penalty'] = optim.l1_penalty(params, self.hyper.l1)
-    do_eval = do_eval or do_probe  # as the reference's snapshots, probe epochs evaluate
     reached = jnp.zeros((), bool)
     if do_eval:
       metrics.update(self._evaluate(params, data))
       reached = metrics['validation_correct'] >= self.hyper.target_correct
-    if do_probe:
-      val_acc = 100.0 * metrics['validation_correct'] / jnp.sum(data.test_valid)
+    if do_probe:  # snapshot epochs, where phases reads the accuracy, always evaluate
+      val_acc = (100.0 * metrics['validation_correct'] / jnp.sum(data.test_valid)
+                 if do_eval else jnp.float32(jnp.nan))
       probes, metrics['probes'], metrics['probes_present'] = self._run_probes(
           state, spec, probes, params, opt_state, loss, grad_mean, first_batch, data, epoch,
           val_acc)

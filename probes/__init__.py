@@ -157,7 +157,11 @@ def build(config) -> list:
       allowed = 'an integer >= 1' if hi is None else f'an integer in [1, {hi}]'
       raise runs.ConfigError(f'probes.progress.{field}', f'must be {allowed}; '
                              f'got {pm[field]!r}')
-  for field, lo in (('k', 1), ('window', 1), ('parallel', 0)):
+  if not isinstance(config.probes.every, int) or isinstance(config.probes.every, bool) or (
+      config.probes.every < 1):
+    raise runs.ConfigError('probes.every', 'must be an integer >= 1 (1 = every epoch, the '
+                           f'reference); got {config.probes.every!r}')
+  for field, lo in (('k', 1), ('window', 1), ('parallel', 0), ('every_epoch_until', 0)):
     v = config.probes.counterfactual[field]
     if not isinstance(v, int) or v < lo:
       raise runs.ConfigError(f'probes.counterfactual.{field}', f'must be an integer >= {lo}'

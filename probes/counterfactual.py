@@ -78,6 +78,7 @@ class Counterfactual:
   parallel: int = 1  # replays at once under vmap (0: all K)
   with_reference: bool = False
   name: str = 'counterfactual'
+  cadence: str = 'early'  # every epoch below 50, then at snapshots (the reference's)
   needs: frozenset = frozenset({'grad_mean'})
 
   def init(self, params):
@@ -154,6 +155,7 @@ class CounterfactualValidator:
   parallel: int = 1
   with_reference: bool = False
   name: str = 'counterfactual_validator'
+  cadence: str = 'early'  # as counterfactual
   needs: frozenset = frozenset()
 
   def init(self, params):

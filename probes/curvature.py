@@ -91,6 +91,7 @@ class Curvature:
   steps_per_epoch: int = 1
   probe_every: int = 1    # the probe-epoch cadence (config.probe_every)
   name: str = 'curvature'
+  cadence: str = 'snapshot'  # ours: at snapshots (and every_n_steps)
   needs: frozenset = frozenset()
   weight_only: bool = True  # also probes untrained weights (epochs = 0)
 

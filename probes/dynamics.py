@@ -26,26 +26,29 @@ def _tree_dist(a, b):
 @dataclasses.dataclass(frozen=True)
 class ParameterDelta:
   """absolute_delta = |theta - theta_prev|, relative_delta = that / |theta_prev|, param_norm,
-  over all parameters; theta_prev is the previous probe epoch's (the initial weights the
-  first time, where the reference emits nothing)."""
+  over all parameters; theta_prev is the weights at the previous firing (the previous epoch
+  at the reference's cadence). As the reference, the first firing only stores them and
+  emits nothing."""
 
   name: str = 'parameter_delta'
   needs: frozenset = frozenset()
 
   def init(self, params):
-    return {'prev': params}
+    return {'prev': params, 'seen': jnp.array(False)}
 
   def on_epoch(self, state, info):
     delta = _tree_dist(info.params, state['prev'])
     m = {'absolute_delta': delta, 'relative_delta': delta / _tree_norm(state['prev']),
          'param_norm': _tree_norm(info.params)}
-    return {'prev': info.params}, m, jnp.array(True)
+    return {'prev': info.params, 'seen': jnp.array(True)}, m, state['seen']
 
 
 @dataclasses.dataclass(frozen=True)
 class PathLength:
-  """path_length = sum over every optimiser step of |theta_after - theta_before|;
-  net_displacement = |theta - theta_0|; path_efficiency = net / path (1 if path = 0)."""
+  """path_length = sum of |theta_after - theta_before| over the optimiser steps;
+  net_displacement = |theta - theta_0|; path_efficiency = net / path (1 if path = 0).
+  As the reference (its first POST_STEP call only stores the weights), theta_0 is the
+  weights after the run's first step and the path counts the steps after it."""
 
   name: str = 'path_length'
   needs: frozenset = frozenset({'steps'})
@@ -54,7 +57,12 @@ class PathLength:
     return {'origin': params, 'path': jnp.zeros((), jnp.float32)}
 
   def on_step(self, state, s):
-    return {**state, 'path': state['path'] + _tree_dist(s.params_after, s.params_before)}
+    # The run's first step (epoch 0, step 0: shared by every run of a batch, so a real
+    # conditional under vmap) sets the origin; later steps add their length.
+    first = (jnp.asarray(s.epoch) == 0) & (jnp.asarray(s.step) == 0)
+    origin = jax.lax.cond(first, lambda o: s.params_after, lambda o: o, state['origin'])
+    step = jnp.where(first, 0.0, _tree_dist(s.params_after, s.params_before))
+    return {'origin': origin, 'path': state['path'] + step}
 
   def on_epoch(self, state, info):
     net = _tree_dist(info.params, state['origin'])

@@ -130,13 +130,15 @@ class TokenGradient:
 
 @dataclasses.dataclass(frozen=True)
 class Phases:
-  """At probe epochs (the reference's snapshots): n = |flat(g)|; grad_velocity = n - n_prev
-  and grad_acceleration = v - v_prev (0 until defined); embedding_change = |E - E_prev|_F and
+  """At snapshot epochs (the reference's SNAPSHOT hook): n = |flat(g)|; grad_velocity =
+  n - n_prev (0 the first time) and grad_acceleration = v - v_prev (v_prev 0 the first
+  time, as the reference: so the second firing's acceleration is its velocity); embedding_change = |E - E_prev|_F and
   embedding_change_normalized = that / (|E_prev| + 1e-8) (0 the first time); phase_code from
   the validation accuracy a (%): a < 5 -> 0, < 20 -> 1, < 80 -> 2, < 99 -> 3, else 4."""
 
   cfg: models.ModelConfig
   name: str = 'phases'
+  cadence: str = 'snapshot'  # the reference's SNAPSHOT hook
   needs: frozenset = frozenset({'grad_mean'})
 
   def init(self, params):
@@ -153,7 +155,9 @@ class Phases:
     change = jnp.where(count >= 1, jnp.linalg.norm(emb - state['embedding']), 0.0)
     a = info.validation_accuracy
     m = {'grad_velocity': velocity,
-         'grad_acceleration': jnp.where(count >= 2, velocity - state['velocity'], 0.0),
+         # The reference's previous velocity starts at 0 (the first firing's), so the
+         # second firing's acceleration is its velocity.
+         'grad_acceleration': velocity - state['velocity'],
          'embedding_change': change,
          'embedding_change_normalized': jnp.where(
              count >= 1, change / (jnp.linalg.norm(state['embedding']) + 1e-8), 0.0),

@@ -119,6 +119,7 @@ class ProgressMeasures:
   train_pairs: int = 8192
   chunk: int = 2048
   name: str = 'progress'
+  cadence: str = 'snapshot'  # ours: at snapshots
   needs: frozenset = frozenset()
   weight_only: bool = True  # also probes untrained weights (epochs = 0)
 

@@ -26,19 +26,27 @@ def _valid_cos(u, v):
 
 @dataclasses.dataclass(frozen=True)
 class GradientProjection:
-  """With d = theta_ref - theta_prev (theta_prev: the previous probe epoch's weights, the
-  initial ones the first time), -g and disp = theta - theta_prev, over all parameters:
+  """With d = theta_ref - theta_prev (theta_prev: the weights at the previous firing, the
+  previous epoch at the reference's cadence), -g and disp = theta - theta_prev, over all
+  parameters:
   overall_grad_cossim_to_solution = cos(-g, d), overall_disp_cossim_to_solution =
   cos(disp, d), per 2-D non-bias parameter grad_/disp_cossim_to_solution/{name}, the means
   of the per-parameter cosines over every parameter with non-zero norms (biases included),
-  displacement_norm = |disp|, distance_to_reference = |theta_ref - theta|."""
+  displacement_norm = |disp|, distance_to_reference = |theta_ref - theta|. As the
+  reference, the first firing (no theta_prev yet) emits distance_to_reference only."""
 
   cfg: models.ModelConfig
   name: str = 'gradient_projection'
   needs: frozenset = frozenset({'grad_mean', 'reference'})
 
   def init(self, params):
-    return {'prev': params}
+    return {'prev': params, 'seen': jnp.array(False)}
+
+  def to_host(self, m: dict) -> dict:
+    m = dict(m)
+    if not bool(m.pop('has_prev')):
+      return {'distance_to_reference': m['distance_to_reference']}
+    return m
 
   def on_epoch(self, state, info):
     ref = common.reference_view(info.reference, self.cfg)
@@ -63,7 +71,8 @@ class GradientProjection:
         if now[n].ndim >= 2 and 'bias' not in n:
           m[f'{kind}_cossim_to_solution/{n}'] = c
       m[f'mean_layer_{kind}_cossim_to_solution'] = total / jnp.maximum(count, 1.0)
-    return {'prev': info.params}, m, jnp.array(True)
+    m['has_prev'] = state['seen']
+    return {'prev': info.params, 'seen': jnp.array(True)}, m, jnp.array(True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,9 +115,10 @@ def test_fourier_matches_numpy_and_tracks_frequencies():
   assert int(m2['n_tracked_freqs']) == 1
 
 
-def _step(i, before, after, grads, loss, lr=1e-2):
+def _step(i, before, after, grads, loss, lr=1e-2, epoch=0):
   return instrument.StepInfo(step=jnp.int32(i), params_before=before, params_after=after,
-                             grads=grads, loss=jnp.float32(loss), learning_rate=jnp.float32(lr))
+                             grads=grads, loss=jnp.float32(loss), learning_rate=jnp.float32(lr),
+                             epoch=jnp.int32(epoch))
 
 
 def test_step_probes_match_numpy():
@@ -131,8 +132,10 @@ def test_step_probes_match_numpy():
     s = _step(i, thetas[i], thetas[i + 1], grads[i], losses[i])
     ps, ds = path.on_step(ps, s), diag.on_step(ds, s)
   _, m, _ = path.on_epoch(ps, _info(params=thetas[3]))
-  want_path = sum(np.linalg.norm(flat(thetas[i + 1]) - flat(thetas[i])) for i in range(3))
-  net = np.linalg.norm(flat(thetas[3]) - flat(thetas[0]))
+  # The reference's path starts after the run's first step: theta_1 is the origin.
+  want_path = sum(np.linalg.norm(flat(thetas[i + 1]) - flat(thetas[i])) for i in (1, 2))
+  net = np.linalg.norm(flat(thetas[3]) - flat(thetas[1]))
+  assert float(m['net_displacement']) == pytest.approx(net, rel=1e-5)
   assert float(m['path_length']) == pytest.approx(want_path, rel=1e-5)
   assert float(m['path_efficiency']) == pytest.approx(net / want_path, rel=1e-5)
   _, m, _ = diag.on_epoch(ds, _info())
@@ -148,7 +151,7 @@ def test_step_probes_match_numpy():
   assert float(m['weight_norm']) == pytest.approx(w[-1], rel=1e-5)
   delta = dynamics.ParameterDelta()
   st, _, present = delta.on_epoch(delta.init(thetas[0]), _info(params=thetas[1]))
-  assert bool(present)  # init stores theta_0, so the first probe epoch has a delta
+  assert not bool(present)  # as the reference, the first firing only stores its weights
   _, m, _ = delta.on_epoch(st, _info(params=thetas[2]))
   assert float(m['absolute_delta']) == pytest.approx(
       np.linalg.norm(flat(thetas[2]) - flat(thetas[1])), rel=1e-5)
@@ -300,8 +303,15 @@ def test_probes_never_change_the_trajectory(probed):
     strip = lambda r: {k: v for k, v in r.items()
                        if k == 'epoch' or k.startswith('training_metrics/')}
     assert [strip(r) for r in rows_b] == rows_a
-    probe_epochs = [r['epoch'] for r in rows_b if 'norms/total_norm' in r]
-    assert probe_epochs == [0, 2, 4, 5]
+    fired = lambda key: [r['epoch'] for r in rows_b if key in r]
+    # The reference's cadence: per-epoch hooks every epoch, snapshot hooks every
+    # probe_every (2), the counterfactual family every epoch below 50.
+    assert fired('norms/total_norm') == [0, 1, 2, 3, 4, 5]
+    assert fired('parameter_delta/absolute_delta') == [1, 2, 3, 4, 5]  # none the 1st time
+    assert fired('phases/phase_code') == [0, 2, 4]
+    assert fired('progress/restricted_loss') == [0, 2, 4]
+    assert fired('counterfactual/ordering_fraction') == [0, 1, 2, 3, 4, 5]
+    assert fired('curvature/lambda_max') == [0]  # snapshots, at most once per 1000 steps
     assert all(math.isfinite(v) for r in rows_b for k, v in r.items()
                if isinstance(v, float))
 
@@ -329,13 +339,14 @@ STEP_PROBES = 'hessian,adam_dynamics,training_diagnostics,batch_dynamics,path_le
 
 
 def test_step_probes_between_probe_epochs_match_probing_every_epoch(tmp_path):
-  """Step probes measure only in probe epochs; what they carry across the others (the
-  FIFO, the path, hessian's previous gradient and boundary entanglement) makes their values
-  those of probing every epoch. Hessian bursts here cross epoch boundaries (4 steps per
+  """Thinned out (probes.every > 1), step probes measure only in probe epochs; what they
+  carry across the others (the FIFO, the path, hessian's previous gradient and boundary
+  entanglement) makes their values those of probing every epoch. Hessian bursts here cross epoch boundaries (4 steps per
   epoch, steps g % 5 < 3 active)."""
   rows = {}
   for every in (1, 3):
-    c = micro_config(strategy='random', probe_every=every, epochs=4)
+    c = micro_config(strategy='random', epochs=4)
+    c.probes.every = every  # thinned out: per-epoch probes every 3rd epoch
     c.probes.names = STEP_PROBES
     c.probes.hessian.update(every_n_steps=5, burst_length=3, warmup=0)
     c.probes.adam_dynamics.update(every_n_steps=5, burst_length=3, warmup=0)
@@ -529,7 +540,8 @@ def test_phases_velocity_acceleration_and_codes():
   emb = [np.asarray(t['embedding']['embedding'], np.float64) for t in trees]
   assert rows[0]['grad_velocity'] == 0 and rows[0]['embedding_change'] == 0
   assert rows[1]['grad_velocity'] == pytest.approx(n[1] - n[0], rel=1e-4)
-  assert rows[1]['grad_acceleration'] == 0
+  # The reference's previous velocity starts at 0: the second firing's acceleration is v1.
+  assert rows[1]['grad_acceleration'] == pytest.approx(n[1] - n[0], rel=1e-4)
   assert rows[2]['grad_acceleration'] == pytest.approx((n[2] - n[1]) - (n[1] - n[0]), rel=1e-3)
   assert rows[2]['embedding_change'] == pytest.approx(np.linalg.norm(emb[2] - emb[1]), rel=1e-5)
   assert rows[2]['embedding_change_normalized'] == pytest.approx(
@@ -647,7 +659,9 @@ def test_gradient_projection_matches_numpy():
   from probes import solution  # pylint: disable=g-import-not-at-top
   prev, now, ref, g = _tree(70), _tree(71), _tree(72), _tree(73)
   probe = solution.GradientProjection(CFG)
-  _, m, present = probe.on_epoch({'prev': prev}, _info(params=now, grad_mean=g, reference=ref))
+  first = probe.on_epoch(probe.init(prev), _info(params=prev, grad_mean=g, reference=ref))
+  assert set(_host(probe, first[1])) == {'distance_to_reference'}  # as the reference
+  _, m, present = probe.on_epoch(first[0], _info(params=now, grad_mean=g, reference=ref))
   sd = lambda t: {k: np.asarray(v, np.float64) for k, v in models.to_reference(t, CFG).items()}
   p, n, r, gg = sd(prev), sd(now), sd(ref), sd(g)
   names = list(r)
