@@ -36,18 +36,42 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+# Gloo sets up its CPU collectives lazily, at the first cross-process computation, and
+# gives the peers a fixed 30 s to meet there (not configurable): on a loaded machine one
+# process can reach it later than that. Every barrier and the first gather therefore meet
+# first at the coordination service's own barrier, whose timeout is ours.
+BARRIER_TIMEOUT_S = 1800
+
+
 def fetch(tree: Any) -> Any:
   """A device pytree as numpy on this host: ``device_get``, or with several processes an
   all-gather (every process must call it, like any computation on global arrays)."""
   if multiprocess():
+    _meet('fetch')
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 
 
 def barrier(name: str) -> None:
-  """Wait until every process gets here (no-op with one process)."""
+  """Wait until every process gets here (no-op with one process), for up to
+  ``BARRIER_TIMEOUT_S`` (the coordination service's barrier, not a collective)."""
   if multiprocess():
+    _meet(name)
+
+
+_meetings: dict[str, int] = {}
+
+
+def _meet(name: str) -> None:
+  """Every process at the coordination service's barrier ``name`` (numbered, since a
+  barrier id is single-use); falls back to a collective where there is no client."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:
     multihost_utils.sync_global_devices(name)
+    return
+  n = _meetings[name] = _meetings.get(name, 0) + 1
+  client.wait_at_barrier(f'ordered_jax/{name}/{n}', BARRIER_TIMEOUT_S * 1000)
 
 
 def runs_mesh(devices=None) -> Mesh:

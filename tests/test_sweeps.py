@@ -249,7 +249,7 @@ def test_two_processes_run_one_batch_like_one_process(tmp_path):
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   try:
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=300) for p in procs]
   finally:  # never leave a process waiting for its peer
     for p in procs:
       p.kill()
