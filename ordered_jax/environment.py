@@ -28,7 +28,7 @@ def configure(*, deterministic: bool = True, matmul_precision: str = 'highest',
   jax.config.update('jax_threefry_partitionable', True)
   if compilation_cache:
     jax.config.update('jax_compilation_cache_dir', compilation_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # start-up: cache all
 
 
 def _version(dist: str) -> str | None:

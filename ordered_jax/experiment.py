@@ -84,6 +84,27 @@ def model_config(config) -> models.ModelConfig:
                             inner_product=config.mlp.inner_product)
 
 
+# On the CPU, an evaluation chunk whose activations outgrow the caches is slower per pair
+# (reference model, 2 cores: 1,024 pairs per chunk evaluate 1.1-1.4x faster than the
+# configured 2,048 at p = 97 and 1.1x at p = 9,973; docs/benchmarks.md); accelerators keep
+# the configured size.
+CPU_EVAL_BYTES = 16 * 2**20
+
+
+def eval_chunk(config, backend: str | None = None) -> int:
+  """Pairs per evaluation chunk: ``eval_batch_size``, capped on the CPU to the largest
+  power of two whose widest hidden activation (operands x max(MLP width, 3 x embedding)
+  float32 values per pair) fits in ``CPU_EVAL_BYTES``. Counts of correct predictions do
+  not depend on the chunk (docs/configs.md)."""
+  backend = backend or jax.default_backend()
+  if backend != 'cpu':
+    return config.eval_batch_size
+  m = model_config(config)
+  widest = 4 * m.n_ops * max(m.mlp_dim, 3 * m.embed_dim)
+  cap = 1 << max(0, (CPU_EVAL_BYTES // widest).bit_length() - 1)
+  return min(config.eval_batch_size, cap)
+
+
 def schedule(config) -> optim.Schedule:
   """The config's learning-rate schedule (``optim.Schedule``; docs/optimization.md)."""
   return optim.Schedule(kind=config.schedule, epochs=config.epochs, min_lr=config.min_lr,
@@ -219,7 +240,7 @@ def build(config, probes=(), reference=None, init_params=None,
       host_data[r.data_seed] = tasks.make_task(task, n_train, n_test, r.data_seed,
                                                config.data_generator)
   shared = len(host_data) == 1
-  per_seed = {s: train.make_data(tr, te, config.eval_batch_size)
+  per_seed = {s: train.make_data(tr, te, eval_chunk(config))
               for s, (tr, te) in host_data.items()}
   data = next(iter(per_seed.values())) if shared else train.stack_runs(
       [per_seed[r.data_seed] for r in batch])
@@ -614,7 +635,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
   trainer, data, spec, state = b.trainer, b.data, b.spec, b.state
   mesh = sharding.runs_mesh()
   n_pad = sharding.padding(len(batch), mesh)
-  n_params = models.param_count(train.run_slice(state.params, 0))
+  n_params = int(sum(np.prod(x.shape[1:]) for x in jax.tree.leaves(state.params)))
   steps_per_epoch = orderings.steps_per_epoch(runs.sizes(config)[0], config.batch_size)
   if primary:
     for d in dirs:
@@ -698,6 +719,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
     last_saved = step
 
   epochs_done = start
+  last_eval = None  # the accuracies of the last epoch run, if it evaluated (after training)
   if config.epochs == 0 and trainer.weight_probes and not resume:
     _probe_untrained(trainer, state, spec, data, batch, writers)
   try:
@@ -717,8 +739,12 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
         state, m = compiled(variant)(state, spec, data, jnp.int32(epoch))
         m = sharding.fetch(m)
         now = time.perf_counter()
+        last_eval = None
         if do_eval:
-          m.update(train.accuracies(m, data))
+          acc = train.accuracies(m, data)
+          m.update(acc)
+          if np.all(m['trained'][:len(batch)]):  # an inactive run evaluated discarded weights
+            last_eval = acc
         for i, (r, h) in enumerate(zip(batch, host)):
           if m['trained'][i]:
             h['duration_seconds'] += now - t0
@@ -749,7 +775,14 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
                [w.close for w in writers] + ([compare.close] if compare is not None else []) +
                ([bar.close] if bar is not None else []))
 
-  final_eval = train.accuracies(sharding.fetch(trainer.evaluate(state.params, data)), data)
+  # The last epoch evaluated the final weights of every run: no second pass (unless a run
+  # turned non-finite then, whose state kept the weights before it).
+  final_eval = last_eval
+  if final_eval is not None and np.any(np.asarray(sharding.fetch(
+      state.stop_reason))[:len(batch)] == train.NON_FINITE):
+    final_eval = None
+  if final_eval is None:
+    final_eval = train.accuracies(sharding.fetch(trainer.evaluate(state.params, data)), data)
   params = sharding.fetch(state.params) if sharding.multiprocess() else state.params
   summaries = []
   for i, (r, d, h) in enumerate(zip(batch, dirs, host)):

@@ -153,7 +153,7 @@ class Trainer:
     self.weight_probes = tuple(p for p in self.probes if getattr(p, 'weight_only', False))
     self.probe_weights = jax.jit(jax.vmap(self._probe_weights,
                                           in_axes=(0, 0, self._data_axis)))
-    self._init_params = jax.jit(model.init)
+    self._assemble = jax.jit(self._assemble_runs, static_argnames=('which',))
 
   # -- initial state -------------------------------------------------------------------
 
@@ -164,23 +164,29 @@ class Trainer:
     ``seeds``) start from the same weights; the run key (dropout, probes) is the seed's;
     ``params`` (one tree, e.g. ``config.init_from``'s) replaces them in every run."""
     init_seeds = list(seeds) if init_seeds is None else list(init_seeds)
-    by_seed = {}
-    for s in init_seeds:
-      if s not in by_seed:
-        by_seed[s] = params if params is not None else self._init_params(
-            jax.random.fold_in(jax.random.key(s), INIT_STREAM))
-    keys = [jax.random.key_data(jax.random.key(s)) for s in seeds]
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s] for s in init_seeds])
+    unique = list(dict.fromkeys(init_seeds))
+    init_keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in unique])
+    run_keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    return self._assemble(init_keys, run_keys, jnp.asarray(lrs, jnp.float32),
+                          jnp.asarray(weight_decays, jnp.float32), params,
+                          which=tuple(unique.index(s) for s in init_seeds))
+
+  def _assemble_runs(self, init_keys_Sx2, run_keys_Rx2, lrs_R, wds_R, params, *, which):
+    """``init_state`` as one compiled program (eager, each of its few hundred small ops
+    was a dispatch: a second of start-up at the reference model's size)."""
+    if params is None:
+      by_seed = [self.model.init(jax.random.fold_in(jax.random.wrap_key_data(k), INIT_STREAM))
+                 for k in init_keys_Sx2]
+      params = jax.tree.map(lambda *xs: jnp.stack([xs[j] for j in which]), *by_seed)
+    else:
+      params = jax.tree.map(lambda x: jnp.stack([x] * len(which)), params)
     opt_state = jax.vmap(self.tx.init)(params)
     opt_state = jax.vmap(lambda o, lr, wd: optim.set_hparams(o, learning_rate=lr,
                                                              weight_decay=wd))(
-        opt_state, jnp.asarray(lrs, jnp.float32), jnp.asarray(weight_decays, jnp.float32))
-    r = len(seeds)
-    # Copies: a probe state may start as the params themselves, and both are donated.
-    probes = jax.tree.map(jnp.copy, jax.vmap(
-        lambda p: {pr.name: pr.init(p) for pr in self.probes})(params))
-    return RunState(params=params, opt_state=opt_state,
-                    key=jnp.stack(keys),
+        opt_state, lrs_R, wds_R)
+    r = len(which)
+    probes = jax.vmap(lambda p: {pr.name: pr.init(p) for pr in self.probes})(params)
+    return RunState(params=params, opt_state=opt_state, key=run_keys_Rx2,
                     epoch=jnp.zeros((r,), jnp.int32), active=jnp.ones((r,), bool),
                     stop_reason=jnp.zeros((r,), jnp.int32), probes=probes)
 

@@ -423,3 +423,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(reference_run, tm
   with pytest.raises(experiment.DiskFull, match=r'^/disk/x/_sharding: no space left on device '
                      r'.*needs about .*checkpoint after epoch 0 is kept'):
     experiment.run(config, other, quiet=True)
+
+
+def test_eval_chunk_caps_on_the_cpu_only():
+  """The reference model's chunk on the CPU is 1,024 pairs (2 operands x 2,048 float32
+  hidden units = 16 MiB); a small model and an accelerator keep eval_batch_size."""
+  big = micro_config(embed_dim=256, mlp_dim=2048, eval_batch_size=2048)
+  assert experiment.eval_chunk(big, 'cpu') == 1024
+  assert experiment.eval_chunk(big, 'gpu') == 2048
+  assert experiment.eval_chunk(micro_config(eval_batch_size=32), 'cpu') == 32
+  wide = micro_config(embed_dim=16, mlp_dim=2**20, eval_batch_size=64)
+  assert experiment.eval_chunk(wide, 'cpu') == 2  # 8 MiB per pair: never below 1

@@ -131,3 +131,29 @@ def test_dropout_is_keyed_and_scaled():
   kept = models._dropout(jnp.ones((100_000,)), 0.1, jax.random.key(0))
   assert set(np.unique(np.asarray(kept)).tolist()) == {0.0, np.float32(1 / 0.9)}
   assert abs(float((kept == 0).mean()) - 0.1) < 0.005
+
+
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_dropout_keep_mask_statistics(rate):
+  """The hashed keep mask is Bernoulli(1 - rate): its mean, per-position means over many
+  keys, neighbour correlations and the agreement of two keys are what independent
+  Bernoulli bits give, within 5 standard deviations; the same key gives the same mask."""
+  shape = (64, 4, 2, 2)  # a batch's attention-probability shape
+  keys = jax.random.split(jax.random.key(7), 200)
+  masks = np.asarray(jax.vmap(lambda k: models.keep_mask(k, rate, shape))(keys), np.float64)
+  q = 1.0 - rate
+  n = masks.size
+  assert abs(masks.mean() - q) < 5 * math.sqrt(q * (1 - q) / n)
+  per_position = masks.reshape(200, -1).mean(0)  # no position is favoured
+  z = (per_position - q) / math.sqrt(q * (1 - q) / 200)
+  assert np.mean(z ** 2) < 1.3 and np.abs(z).max() < 5.5
+  flat = masks.reshape(200, -1) - q
+  for lag in (1, 2, 16, 256):  # neighbours in the flat index, and across axes
+    corr = (flat[:, :-lag] * flat[:, lag:]).mean() / (q * (1 - q))
+    assert abs(corr) < 5 / math.sqrt(flat[:, lag:].size)
+  agree = (masks[0] == masks[1]).mean()
+  expect = q * q + (1 - q) * (1 - q)
+  assert abs(agree - expect) < 5 * math.sqrt(expect * (1 - expect) / masks[0].size)
+  again = models.keep_mask(keys[3], rate, shape)
+  np.testing.assert_array_equal(np.asarray(again), masks[3].astype(bool))
+  assert bool(models.keep_mask(keys[0], 0.0, shape).all())
