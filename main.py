@@ -9,7 +9,6 @@ flags before JAX starts, and calls ``ordered_jax.experiment.run``.
 """
 
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -65,10 +64,8 @@ def _parse_flags(argv):
   except (AttributeError, KeyError) as e:  # a --config.<key> the config does not have
     if "no attribute 'get_config'" in str(e):
       _fail(f'--config={path}: defines no get_config() (see configs/default.py)')
-    key = str(e).strip('"\'')
-    arg = next((a for a in argv if re.match(rf'--config\.(\w+\.)*{re.escape(key)}\b', a)), key)
-    _fail(f'{arg.split("=")[0]}: unknown config key {key!r} (see configs/default.py for the '
-          'fields)')
+    from ordered_jax import keys  # pylint: disable=g-import-not-at-top  (no JAX import)
+    _fail(keys.unknown_key_message(argv, keys.missing_key(e), keys.load_config_file(path)))
   except (ValueError, TypeError) as e:
     _fail(str(e).splitlines()[0])
   except Exception as e:  # pylint: disable=broad-except  (get_config() itself failed)

@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_fraction = 0.0       # > 0: this share of all tuples instead of train_size
   c.critical_delta = 0.0       # train_size='critical': moves the split across the boundary
   c.test_size = 1_000_000      # 0 = every tuple not in the training set
-  c.data_generator = 'reference'  # reference (the paper's exact pairs) | fast (numpy)
+  c.data_generator = 'auto'    # auto (reference where it exists, else fast) | reference
+                               # (the paper's exact pairs) | fast (numpy)
   c.stride = 0                 # stride ordering's s; 0 = floor(sqrt(M)), M the group order
   # Model (docs/models.md): reference (the paper's GrokkingTransformer) | power | mlp.
   c.model = 'reference'

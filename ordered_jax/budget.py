@@ -84,7 +84,8 @@ def estimate(config, n_runs: int = 1) -> dict[str, int]:
   shared = config.get('data_seed', -1) >= 0 or config.get('lockstep', False) or n_runs == 1
   tables = F32 * (n_train + n_test) * (t.n_ops + 1) * (1 if shared else n_runs)
   orders = F32 * 2 * n_train * n_runs
-  per_train, per_test = HOST_BYTES.get(config.data_generator, HOST_BYTES['reference'])
+  per_train, per_test = HOST_BYTES.get(
+      runs.generator(config), HOST_BYTES['reference'])
   return {'state': per_run * n_runs, 'device_data': tables + orders,
           'host_data': per_train * n_train + per_test * n_test}
 

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     self.field = field
 
 
-GENERATORS = ('reference', 'fast')
+GENERATORS = ('auto', 'reference', 'fast')
 CRITICAL = 'critical'
 REFERENCE_TASKS = tasks.REFERENCE_TASKS  # 2-operand Z_p tasks: every pair is valid
 # Fields added after runs were first written, with their defaults: an older run's saved
@@ -241,6 +241,23 @@ def sizes(config) -> tuple[int, int]:
   return n, (int(config.test_size) or t.n_codes - n)
 
 
+def generator(config) -> str:
+  """The data generator that runs: ``data_generator``, with ``'auto'`` resolved
+  (``tasks.pick_generator``: the reference's exact draws for add, sub, mul and poly with a
+  test set, ``fast`` elsewhere)."""
+  t = task(config)
+  test = config.test_size if isinstance(config.test_size, int) else 1
+  return tasks.pick_generator(t, test, config.data_generator)
+
+
+def _fit_hint(config, t: tasks.Task, train: int, test: int) -> str:
+  """Which size fields to set when training + test exceed a small task's tuples."""
+  set_train = 'train_fraction' if config.train_fraction else 'train_size'
+  return (f'{train} training + {test} test examples exceed the {t.n_codes} tuples of task '
+          f'{t.name!r}: set train_fraction (e.g. 0.5) and test_size=0 (the rest), or '
+          f'{set_train} and test_size to sum to at most {t.n_codes}')
+
+
 def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
   size = config.train_size
   _check(size == CRITICAL or (isinstance(size, int) and not isinstance(size, bool) and size >= 1),
@@ -248,33 +265,45 @@ def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
   _number(config, 'train_fraction', lo=0, hi=1, what=' (0 = use train_size)')
   _number(config, 'critical_delta', hi=2.7482, what=" (train_size='critical')")
   _number(config, 'test_size', integer=True, lo=0, what=' (0 = every tuple not in training)')
-  if config.data_generator == 'reference':
+  gen = generator(config)
+  if gen == 'reference':
     _check(t.kind in REFERENCE_TASKS, 'data_generator',
            f"'reference' reproduces the reference's (a, b) draws and applies to tasks "
-           f"{', '.join(REFERENCE_TASKS)}; use 'fast' for task {t.name!r}")
+           f"{', '.join(REFERENCE_TASKS)}; use 'fast' or 'auto' for task {t.name!r}")
     _check(config.test_size >= 1, 'test_size',
            "must be >= 1 with data_generator='reference' (its test set is drawn with "
-           "replacement; 0 = 'the rest' needs data_generator='fast')")
+           "replacement; 0 = 'the rest' needs data_generator='fast' or 'auto')")
   train, test = sizes(config)
   _check(train >= 1, 'train_size', f'gives no training example ({train})')
-  if config.data_generator == 'reference':
+  if gen == 'reference':
     # As the reference: its test pairs are drawn with replacement from the pairs outside
     # the training set, so any test_size works while one pair is left.
-    _check(train < t.n_codes, 'train_size',
+    _check(train < t.n_codes, 'train_fraction' if config.train_fraction else 'train_size',
            f'must be < the {t.n_codes} pairs of task {t.name!r} with data_generator='
            f"'reference' (its test pairs are drawn from the pairs left); got {train}")
   else:
-    _check(train + test <= t.n_codes, 'train_size',
-           f'training + test examples must be <= the {t.n_codes} tuples of task {t.name!r}; '
-           f'got {train} + {test}')
+    _check(train + test <= t.n_codes, 'train_fraction' if config.train_fraction else
+           'train_size', _fit_hint(config, t, train, test))
   _check(test >= 1, 'test_size', f'leaves no test example for task {t.name!r}')
   return train, test
 
 
 def resolve(config):
-  """The config as it will run: with ``strategy='resonant'`` its dataset fixes the training
-  set size and the batch size (the largest residue class), which replace ``train_size`` and
-  ``batch_size`` (logged). Other configs come back unchanged."""
+  """The config as it will run: ``data_generator='auto'`` becomes the generator it picks
+  (``generator``; so saved configs and sweep run ids name it), and with
+  ``strategy='resonant'`` its dataset fixes the training set size and the batch size (the
+  largest residue class), which replace ``train_size`` and ``batch_size`` (logged). Other
+  configs come back unchanged."""
+  if config.data_generator == tasks.AUTO:
+    gen = generator(config)
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+      out.data_generator = gen
+    out.lock()
+    if gen != 'reference':
+      logging.info("data_generator='auto': 'fast' for task %s (the reference's exact draws "
+                   'exist for %s with a test set)', config.task, ', '.join(REFERENCE_TASKS))
+    config = out
   if strategies(config) != ['resonant'] or config.train_size == CRITICAL:
     return config
   s = config.stride or orderings.default_stride(config.p)

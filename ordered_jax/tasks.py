@@ -197,7 +197,8 @@ def make_mod_add(p: int, train_size: int, test_size: int, seed: int,
 
 TASK_NAMES = ('add', 'sub', 'mul', 'div', 'add3', 'product', 'sym', 'dihedral', 'poly')
 REFERENCE_TASKS = ('add', 'sub', 'mul', 'poly')  # 2-operand Z_p tasks: every pair is valid
-TASK_GENERATORS = ('fast', 'reference')
+TASK_GENERATORS = ('fast', 'reference', 'auto')
+AUTO = 'auto'  # the reference's draws where they exist (REFERENCE_TASKS, a test set), else fast
 MAX_ORDER = 2**15         # product:... and dihedral:N; vocabulary = classes = order
 MAX_SYM = 6               # sym:6 has 720 elements: a 720 x 720 Cayley table
 MAX_COMPLEMENT = 2**26    # test_size = 0 ('every tuple not in train') enumerates all codes
@@ -512,6 +513,15 @@ def _fail(field: str, message: str):
   raise ValueError(f'{field}: {message}')
 
 
+def pick_generator(task: Task, test_size: int, generator: str = AUTO) -> str:
+  """The generator ``'auto'`` stands for: ``'reference'`` (the paper's exact pairs) for the
+  2-operand Z_p tasks with a test set to draw (``test_size`` >= 1), else ``'fast'``; any
+  other name is returned as it is."""
+  if generator != AUTO:
+    return generator
+  return 'reference' if task.kind in REFERENCE_TASKS and test_size >= 1 else 'fast'
+
+
 def make_task(task: Task, train_size: int, test_size: int, seed: int,
               generator: str = 'fast') -> tuple[np.ndarray, np.ndarray]:
   """Returns (train, test) int32 tables [N, n_ops + 1]: operands, then label.
@@ -523,9 +533,12 @@ def make_task(task: Task, train_size: int, test_size: int, seed: int,
   ``'reference'``: the reference's (a, b) draws (``make_mod_add``'s), labelled by the task;
   for the 2-operand Z_p tasks whose every pair is valid (``REFERENCE_TASKS``). Its test pairs
   are drawn with replacement, so ``test_size`` must be >= 1.
+  ``'auto'``: ``pick_generator``'s choice.
   """
   if generator not in TASK_GENERATORS:
     _fail('data_generator', f'must be one of {", ".join(TASK_GENERATORS)}; got {generator!r}')
+  if generator == AUTO and not isinstance(test_size, bool) and isinstance(test_size, int):
+    generator = pick_generator(task, test_size)
   for field, value in (('train_size', train_size), ('test_size', test_size), ('seed', seed)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
       _fail(field, f'must be an int >= 0; got {value!r}')

@@ -37,7 +37,9 @@ MAIN = [
     ('config-no-get_config', ['--config={tmp}/noget.py'], 'get_config', {}),
     ('config-raises', ['--config={tmp}/raises.py'], 'RuntimeError: boom', {}),
     ('config-not-a-configdict', ['--config={tmp}/number.py'], 'ConfigDict', {}),
-    ('unknown-key', [TINY, '--config.bogus=1'], '--config.bogus', {}),
+    ('unknown-key', [TINY, '--config.bogus=1'], 'config.bogus: unknown key', {}),
+    ('unknown-nested-key', [TINY, '--config.probes.nmes=x'],
+     'config.probes.nmes: unknown key; did you mean probes.names?', {}),
     # Values.
     ('precision', [TINY, '--config.matmul_precision=bogus'], 'config.matmul_precision', {}),
     ('seed-64-bit', [TINY, '--config.seed=18446744073709551616'], 'config.seed', {}),

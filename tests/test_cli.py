@@ -45,7 +45,9 @@ def test_tiny_preset_end_to_end_then_refuse_then_resume(tmp_path):
 
 
 @pytest.mark.parametrize('flag,needles', [
-    ('--config.bogus=1', ('--config.bogus', 'unknown config key')),
+    ('--config.bogus=1', ('config.bogus: unknown key',)),
+    ('--config.stratgy=x', ('config.stratgy: unknown key; did you mean strategy?',)),
+    ('--config.probes.nmes=x', ('config.probes.nmes: unknown key; did you mean probes.names?',)),
     ('--config.p=100', ('config.p', 'prime')),
     ('--config.lr=abc', ('--config.lr',)),
     ('--config.strategy=sorted', ('config.strategy', 'stride')),
@@ -68,7 +70,7 @@ BAD = [
     ('train_fraction', 1.5, '<= 1'), ('task', 'sym:9', 'sym'), ('task', 'poly:x/y', "'/'"),
     ('task', 'pow', 'add'), ('model', 'gpt', 'mlp'), ('mlp.activation', 'tanh', 'relusqr'),
     ('critical_delta', 3.0, '<='), ('sweep.max_runs_per_batch', -1, '>= 0'),
-    ('test_size', 0, '>= 1'),
+    ('test_size', -1, '>= 0'),
     ('batch_size', 0, '>= 1'), ('batch_size', 61, 'training examples'), ('eval_batch_size', 0, '>= 1'),
     ('lr', 0.0, '> 0'), ('min_lr', 1.0, '<= lr'), ('epochs', -1, '>= 0'),
     ('embed_dim', 15, 'divisible'), ('num_heads', 0, '>= 1'), ('layers', 0, '>= 1'),

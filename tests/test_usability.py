@@ -1,0 +1,79 @@
+"""Issue 14's friction fixes: unknown-key messages, the `auto` data generator, size hints."""
+
+import numpy as np
+import pytest
+
+from ordered_jax import budget, keys, runs, tasks
+from tests.conftest import micro_config
+
+
+KNOWN = ['strategy', 'epochs', 'probes', 'probes.names', 'probes.group', 'probes.curvature',
+         'probes.curvature.k', 'probes.curvature.lanczos_steps']
+
+
+@pytest.mark.parametrize('path,want', [
+    ('stratgy', 'strategy'), ('probes.nmes', 'probes.names'), ('epoch', 'epochs'),
+    ('probes.curvatur', 'probes.curvature'), ('probes.curvature.kk', 'probes.curvature.k'),
+    ('nmes', 'probes.names'),  # a leaf at another depth
+    ('bogus', None), ('probes.foo', None),  # never an ancestor ('probes')
+])
+def test_suggest(path, want):
+  assert keys.suggest(path, KNOWN) == want
+
+
+def test_unknown_key_message_names_the_full_path():
+  config = micro_config()
+  argv = ['main.py', '--config=configs/tiny.py', '--config.probes.nmes=x']
+  assert keys.unknown_key_message(argv, 'nmes', config) == (
+      'config.probes.nmes: unknown key; did you mean probes.names?')
+  argv = ['main.py', '--config.probes.foo.bar=1']
+  assert keys.unknown_key_message(argv, 'foo', config).startswith(
+      'config.probes.foo: unknown key; see configs/default.py')
+
+
+def test_missing_key_reads_ml_collections_errors():
+  e = AttributeError(KeyError('\'nmes\'\nDid you mean "names" instead of "nmes"?'))
+  assert keys.missing_key(e) == 'nmes'
+  assert keys.missing_key(KeyError('bogus')) == 'bogus'
+
+
+@pytest.mark.parametrize('task,test_size,want', [
+    ('add', 40, 'reference'), ('poly:x^2+y', 40, 'reference'), ('add', 0, 'fast'),
+    ('div', 40, 'fast'), ('sym:3', 0, 'fast'), ('add3', 40, 'fast'),
+])
+def test_auto_generator(task, test_size, want):
+  config = micro_config(task=task, test_size=test_size,
+                        train_size=20 if task == 'sym:3' else 60)
+  assert config.data_generator == 'auto'  # the default
+  assert runs.generator(config) == want
+  runs.validate(config)
+  resolved = runs.resolve(config)
+  assert resolved.data_generator == want and config.data_generator == 'auto'
+  # The same tables as naming the generator.
+  t = runs.task(config)
+  n_train, n_test = runs.sizes(config)
+  for a, b in zip(tasks.make_task(t, n_train, n_test if test_size else 0, 3, 'auto'),
+                  tasks.make_task(t, n_train, n_test if test_size else 0, 3, want)):
+    np.testing.assert_array_equal(a, b)
+  assert budget.estimate(config)['host_data'] == budget.estimate(
+      micro_config(task=task, test_size=test_size, data_generator=want,
+                   train_size=20 if task == 'sym:3' else 60))['host_data']
+
+
+def test_explicit_generators_keep_their_checks():
+  with pytest.raises(runs.ConfigError, match="config.data_generator: 'reference'.*'auto'"):
+    runs.validate(micro_config(task='div', data_generator='reference'))
+  with pytest.raises(runs.ConfigError, match='config.data_generator: must be one of auto'):
+    runs.validate(micro_config(data_generator='slow'))
+  with pytest.raises(runs.ConfigError, match='config.test_size: must be >= 1'):
+    runs.validate(micro_config(data_generator='reference', test_size=0))
+
+
+def test_sizes_too_big_for_a_small_group_say_what_to_set():
+  with pytest.raises(runs.ConfigError) as info:
+    runs.validate(micro_config(task='sym:4', p=97, train_size=3500, test_size=4000))
+  assert str(info.value) == (
+      "config.train_size: 3500 training + 4000 test examples exceed the 576 tuples of task "
+      "'sym:4': set train_fraction (e.g. 0.5) and test_size=0 (the rest), or train_size "
+      'and test_size to sum to at most 576')
+  runs.validate(micro_config(task='sym:4', p=97, train_fraction=0.5, test_size=0))
