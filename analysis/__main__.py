@@ -1,8 +1,10 @@
 """python -m analysis <tool> --workdir DIR [options]: figures, tables and reports from runs.
 
-Tools: metric_plot, compare, convergence, correlation, export_table, layer_dynamics,
-area_plot, weight_compare, weight_heatmap, activation_probe, dataset_dft, report,
-tensorboard; ``merge A B ... -o OUT`` combines sweeps' results.parquet tables.
+Tools (``python -m analysis --help`` lists them all): curves, metric_plot, compare,
+convergence, correlation, export_table, layer_dynamics, area_plot, weight_compare,
+weight_heatmap, activation_probe, dataset_dft, report, tensorboard; ``sweep_map --table
+DIR`` draws a sweep's results table; ``merge A B ... -o OUT`` combines sweeps'
+results.parquet tables.
 ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
 (ExperimentOneData layout), or one run folder. Every tool writes its files under
 ``--output-dir`` (default ``<first workdir>/analysis``) in ``<tool>/`` and prints each
@@ -77,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   def tool(name, help_text):
     return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+  p = tool('curves', 'train/test accuracy and training loss of every run, one figure')
+  p.add_argument('--out', default='', help='the figure (default <output-dir>/curves/'
+                 'curves.<format>)')
 
   p = tool('metric_plot', 'metric series over epochs, per run')
   p.add_argument('--metrics', nargs='+', required=True,
@@ -161,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
   p = tool('tensorboard', 'replay metrics JSONL into TensorBoard event files')
   p.add_argument('--jsonl', nargs='+', default=[], help='JSONL files (instead of runs)')
   p.add_argument('--config', default='', help='experiment_config.json for a --jsonl file')
+
+  p = sub.add_parser('sweep_map', help='where each ordering groks: a sweep\'s results table '
+                     'as a strategy x key grid and every run\'s test curve',
+                     description='python -m analysis sweep_map --table DIR [--column KEY] '
+                                 '[--out FILE]')
+  p.add_argument('--table', required=True, help='a sweep folder or its results.parquet')
+  p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
+                 'sweep_map/sweep_map.png)')
+  p.add_argument('--column', default='weight_decay', help='the swept key on the x axis')
+  p.add_argument('--title', default='')
 
   p = sub.add_parser('merge', help='combine sweeps\' results tables into one',
                      description='python -m analysis merge A B ... -o OUT [--keep last|first]: '
@@ -415,8 +431,32 @@ def _tensorboard(args):
   return paths
 
 
+def _curves(args):
+  from analysis import curves  # pylint: disable=g-import-not-at-top
+  runs = _with_rows(_runs(args))
+  rows = {r.name: r.rows for r in runs}
+  return [curves.plot(rows, args.out or _out(args, 'curves'), args.title)]
+
+
+def _sweep_map(args) -> list[str]:
+  """``sweep_map``: ordered_jax.results' table drawn by analysis.sweep_map."""
+  from analysis import sweep_map  # pylint: disable=g-import-not-at-top
+  from ordered_jax import results  # pylint: disable=g-import-not-at-top
+  table = args.table
+  if not os.path.exists(table):
+    _fail(f'--table {table}: no such file or folder')
+  folder = table if os.path.isdir(table) else os.path.dirname(table) or '.'
+  out = args.out or os.path.join(folder, 'analysis', 'sweep_map', 'sweep_map.png')
+  try:
+    path = sweep_map.plot(results.load(table).to_pylist(), out, args.column, args.title)
+  except (ValueError, OSError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  print(path)
+  return [path]
+
+
 TOOLS = {
-    'metric_plot': _metric_plot, 'compare': _compare, 'convergence': _convergence,
+    'curves': _curves, 'metric_plot': _metric_plot, 'compare': _compare, 'convergence': _convergence,
     'correlation': _correlation, 'export_table': _export_table,
     'layer_dynamics': _layer_dynamics, 'area_plot': _area_plot,
     'weight_compare': _weight_compare, 'weight_heatmap': _weight_heatmap,
@@ -432,6 +472,8 @@ def main(argv=None) -> list[str]:
   args = build_parser().parse_args(argv)
   if args.tool == 'merge':
     return _merge(args)
+  if args.tool == 'sweep_map':
+    return _sweep_map(args)
   try:
     if args.tool in NEEDS_WORKDIR and not args.workdir:
       raise InputError(f'{args.tool} needs --workdir')

@@ -1,6 +1,6 @@
 """Accuracy and loss curves of every run in a workdir, one figure.
 
-  python -m analysis.curves --workdir output/tiny-all --out docs/figures/tiny_curves.png
+  python -m analysis curves --workdir output/tiny-all --out docs/figures/tiny_curves.png
 """
 
 from __future__ import annotations

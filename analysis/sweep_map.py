@@ -5,7 +5,7 @@ generalisation epoch over the remaining keys (seeds), annotated "epoch (k/n)" wi
 runs reaching the target; cells where no run did are grey. Right, every run's test
 accuracy curve, coloured by strategy.
 
-  python -m analysis.sweep_map --table output/sweep-tiny/results.parquet --out sweep.png
+  python -m analysis sweep_map --table output/sweep-tiny/results.parquet --out sweep.png
 """
 
 from __future__ import annotations

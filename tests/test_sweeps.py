@@ -97,6 +97,11 @@ def test_sweep_map_draws_the_table(finished_sweep, tmp_path):
   sweep_map.main(['--table', workdir, '--out', out, '--column', 'seed'])
   with open(out, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  [made] = cli.main(['sweep_map', '--table', workdir, '--column', 'seed'])
+  assert made == os.path.join(workdir, 'analysis', 'sweep_map', 'sweep_map.png')
+  with open(made, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
 def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path):

@@ -1,5 +1,7 @@
 """Issue 14's friction fixes: unknown-key messages, the `auto` data generator, size hints."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,36 @@ def test_sizes_too_big_for_a_small_group_say_what_to_set():
       "'sym:4': set train_fraction (e.g. 0.5) and test_size=0 (the rest), or train_size "
       'and test_size to sum to at most 576')
   runs.validate(micro_config(task='sym:4', p=97, train_fraction=0.5, test_size=0))
+
+
+def test_one_analysis_cli_lists_every_tool(capsys):
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    cli.main(['--help'])
+  text = capsys.readouterr().out
+  for tool in (*cli.TOOLS, 'sweep_map', 'merge'):
+    assert f'    {tool} ' in text or f'    {tool}\n' in text, tool
+
+
+def test_analysis_curves_through_the_cli(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  for name in ('stride', 'random'):
+    os.makedirs(tmp_path / name)
+    with open(tmp_path / name / f'{name}.jsonl', 'w') as f:
+      for e in range(5):
+        f.write(json.dumps({'epoch': e, 'training_metrics/loss': 1.0 / (e + 1),
+                            'training_metrics/training_accuracy': 20.0 * e,
+                            'training_metrics/validation_accuracy': 10.0 * e}) + '\n')
+  [out] = cli.main(['curves', '--workdir', str(tmp_path)])
+  assert out == str(tmp_path / 'analysis' / 'curves' / 'curves.png')
+  assert matplotlib.image.imread(out).std() > 0
+
+
+def test_analysis_sweep_map_missing_table_is_one_line(tmp_path, capsys):
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    cli.main(['sweep_map', '--table', str(tmp_path / 'nope')])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == f'error: --table {tmp_path / "nope"}: no such file or folder'
