@@ -81,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.l1 = 0.0                   # l1 * sum |theta| added to the loss, 0 = off
   c.batch_size = 256
   c.epochs = 5000
+  c.stop_after = 0             # > 0: train epochs 0..N-1 of the `epochs`-long schedule, then
+                               # stop (not complete; --resume continues); 0 = all of them
   # Scheduled interventions, 'epoch:value' lists (docs/optimization.md#interventions):
   c.interventions = ml_collections.ConfigDict(dict(
       lr='',                   # e.g. '1000:0.1,2000:0.01': x factor on the scheduled rate from epoch on

@@ -33,7 +33,8 @@ from ordered_jax import workdir as workdir_lib
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
 # Fields that may change between a run and its --resume (they do not touch the trajectory).
-RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every')
+RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every',
+               'stop_after')
 
 
 WorkdirError = workdir_lib.WorkdirError  # the workdir's state forbids the request
@@ -387,8 +388,15 @@ def _postfix(batch, host, active) -> str:
   return ' | '.join(parts)
 
 
+def last_epoch(config) -> int:
+  """The epoch count this invocation trains up to: ``stop_after`` when set (> 0), else
+  ``epochs``; the schedule always spans ``epochs``."""
+  cap = config.get('stop_after', 0)
+  return min(cap, config.epochs) if cap else config.epochs
+
+
 def _summary(config, r: runs.Run, h: dict, final_eval: dict, n_params: int, env: dict,
-             steps_per_epoch: int) -> dict:
+             steps_per_epoch: int, capped: bool = False) -> dict:
   dur = h['duration_seconds']
   init = h['init_eval'] or {}
   deltas = {}
@@ -412,7 +420,8 @@ def _summary(config, r: runs.Run, h: dict, final_eval: dict, n_params: int, env:
           'last_epoch': h['last_epoch'],
           'actual_epochs': h['last_epoch'],  # the reference's name for last_epoch
           'early_stopped': h['stop_reason'] != 'running' and h['epochs_trained'] < config.epochs,
-          'stop_reason': h['stop_reason'] if h['stop_reason'] != 'running' else 'completed',
+          'stop_reason': h['stop_reason'] if h['stop_reason'] != 'running' else (
+              'stop_after' if capped else 'completed'),
           'total_gradient_steps': h['steps'], 'steps_per_epoch': steps_per_epoch,
           'seed': r.seed, 'lr': r.lr, 'batch_size': config.batch_size,
           'weight_decay': r.weight_decay, 'optimizer': config.optimizer,
@@ -685,7 +694,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
   if config.get('lockstep', False):
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)
   active = np.asarray(sharding.fetch(state.active))
-  bar = _progress(batch, host, quiet or not primary, config.epochs, start)
+  end = last_epoch(config)
+  bar = _progress(batch, host, quiet or not primary, end, start)
   last_saved = start if resume else None
 
   executables = {}
@@ -725,7 +735,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
   try:
     with _signal_flag() as flag:
       t0 = time.perf_counter()
-      for epoch in range(start, config.epochs):
+      for epoch in range(start, end):
         if not active.any():
           break
         do_probe = probe_epoch(config, epoch, probes)
@@ -785,13 +795,20 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
     final_eval = train.accuracies(sharding.fetch(trainer.evaluate(state.params, data)), data)
   params = sharding.fetch(state.params) if sharding.multiprocess() else state.params
   summaries = []
+  # stop_after cut the batch short: its runs are not complete (--resume continues them).
+  capped = end < config.epochs and epochs_done == end and bool(active[:len(batch)].any())
+  if capped:
+    logging.info('stopped after epoch %d of %d (config.stop_after=%d; the schedule spans '
+                 'epochs=%d); continue with --resume', end - 1, config.epochs,
+                 config.stop_after, config.epochs)
   for i, (r, d, h) in enumerate(zip(batch, dirs, host)):
     fe = {k: float(v[i]) for k, v in final_eval.items()}
-    s = _summary(config, r, h, fe, n_params, env, steps_per_epoch)
+    s = _summary(config, r, h, fe, n_params, env, steps_per_epoch, capped=capped)
     if primary:  # the marker last: a run is complete only with every output
       checkpoint.save_params(d, train.run_slice(params, i))
       sinks.write_json(os.path.join(d, 'summary.json'), s)
-      workdir_lib.mark_complete(d, {'run': r.name, 'epochs_trained': h['epochs_trained']})
+      if not capped:
+        workdir_lib.mark_complete(d, {'run': r.name, 'epochs_trained': h['epochs_trained']})
     summaries.append(s)
   sharding.barrier('run finished')
   return summaries

@@ -132,6 +132,9 @@ def validate(config) -> None:
                              if isinstance(v, int) and v >= 1]))
   _check(steps <= MAX_STEPS, 'epochs', f'gives {steps} optimiser steps; at most {MAX_STEPS} '
          '(int32 step counters)')
+  if 'stop_after' in config:
+    _number(config, 'stop_after', integer=True, lo=0, hi=max(epochs, 0),
+            what=' (and <= epochs; 0 = train to epochs)')
   _validate_interventions(config, train)
   _one_of(config, 'model', models.MODEL_KINDS)
   _one_of(config, 'mlp.activation', models.ACTIVATIONS)

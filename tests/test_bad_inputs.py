@@ -47,6 +47,8 @@ MAIN = [
     ('data-seed', [TINY, '--config.data_seed=8589934592'], 'config.data_seed', {}),
     ('seeds', [TINY, '--config.seeds=(1,8589934592)'], 'config.seeds', {}),
     ('epochs-int32', [TINY, '--config.epochs=2147483648'], 'config.epochs', {}),
+    ('stop-after', [TINY, '--config.stop_after=401'], 'config.stop_after: must be <= 400', {}),
+    ('stop-after-negative', [TINY, '--config.stop_after=-1'], 'config.stop_after', {}),
     ('steps-int32', [TINY, '--config.epochs=200000000'], 'config.epochs', {}),
     ('lr-inf', [TINY, '--config.lr=inf'], 'config.lr', {}),
     ('lr-nan', [TINY, '--config.lr=nan'], 'config.lr', {}),

@@ -99,6 +99,25 @@ def test_crash_then_resume_is_bit_identical(reference_run, tmp_path, monkeypatch
     assert a['init_eval'] == b['init_eval']
 
 
+def test_stop_after_keeps_the_schedule_and_resumes_to_the_full_run(reference_run, tmp_path):
+  """stop_after=3 trains the first 3 epochs of the 6-epoch schedule (the same rows as the
+  full run's first 3, learning rates included), is not complete, and --resume without it
+  ends bit-identical to the uninterrupted run."""
+  config, ref_dir, _ = reference_run
+  capped = micro_config(strategy='stride,random', csv=True, tensorboard=True, stop_after=3)
+  workdir = str(tmp_path)
+  for s in experiment.run(capped, workdir, quiet=True):
+    assert s['training']['stop_reason'] == 'stop_after'
+    assert s['training']['epochs_trained'] == 3 and s['training']['planned_epochs'] == 6
+  for run in ('stride', 'random'):
+    d = os.path.join(workdir, run)
+    assert not workdir_lib.is_complete(d)
+    ref = sinks.read_jsonl(os.path.join(ref_dir, run, f'{run}.jsonl'))
+    assert sinks.read_jsonl(os.path.join(d, f'{run}.jsonl')) == ref[:3]
+  experiment.run(config, workdir, resume=True, quiet=True)
+  _same_as_reference(workdir, ref_dir, config)
+
+
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(reference_run, tmp_path, monkeypatch):
   config, ref_dir, _ = reference_run
   workdir = str(tmp_path)
