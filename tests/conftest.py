@@ -94,3 +94,9 @@ def crash_after_epoch(monkeypatch, epoch: int):
       yield
   finally:
     monkeypatch.setattr(sinks.JsonlSink, 'write', real)
+
+
+def pytest_configure(config):
+  """The slowest tests listed at the end of every run (CI's log shows where time goes)."""
+  if config.option.durations is None:
+    config.option.durations = 15

@@ -140,7 +140,8 @@ def test_dropout_keep_mask_statistics(rate):
   Bernoulli bits give, within 5 standard deviations; the same key gives the same mask."""
   shape = (64, 4, 2, 2)  # a batch's attention-probability shape
   keys = jax.random.split(jax.random.key(7), 200)
-  masks = np.asarray(jax.vmap(lambda k: models.keep_mask(k, rate, shape))(keys), np.float64)
+  masks = np.asarray(jax.jit(jax.vmap(lambda k: models.keep_mask(k, rate, shape)))(keys),
+                     np.float64)
   q = 1.0 - rate
   n = masks.size
   assert abs(masks.mean() - q) < 5 * math.sqrt(q * (1 - q) / n)
