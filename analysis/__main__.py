@@ -186,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                        '.parquet path')
   p.add_argument('--keep', choices=('last', 'first'), default='last',
                  help='which input\'s row a run found in several inputs keeps')
+
+  p = sub.add_parser('landscape', help='maps of a sweep\'s results table (p x fraction, a '
+                     'panel per ordering, random minus fixed-random)',
+                     description='python -m analysis landscape --results T --out DIR: one '
+                                 'figure per metric laid out --row x --col, a panel per '
+                                 'ordering plus random minus fixed-random (docs/landscape.md)')
+  p.add_argument('--results', required=True, help='a sweep dir or its results.parquet')
+  p.add_argument('--out', required=True, help='folder for the figures and landscape_cells.csv')
+  p.add_argument('--row', default='p', help='the table column along the rows')
+  p.add_argument('--col', default='train_fraction', help='the table column along the columns')
+  p.add_argument('--dpi', type=_positive, default=130)
   return ap
 
 
@@ -472,6 +483,8 @@ def main(argv=None) -> list[str]:
   args = build_parser().parse_args(argv)
   if args.tool == 'merge':
     return _merge(args)
+  if args.tool == 'landscape':
+    return _landscape(args)
   if args.tool == 'sweep_map':
     return _sweep_map(args)
   try:
@@ -503,6 +516,21 @@ def _merge(args) -> list[str]:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   print(path)
   return [path]
+
+
+def _landscape(args) -> list[str]:
+  """``landscape``: the maps of a results table (analysis.landscape)."""
+  from analysis import landscape  # pylint: disable=g-import-not-at-top
+  from ordered_jax import results  # pylint: disable=g-import-not-at-top
+  try:
+    rows = results.load(args.results).to_pylist()
+    with style.use('paper'):
+      paths = landscape.write(rows, args.out, args.row, args.col, dpi=args.dpi)
+  except (ValueError, OSError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  for p in paths:
+    print(p)
+  return paths
 
 
 def _fail(message: str):
