@@ -4,7 +4,7 @@ Per run: the memorisation epoch (first evaluated epoch with train accuracy >= 99
 generalisation epoch (first with test accuracy >= the run's target_acc) and the gap; loss
 and accuracy curves overlaid by strategy; the embedding's Fourier spectrum at the end
 (from the fourier probe's ``freq_powers`` when recorded, else from the final weights);
-attention and curvature summaries when those probes ran; the summary table. Runs with a
+attention, curvature, counterfactual-split and Fourier curves when those probes ran; the summary table. Runs with a
 summary.json but no metric rows (the paper's published summaries) appear in the table:
 their generalisation epoch is the early-stop epoch (the reference stops at target_acc).
 """
@@ -28,6 +28,10 @@ CURVATURE = ('curvature/lambda_max', 'curvature/trace', 'curvature/edge_of_stabi
              'curvature/preconditioned_lambda_max', 'curvature/preconditioned_eos_ratio',
              'hessian/rayleigh_quotient', 'hessian/edge_of_stability',
              'hessian/entanglement_energy_ratio')
+COUNTERFACTUAL = ('counterfactual/ordering_fraction', 'counterfactual/content_component_norm',
+                  'counterfactual/ordering_component_norm', 'counterfactual/ordering_alignment')
+FOURIER = ('fourier/spectral_entropy', 'fourier/n_significant_freqs', 'fourier/peak_power',
+           'fourier/low_freq_power', 'fourier/neuron_fourier_entropy')
 LINESTYLES = ('-', '--', ':', '-.')
 
 
@@ -245,7 +249,9 @@ def render(runs: list[Run], *, title='Ordered-learning report', sources=(),
   parts.append(_img(fig) if fig is not None else
                '<p class="note">No run has fourier probe metrics or final weights.</p>')
   shown = []
-  for heading, keys in (('Attention', ATTENTION), ('Curvature', CURVATURE)):
+  for heading, keys in (('Attention', ATTENTION), ('Curvature', CURVATURE),
+                        ('Counterfactual split (content vs ordering part of the gradient)',
+                         COUNTERFACTUAL), ('Fourier structure over training', FOURIER)):
     present = _present(with_rows, keys)
     if present:
       shown += present
