@@ -447,8 +447,12 @@ def test_report_grokking_table_figures_and_probes(data, capsys):
   assert by['paper/fixed-random']['epochs from'] == 'summary'
   assert by['paper/fixed-random']['final test acc (%)'] == '99.63'
   assert by['paper/target']['generalised at'] == '—'
-  # curves, Fourier spectra, attention, curvature: four embedded PNGs, no external files
-  assert len(parser.images) == 4
+  # curves, Fourier spectra, attention, curvature, Fourier over training (the fixture has
+  # fourier/spectral_entropy): five embedded PNGs, no external files
+  assert len(parser.images) == 5
+  fourier = [t for t in parser.tables if t[0][:1] == ['run'] and len(t[0]) == 2
+             and 'entropy' in t[0][1] and 'attention' not in t[0][1]][0]
+  assert fourier[1][0] == 'ours/random'
   for src in parser.images:
     assert src.startswith('data:image/png;base64,')
     assert base64.b64decode(src.split(',', 1)[1])[:8] == b'\x89PNG\r\n\x1a\n'
