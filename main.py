@@ -31,7 +31,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string('coordinator', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes-1.')
-flags.mark_flags_as_required(['config'])
+_LIST = flags.DEFINE_bool('list', False, 'List the configs, tasks, models, orderings, '
+                          'optimizers and schedules, then exit (no --config needed).')
+_PROBES_LIST = flags.DEFINE_bool('probes_list', False, 'List every probe: group, cadence, '
+                                 'cost, supported models and tasks; then exit.')
+_PROBES_DESCRIBE = flags.DEFINE_string('probes_describe', None, 'Every metric key of probe '
+                                       'NAME with its definition and reading; then exit.')
 
 
 def _fail(message: str) -> None:
@@ -136,6 +141,17 @@ def _main(argv):
   _quiet_closed_loops()
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _LIST.value or _PROBES_LIST.value or _PROBES_DESCRIBE.value is not None:
+    from ordered_jax import listing  # pylint: disable=g-import-not-at-top
+    try:
+      listing.show('all' if _LIST.value else 'probes' if _PROBES_LIST.value else 'probe',
+                   _PROBES_DESCRIBE.value or '')
+    except ValueError as e:
+      _fail(f'--probes_describe: {e}')
+    return
+  if _CONFIG.value is None and _config_path(sys.argv) is None:
+    _fail('--config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
+          'the configs)')
   config = _load_config()
   from ordered_jax import runs  # pylint: disable=g-import-not-at-top
   for field, ok in (('matmul_precision', lambda v: v in runs.PRECISIONS),

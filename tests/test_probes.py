@@ -316,6 +316,31 @@ def test_probes_never_change_the_trajectory(probed):
                if isinstance(v, float))
 
 
+def test_every_written_key_is_in_the_catalog(probed):
+  """--probes_describe and docs/probes.md list every key a probe writes, and every key
+  the catalog says is written at each firing is there."""
+  import re  # pylint: disable=g-import-not-at-top
+  from probes import catalog  # pylint: disable=g-import-not-at-top
+  _, full = probed['full']
+  rows = sinks.read_jsonl(os.path.join(full, 'stride', 'stride.jsonl'))
+  written = {k for r in rows for k in r if '/' in k and not k.startswith('training_metrics/')}
+
+  def pattern(key):
+    text = re.escape(key)
+    text = re.sub(r'<[^>]+>', '.+', text.replace('\\<', '<').replace('\\>', '>'))
+    return re.sub(r'\\\{([^}]*)\\\}', lambda m: '(' + m.group(1).replace(',', '|') + ')', text)
+
+  for key in written:
+    name, rest = key.split('/', 1)
+    assert name in catalog.CATALOG, key
+    assert any(re.fullmatch(pattern(m.key), rest) for m in catalog.CATALOG[name].metrics), key
+  fired = {k.split('/', 1)[0] for k in written}
+  for name in fired:
+    for m in catalog.CATALOG[name].metrics:
+      if not m.when and '<' not in m.key:
+        assert f'{name}/{m.key}' in written, f'{name}/{m.key}'
+
+
 def test_resume_keeps_probe_state(probed, tmp_path):
   """The full-probe batch, cut back to its checkpoint after epoch 4 (as a crash in epoch 5
   leaves it), resumes to the same metric rows as the uninterrupted run."""

@@ -1,0 +1,79 @@
+"""Discoverability (issue 14 A1): --list, --probes_list, --probes_describe, and the probe
+tables of docs/probes.md generated from the same catalog."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import probes
+from ordered_jax import listing
+from probes import catalog
+from tests.conftest import ROOT, micro_config
+
+
+def test_docs_equal_the_generated_tables():
+  with open(catalog.DOCS) as f:
+    text = f.read()
+  assert catalog.replace_generated(text) == text, (
+      'docs/probes.md is stale: run python -m probes.catalog --write')
+  assert catalog.main([]) == 0
+
+
+def test_catalog_covers_every_probe_and_nothing_else():
+  assert set(catalog.CATALOG) == set(probes._factories(micro_config()))  # pylint: disable=protected-access
+  for p in catalog.CATALOG.values():
+    assert p.cost in catalog.COSTS and p.metrics and p.summary and p.cadence, p.name
+    keys = [m.key for m in p.metrics]
+    assert len(keys) == len(set(keys)), p.name
+    assert all(m.definition and m.direction for m in p.metrics), p.name
+
+
+def test_groups_and_support_follow_probes():
+  assert catalog.groups('norms') == 'observers, full'
+  assert catalog.groups('hessian') == 'interventions, full'
+  assert catalog.groups('counterfactual_validator') == 'by name only'
+  assert 'with reference weights' in catalog.groups('gradient_projection')
+  assert catalog.support('path_length') == 'any model, any task'
+  assert catalog.support('progress') == 'model reference; task add'
+  assert 'optimizer adamw or adam' in catalog.support('adam_dynamics')
+
+
+def test_every_listed_name_has_a_description():
+  sections = listing.sections()
+  assert [s[0] for s in sections] == ['Configs', 'Tasks', 'Models', 'Orderings', 'Optimizers',
+                                      'Schedules']
+  for title, _, rows in sections:
+    assert rows, title
+    for name, text in rows.items():
+      assert text, f'{title}: {name} has no description (ordered_jax/listing.py)'
+  assert 'configs/tiny.py' in sections[0][2]
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--list'], ['configs/tiny.py', 'sym', 'fixed-random', 'muon', 'cosine_step']),
+    (['--probes_list'], list(catalog.CATALOG)),
+    (['--probes_describe=fourier'], [m.key for m in catalog.CATALOG['fourier'].metrics]),
+])
+def test_listing_flags_print_and_exit_without_a_config(args, needles):
+  proc = _main(*args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '\r' not in proc.stdout
+  for n in needles:
+    assert n in proc.stdout, n
+
+
+def test_bad_probe_name_and_missing_config_are_one_line():
+  proc = _main('--probes_describe=nrms')
+  assert proc.returncode == 2 and proc.stderr.startswith(
+      "error: --probes_describe: unknown probe 'nrms'; one of norms,")
+  proc = _main()
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      'error: --config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
+      'the configs)')
