@@ -153,3 +153,12 @@ def test_landscape_cli_on_the_committed_table(tmp_path):
   from analysis import __main__ as cli
   paths = cli.main(['landscape', '--results', COMMITTED, '--out', str(tmp_path), '--dpi', '30'])
   assert len(paths) == 5 and all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_landscape_probe_config_is_one_batch_at_its_point():
+  from configs import landscape_probe
+  c = landscape_probe.get_config()
+  assert not sweeper.is_sweep(c)
+  assert (c.p, c.train_fraction, c.seed, c.strategy) == (59, 0.6, 0, 'random,fixed-random')
+  assert c.epochs == landscape.point_fields(59, 0.6)['epochs']
+  assert set(c.probes.names.split(',')) == {'counterfactual', 'fourier'}
