@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (budget, checkpoint, continuation, environment, instrument, lockstep,
-                         models, optim, orderings, resonant, runs, sharding, sinks, tasks,
-                         train)
+from ordered_jax import (budget, checkpoint, continuation, environment, identity, instrument,
+                         lockstep, models, optim, orderings, resonant, runs, sharding, sinks,
+                         tasks, train)
 from ordered_jax import workdir as workdir_lib
 
 EXPERIMENT = 'mod_arithmetic'
@@ -328,29 +328,16 @@ def _check_resume_config(run_dir: str, new: dict) -> None:
     raise WorkdirError(f'--resume: {run_dir} has checkpoints but no experiment_config.json; '
                        'restore it, or pass --overwrite to start the run again')
   skip = set(RESUME_SAFE) | {'environment', 'sweep'}  # the sweep spec is not the run's
-  # A field added after the run was started reads as its default (what the run had).
-  old = _with_added(old, runs.ADDED_DEFAULTS, new)
-  diff = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
-  if diff:
-    k = diff[0]
-    raise WorkdirError(f'--resume: config.{k} differs from the saved run ({old.get(k)!r} -> '
-                       f'{new.get(k)!r}); resume with the same config')
+  # Identities: a field added after the run was saved reads as its default (identity.py).
+  drop = lambda c: {k: v for k, v in c.items() if k not in skip}
+  k = identity.first_difference(drop(old), drop(new))
+  if k is not None:
+    raise WorkdirError(f'--resume: config.{k} differs from the saved run '
+                       f'({identity.value(drop(old), k)!r} -> {identity.value(drop(new), k)!r}); '
+                       'resume with the same config')
   if old.get('environment') != new['environment']:
     logging.warning('resuming on a different environment; results may not be bit-identical '
                     'to an uninterrupted run')
-
-
-def _with_added(old: dict, added: dict, new: dict) -> dict:
-  """``old`` with the fields of ``added`` it lacks (at any depth) that ``new`` has."""
-  out = dict(old)
-  for k, v in added.items():
-    if k not in new:
-      continue
-    if k not in out:
-      out[k] = v
-    elif isinstance(v, dict) and isinstance(out[k], dict) and isinstance(new[k], dict):
-      out[k] = _with_added(out[k], v, new[k])
-  return out
 
 
 def _check_meta(meta: dict) -> None:

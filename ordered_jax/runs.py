@@ -31,20 +31,6 @@ class ConfigError(ValueError):
 GENERATORS = ('auto', 'reference', 'fast')
 CRITICAL = 'critical'
 REFERENCE_TASKS = tasks.REFERENCE_TASKS  # 2-operand Z_p tasks: every pair is valid
-# Fields added after runs were first written, with their defaults: an older run's saved
-# config lacks them and had exactly these values (``--resume`` treats them as equal).
-ADDED_DEFAULTS = {
-    'momentum': 0.9, 'schedule': 'cosine', 'schedule_step': {'every': 1000, 'gamma': 0.1},
-    'schedule_gamma': 0.999, 'warmup_epochs': 0, 'grad_clip': 0.0,
-    'grokfast': {'kind': 'none', 'alpha': 0.98, 'lamb_ema': 2.0, 'window': 100,
-                 'lamb_ma': 5.0},
-    'loss': 'ce', 'l1': 0.0, 'data_seed': -1, 'init_seed': -1, 'order_seed': -1,
-    'task': 'add', 'train_fraction': 0.0, 'critical_delta': 0.0, 'model': 'reference',
-    'mlp': {'activation': 'sqr', 'embed_trainable': False, 'inner_product': False},
-    'lockstep': False, 'init_optimizer': False, 'interventions': {'lr': '', 'batch_size': ''},
-    'resonant': {'n_harmonics': 4, 'overlap_frac': 0.4, 'n_cycles': 3},
-    'probes': {'curvature': {'every_n_steps': 0},   # nested: only the missing leaves
-               'counterfactual': {'parallel': 1, 'every_epoch_until': 50}}}
 PRECISIONS = ('highest', 'high', 'default')
 ALL = 'all'
 MAX_SEED = 2**32 - 1  # JAX keys take 32 bits: larger seeds would collide silently

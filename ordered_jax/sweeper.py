@@ -1,7 +1,8 @@
 """Running a sweep: expand ``config.sweep`` into runs, pack them into vmapped batches, train
 each batch (``experiment.run``), keep one Parquet table of results (docs/sweeps.md).
 
-* Every run gets a stable id from its resolved config (``sweep.run_id``); its folder is
+* Every run gets a stable id from its resolved config (``sweep.run_id`` of its
+  ``identity.identity``: fields added later count only when not at their default); its folder is
   ``<workdir>/runs/<id>/``, so the same run in two sweeps, or twice in one, is one run.
 * Runs are packed when their configs differ only in what a batch may vary per run
   (strategy, seeds, learning rate, weight decay); everything else (shapes, static
@@ -32,7 +33,8 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from ordered_jax import budget, checkpoint, experiment, results, runs, sharding, sinks, sweep
+from ordered_jax import (budget, checkpoint, experiment, identity, results, runs, sharding,
+                         sinks, sweep)
 from ordered_jax import workdir as workdir_lib
 
 RUNS_DIR = 'runs'
@@ -60,8 +62,10 @@ def is_sweep(config) -> bool:
 
 
 def _identity(config, r: runs.Run) -> dict:
+  """The run's identity (``ordered_jax.identity``: its values read against a frozen
+  schema, so a field added with a default renames no run)."""
   cfg = experiment.run_config(config, r, env={})
-  return {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
+  return identity.identity({k: v for k, v in cfg.items() if k not in NOT_IDENTITY})
 
 
 def plan(config) -> list[Item]:
@@ -223,11 +227,11 @@ def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
       raise experiment.WorkdirError(
           f'{path} cannot be read (not the JSON a sweep writes); restore it, or pass '
           '--overwrite to replace the sweep') from None
-    diff = [k for k in sorted(set(old) | set(base)) if old.get(k) != base.get(k)]
-    if diff:
+    k = identity.first_difference(old, base)  # a field added since reads as its default
+    if k is not None:
       raise experiment.WorkdirError(
-          f'{workdir} holds a sweep whose config.{diff[0]} differs ({old.get(diff[0])!r} -> '
-          f'{base.get(diff[0])!r}); use another --workdir, or --overwrite to replace it')
+          f'{workdir} holds a sweep whose config.{k} differs ({identity.value(old, k)!r} -> '
+          f'{identity.value(base, k)!r}); use another --workdir, or --overwrite to replace it')
   if not overwrite:
     try:
       results.load(workdir)
