@@ -22,7 +22,12 @@ _RESUME = flags.DEFINE_bool('resume', False, 'Continue the runs of this config i
                             'from their latest checkpoints.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete existing runs of this config in '
                                '--workdir and start again.')
-_QUIET = flags.DEFINE_bool('quiet', False, 'No progress bar (for scripts and logs).')
+_QUIET = flags.DEFINE_bool('quiet', False, 'No progress bar: one plain line every '
+                           '--print_every epochs (what logs and pipes get anyway).')
+_SILENT = flags.DEFINE_bool('silent', False, 'No progress output at all (warnings, errors '
+                            'and the final lines only).')
+_PRINT_EVERY = flags.DEFINE_integer('print_every', 0, 'Epochs between progress lines in '
+                                    'logs, pipes and --quiet; 0 = about 50 lines a run.')
 _RERUN = flags.DEFINE_string('rerun', '', "Sweeps: restart the runs matching 'key=values', "
                              "e.g. --rerun='seed=1,2;weight_decay=0.1' (docs/sweeps.md).")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -153,6 +158,10 @@ def _main(argv):
     _fail('--config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
           'the configs)')
   config = _load_config()
+  if _PRINT_EVERY.value < 0:
+    _fail(f'--print_every: must be >= 0 (0 = about 50 lines a run); got {_PRINT_EVERY.value}')
+  progress = dict(quiet='silent' if _SILENT.value else _QUIET.value,
+                  print_every=_PRINT_EVERY.value)
   from ordered_jax import runs  # pylint: disable=g-import-not-at-top
   for field, ok in (('matmul_precision', lambda v: v in runs.PRECISIONS),
                     ('deterministic', lambda v: isinstance(v, bool))):
@@ -181,7 +190,7 @@ def _main(argv):
       if _RESUME.value:
         _fail('--resume: a sweep continues by itself; run the same command again')
       table = sweeper.run(config, _WORKDIR.value, probes=probes.build, rerun=_RERUN.value,
-                          overwrite=_OVERWRITE.value, quiet=_QUIET.value)
+                          overwrite=_OVERWRITE.value, **progress)
       logging.info('sweep results: %s', table)
       return
     if _RERUN.value:
@@ -189,7 +198,7 @@ def _main(argv):
     runs.validate(config)
     config = runs.resolve(config)  # what will run (strategy resonant sizes its own data)
     summaries = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
-                               overwrite=_OVERWRITE.value, quiet=_QUIET.value,
+                               overwrite=_OVERWRITE.value, **progress,
                                probes=probes.build(config))
   except experiment.DiskFull as e:
     print(f'error: {e}', file=sys.stderr)

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ordered_jax import (budget, checkpoint, continuation, environment, identity, instrument,
-                         lockstep, models, optim, orderings, resonant, runs, sharding, sinks,
-                         tasks, train)
+from ordered_jax import (budget, checkpoint, console, continuation, environment, identity,
+                         instrument, lockstep, models, optim, orderings, resonant, runs,
+                         sharding, sinks, tasks, train)
 from ordered_jax import workdir as workdir_lib
 
 EXPERIMENT = 'mod_arithmetic'
@@ -354,12 +354,12 @@ def _fresh_host(r: runs.Run) -> dict:
           'stop_reason': 'running', 'stop_epoch': None, 'duration_seconds': 0.0}
 
 
-def _progress(batch, host, quiet, total, initial):
-  if quiet:
-    return None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, initial=initial, unit='epoch', dynamic_ncols=True,
-              desc=batch[0].name if len(batch) == 1 else f'{len(batch)} runs')
+def _progress(batch, quiet, total, initial, every=0):
+  """The progress output (``console.bar``): ``quiet`` False = a bar on a terminal and lines
+  elsewhere, True = lines, 'silent' = none."""
+  mode = 'silent' if quiet == 'silent' else 'lines' if quiet else 'auto'
+  return console.bar(mode, batch[0].name if len(batch) == 1 else f'{len(batch)} runs',
+                     total, initial, every)
 
 
 def _postfix(batch, host, active) -> str:
@@ -537,10 +537,14 @@ def _probe_untrained(trainer, state, spec, data, batch, writers) -> None:
 
 
 def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False, probes=(), batch: list[runs.Run] | None = None) -> list[dict]:
+        quiet: bool | str = False, probes=(), batch: list[runs.Run] | None = None,
+        print_every: int = 0) -> list[dict]:
   """Train every run of ``config`` into ``workdir/<run>/``; returns the summaries.
 
   ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows.
+  ``quiet``: False = a progress bar on a terminal, one line every ``print_every`` epochs
+  (0 = about 50 lines a run) in logs and pipes; True = those lines always; 'silent' = no
+  progress output.
   Before anything is built the config is validated and its memory estimated
   (``budget.check``); the run folders are locked for the whole run (``workdir.lock``:
   another process writing them is refused). A full disk stops the run with a one-line
@@ -559,7 +563,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   with held:
     try:
       return _run(config, workdir, resume=resume, overwrite=overwrite, quiet=quiet,
-                  probes=probes, batch=batch, init=init)
+                  probes=probes, batch=batch, init=init, print_every=print_every)
     except Exception as e:  # pylint: disable=broad-except
       full = workdir_lib.disk_full(e)
       if full is None:
@@ -593,8 +597,8 @@ def _common_steps(dirs) -> set[int]:
   return common
 
 
-def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, probes,
-         batch: list[runs.Run], init: tuple) -> list[dict]:
+def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | str, probes,
+         batch: list[runs.Run], init: tuple, print_every: int = 0) -> list[dict]:
   """``run`` after validation, under the lock; ``init`` = ``load_init``'s (params,
   continuation), or (None, None)."""
   init_params, cont = init
@@ -682,7 +686,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)
   active = np.asarray(sharding.fetch(state.active))
   end = last_epoch(config)
-  bar = _progress(batch, host, quiet or not primary, end, start)
+  bar = _progress(batch, 'silent' if not primary else quiet, end, start, print_every)
   last_saved = start if resume else None
 
   executables = {}
@@ -730,8 +734,11 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool, pr
         size = runs.batch_size_at(config, epoch)
         steps_per_epoch = orderings.steps_per_epoch(n_train, size)
         variant = (size, do_eval, do_probe)
+        now_before = time.perf_counter()
         if variant not in executables:
           compiled(variant)
+          if bar is not None:  # the ETA counts training only
+            bar.exclude(time.perf_counter() - now_before)
           t0 = time.perf_counter()
         state, m = compiled(variant)(state, spec, data, jnp.int32(epoch))
         m = sharding.fetch(m)

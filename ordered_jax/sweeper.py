@@ -243,7 +243,8 @@ def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
 
 
 def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
-        rerun: str = '', overwrite: bool = False, quiet: bool = False) -> str:
+        rerun: str = '', overwrite: bool = False, quiet: bool | str = False,
+        print_every: int = 0) -> str:
   """Run (or continue) the sweep of ``config`` in ``workdir``; returns the table's path.
 
   ``probes(config)`` builds each batch's probes; ``rerun`` ('key=values;...') restarts the
@@ -262,10 +263,11 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
     runs.check_workdir(workdir)
   with workdir_lib.lock(workdir, ['sweep']) if primary else contextlib.nullcontext():
     return _run(config, workdir, items, packed, filters, probes=probes, overwrite=overwrite,
-                quiet=quiet)
+                quiet=quiet, print_every=print_every)
 
 
-def _run(config, workdir, items, packed, filters, *, probes, overwrite, quiet) -> str:
+def _run(config, workdir, items, packed, filters, *, probes, overwrite, quiet,
+         print_every=0) -> str:
   """``run`` once planned, under the sweep's lock."""
   primary = sharding.is_primary()
   if primary:
@@ -289,7 +291,8 @@ def _run(config, workdir, items, packed, filters, *, probes, overwrite, quiet) -
       logging.info('sweep: batch %d/%d, %s %d run(s)', k + 1, len(packed),
                    'resuming' if is_resume else 'starting', len(part))
       experiment.run(part[0].config, runs_dir, resume=is_resume, overwrite=not is_resume,
-                     quiet=quiet, probes=probes(part[0].config), batch=[it.run for it in part])
+                     quiet=quiet, probes=probes(part[0].config), batch=[it.run for it in part],
+                     print_every=print_every)
     if primary and (todo or not _in_table(workdir, b)):
       writer.add([result_row(it, os.path.join(runs_dir, it.id)) for it in b])
   path = writer.consolidate() if primary else os.path.join(workdir, results.TABLE)

@@ -65,6 +65,7 @@ MAIN = [
      'config.train_size: needs about', {}),
     ('layers', [TINY, '--config.layers=100000'], 'config.layers', {}),
     # The workdir's state on --resume.
+    ('print-every', [TINY, '--print_every=-1'], '--print_every: must be >= 0', {}),
     ('resume-nothing', [TINY, '--resume'], '--resume: no run', {}),
     ('resume-and-overwrite', [TINY, '--resume', '--overwrite'], '--overwrite', {}),
     ('resume-config-missing', [TINY, '--resume'], 'experiment_config.json',
