@@ -1,0 +1,22 @@
+"""pyproject.toml (issue 14 B7): the same dependencies as requirements.txt, every package."""
+
+import os
+import tomllib
+
+from tests.conftest import ROOT
+
+
+def _requirements():
+  with open(os.path.join(ROOT, 'requirements.txt')) as f:
+    return [l.strip() for l in f if l.strip() and not l.startswith('#')]
+
+
+def test_pyproject_lists_requirements_and_packages():
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    project = tomllib.load(f)
+  deps = project['project']['dependencies'] + project['project']['optional-dependencies']['test']
+  assert sorted(deps) == sorted(_requirements())
+  packages = project['tool']['setuptools']['packages']
+  found = sorted(d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, '__init__.py'))
+                 and d != 'tests' and d != 'benchmarks')
+  assert sorted(packages) == found
