@@ -679,8 +679,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   if mesh.size > 1:
     logging.info('%d runs (+%d padding) sharded over %d devices', len(batch), n_pad, mesh.size)
   writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
-                           start_epoch=start) if primary else sinks.MultiSink([])
-             for d, r in zip(dirs, batch)]
+                           start_epoch=start, config=c) if primary else sinks.MultiSink([])
+             for d, r, c in zip(dirs, batch, run_cfgs)]
   compare = None
   if config.get('lockstep', False):
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)

@@ -191,6 +191,27 @@ class CsvSink:
     pass
 
 
+# The metrics the HParams tab shows per run (their last logged values).
+HPARAM_METRICS = ('training_metrics/validation_accuracy', 'training_metrics/training_accuracy',
+                  'training_metrics/loss')
+
+
+def hparam_values(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """A run config flattened to ``a.b.c`` keys with TensorBoard's hparam types (numbers,
+  strings, bools; lists and None as text); the environment left out."""
+  out = {}
+  for k, v in config.items():
+    if k == 'environment' and not prefix:
+      continue
+    if isinstance(v, Mapping):
+      out.update(hparam_values(v, f'{prefix}{k}.'))
+    elif isinstance(v, (bool, int, float, str)):
+      out[prefix + k] = v
+    else:
+      out[prefix + k] = json.dumps(v, default=str)
+  return out
+
+
 class TensorBoardSink:
   """tensorboardX event files in the run folder; scalars only, step = epoch."""
 
@@ -205,6 +226,17 @@ class TensorBoardSink:
       v = _jsonable(v)
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         self._w.add_scalar(k, v, epoch)
+
+  def describe(self, config: Mapping[str, Any]) -> None:
+    """The run's config for TensorBoard: its values as hparams (the HParams tab compares
+    the runs of a sweep, with ``HPARAM_METRICS``' last values) and as JSON text."""
+    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    values = hparam_values(config)
+    for summary in hparams(values, {k: 0.0 for k in HPARAM_METRICS}):
+      self._w.file_writer.add_summary(summary)
+    text = json.dumps({k: v for k, v in config.items() if k != 'environment'}, indent=1,
+                      default=str)
+    self._w.add_text('config', '```\n' + text + '\n```', 0)
 
   def close(self) -> None:
     self._w.flush()
@@ -235,7 +267,7 @@ def _csv_epochs(path: str) -> list[int]:
 
 
 def for_run(run_dir: str, name: str, *, tensorboard: bool, csv_file: bool,
-            start_epoch: int = 0) -> MultiSink:
+            start_epoch: int = 0, config: Mapping[str, Any] | None = None) -> MultiSink:
   """The sinks a run's configuration asks for. On a resume (``start_epoch`` > 0), a CSV
   that lacks rows the JSONL has (``csv`` switched on now) is rebuilt from the JSONL (the
   old one kept as ``.removed``), and TensorBoard switched on now (no event file yet)
@@ -260,6 +292,8 @@ def for_run(run_dir: str, name: str, *, tensorboard: bool, csv_file: bool,
   if tensorboard:
     fresh = not glob.glob(os.path.join(run_dir, 'events.out.tfevents*'))
     sink = TensorBoardSink(run_dir, start_epoch=start_epoch)
+    if config is not None and (fresh or not start_epoch):
+      sink.describe(config)
     if fresh and earlier:
       logging.info('%s: tensorboard was off for epochs the JSONL has; replaying them',
                    run_dir)

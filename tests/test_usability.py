@@ -112,3 +112,50 @@ def test_analysis_sweep_map_missing_table_is_one_line(tmp_path, capsys):
     cli.main(['sweep_map', '--table', str(tmp_path / 'nope')])
   assert e.value.code == 2
   assert capsys.readouterr().err.strip() == f'error: --table {tmp_path / "nope"}: no such file or folder'
+
+
+def _tb_events(logdir):
+  """[(tag, plugin name, plugin content bytes, text)] of every summary value."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for f in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
+    data = open(f, 'rb').read()
+    i = 0
+    while i < len(data):
+      n, = struct.unpack('<Q', data[i:i + 8])
+      ev = event_pb2.Event()
+      ev.ParseFromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in ev.summary.value:
+        text = b''.join(v.tensor.string_val).decode() if v.HasField('tensor') else ''
+        out.append((v.tag, v.metadata.plugin_data.plugin_name, v.metadata.plugin_data.content,
+                    text))
+  return out
+
+
+def test_tensorboard_hparams_and_config_text(tmp_path):
+  from ordered_jax import experiment, sinks  # pylint: disable=g-import-not-at-top
+  config = micro_config(lr=0.003)
+  cfg = experiment.run_config(config, runs.expand(config)[0], {'jax_version': 'x'})
+  flat = sinks.hparam_values(cfg)
+  assert flat['lr'] == 0.003 and flat['probes.group'] == 'none' and flat['seeds'] == '[]'
+  assert not any(k.startswith('environment') for k in flat)
+  sink = sinks.for_run(str(tmp_path), 'stride', tensorboard=True, csv_file=False, config=cfg)
+  sink.write(0, {'training_metrics/validation_accuracy': 12.5})
+  sink.close()
+  events = _tb_events(str(tmp_path))
+  hp = {tag: content for tag, plugin, content, _ in events if plugin == 'hparams'}
+  assert set(hp) == {'_hparams_/experiment', '_hparams_/session_start_info',
+                     '_hparams_/session_end_info'}
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  start = plugin_hparams_pb2.HParamsPluginData()
+  start.ParseFromString(hp['_hparams_/session_start_info'])
+  assert start.session_start_info.hparams['lr'].number_value == pytest.approx(0.003)
+  assert start.session_start_info.hparams['strategy'].string_value == 'stride'
+  exp = plugin_hparams_pb2.HParamsPluginData()
+  exp.ParseFromString(hp['_hparams_/experiment'])
+  assert {m.name.tag for m in exp.experiment.metric_infos} == set(sinks.HPARAM_METRICS)
+  [text] = [t for tag, plugin, _, t in events if plugin == 'text']
+  assert '"lr": 0.003' in text and 'jax_version' not in text
