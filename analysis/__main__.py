@@ -2,8 +2,8 @@
 
 Tools (``python -m analysis --help`` lists them all): curves, metric_plot, compare,
 convergence, correlation, export_table, layer_dynamics, area_plot, weight_compare,
-weight_heatmap, activation_probe, dataset_dft, report, tensorboard; ``sweep_map --table
-DIR`` draws a sweep's results table; ``merge A B ... -o OUT`` combines sweeps'
+weight_heatmap, activation_probe, dataset_dft, report, tensorboard, wandb_replay;
+``sweep_map --table DIR`` draws a sweep's results table; ``merge A B ... -o OUT`` combines sweeps'
 results.parquet tables.
 ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
 (ExperimentOneData layout), or one run folder. Every tool writes its files under
@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = tool('tensorboard', 'replay metrics JSONL into TensorBoard event files')
   p.add_argument('--jsonl', nargs='+', default=[], help='JSONL files (instead of runs)')
   p.add_argument('--config', default='', help='experiment_config.json for a --jsonl file')
+
+  p = tool('wandb_replay', 'upload runs\' metric rows, config and environment to Weights & '
+           'Biases (pip install wandb)')
+  p.add_argument('--project', required=True, help='the W&B project')
+  p.add_argument('--entity', default='', help='W&B team or user (default: yours)')
+  p.add_argument('--mode', choices=('online', 'offline'), default='online',
+                 help='offline: write wandb/ folders for `wandb sync`, no network')
 
   p = sub.add_parser('sweep_map', help='where each ordering groks: a sweep\'s results table '
                      'as a strategy x key grid and every run\'s test curve',
@@ -466,13 +473,25 @@ def _sweep_map(args) -> list[str]:
   return [path]
 
 
+def _wandb_replay(args):
+  from ordered_jax import wandb_sink  # pylint: disable=g-import-not-at-top
+  if not wandb_sink.available():
+    raise InputError(f'wandb_replay {wandb_sink.MISSING}')
+  paths = []
+  for r in _with_rows(_runs(args)):
+    paths.append(wandb_sink.replay(r.rows, _tool_dir(args), r.name,
+                                   {**(r.config or {}), 'run': r.name},
+                                   project=args.project, entity=args.entity, mode=args.mode))
+  return paths
+
+
 TOOLS = {
     'curves': _curves, 'metric_plot': _metric_plot, 'compare': _compare, 'convergence': _convergence,
     'correlation': _correlation, 'export_table': _export_table,
     'layer_dynamics': _layer_dynamics, 'area_plot': _area_plot,
     'weight_compare': _weight_compare, 'weight_heatmap': _weight_heatmap,
     'activation_probe': _activation_probe, 'dataset_dft': _dataset_dft, 'report': _report,
-    'tensorboard': _tensorboard,
+    'tensorboard': _tensorboard, 'wandb_replay': _wandb_replay,
 }
 NEEDS_WORKDIR = set(TOOLS) - {'dataset_dft', 'tensorboard'}
 

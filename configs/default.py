@@ -128,6 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_every = 500           # ... and every keep_every-th epoch (0 = none)
   c.tensorboard = True
   c.csv = False
+  c.wandb = ml_collections.ConfigDict(dict(  # optional W&B sink (pip install wandb)
+      project='',              # '' = off; else log every run's rows, config, environment
+      entity='',               # W&B team or user ('' = the default)
+      mode='online'))          # online | offline (files under <run>/wandb, wandb sync later)
   # Numerics.
   c.deterministic = True       # XLA deterministic GPU kernels
   c.matmul_precision = 'highest'  # float32 matmuls (no TF32), as the reference

@@ -34,7 +34,7 @@ EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
 # Fields that may change between a run and its --resume (they do not touch the trajectory).
 RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every',
-               'stop_after')
+               'stop_after', 'wandb')
 
 
 WorkdirError = workdir_lib.WorkdirError  # the workdir's state forbids the request
@@ -681,6 +681,12 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
                            start_epoch=start, config=c) if primary else sinks.MultiSink([])
              for d, r, c in zip(dirs, batch, run_cfgs)]
+  if primary and config.get('wandb') and config.wandb.project:
+    from ordered_jax import wandb_sink  # pylint: disable=g-import-not-at-top
+    for w, d, r, c in zip(writers, dirs, batch, run_cfgs):
+      w.sinks.append(wandb_sink.WandbSink(d, r.name, c, project=config.wandb.project,
+                                          entity=config.wandb.entity, mode=config.wandb.mode,
+                                          group=os.path.basename(os.path.abspath(workdir))))
   compare = None
   if config.get('lockstep', False):
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)

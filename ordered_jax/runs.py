@@ -148,6 +148,8 @@ def validate(config) -> None:
   _number(config, 'keep_every', integer=True, lo=0, what=' (0 = off)')
   _check(config.matmul_precision in PRECISIONS, 'matmul_precision',
          f'must be one of {", ".join(PRECISIONS)}; got {config.matmul_precision!r}')
+  if 'wandb' in config:
+    _validate_wandb(config)
   for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers', 'lockstep'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
   _check(isinstance(config.get('init_from', ''), str), 'init_from',
@@ -179,6 +181,15 @@ def validate(config) -> None:
   if config.lockstep:
     _check(len(expand(config)) >= 2, 'lockstep',
            'compares the runs of a batch: give at least two (e.g. strategy=stride,random)')
+
+
+def _validate_wandb(config) -> None:
+  from ordered_jax import wandb_sink  # pylint: disable=g-import-not-at-top
+  for field in ('wandb.project', 'wandb.entity'):
+    _check(isinstance(config[field], str), field, f"must be a string; got {config[field]!r}")
+  _one_of(config, 'wandb.mode', wandb_sink.MODES)
+  if config.wandb.project:
+    _check(wandb_sink.available(), 'wandb.project', wandb_sink.MISSING)
 
 
 def _one_of(config, field, allowed):

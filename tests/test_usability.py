@@ -1,5 +1,6 @@
 """Issue 14's friction fixes: unknown-key messages, the `auto` data generator, size hints."""
 
+import glob
 import os
 
 import numpy as np
@@ -159,3 +160,55 @@ def test_tensorboard_hparams_and_config_text(tmp_path):
   assert {m.name.tag for m in exp.experiment.metric_infos} == set(sinks.HPARAM_METRICS)
   [text] = [t for tag, plugin, _, t in events if plugin == 'text']
   assert '"lr": 0.003' in text and 'jax_version' not in text
+
+
+def test_wandb_missing_package_is_one_line(monkeypatch, tmp_path, capsys):
+  """Whether or not wandb is installed: without it, the option and the replay tool stop in
+  one line naming the field (wandb is an optional extra)."""
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from ordered_jax import wandb_sink  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(wandb_sink, 'available', lambda: False)
+  with pytest.raises(runs.ConfigError, match='config.wandb.project: needs the wandb package'):
+    runs.validate(_with_wandb('p'))
+  runs.validate(_with_wandb(''))  # off: no package needed
+  with pytest.raises(runs.ConfigError, match='config.wandb.mode: must be one of online'):
+    runs.validate(_with_wandb('', mode='cloud'))
+  os.makedirs(tmp_path / 'stride')
+  (tmp_path / 'stride' / 'stride.jsonl').write_text('{"epoch": 0, "training_metrics/loss": 1}\n')
+  with pytest.raises(SystemExit):
+    cli.main(['wandb_replay', '--workdir', str(tmp_path), '--project', 'p'])
+  assert capsys.readouterr().err.strip() == (
+      'error: wandb_replay needs the wandb package, which is not installed: pip install wandb')
+
+
+def _with_wandb(project, mode='offline'):
+  c = micro_config()
+  c.wandb.project, c.wandb.mode = project, mode
+  return c
+
+
+def test_wandb_offline_logs_the_same_keys(tmp_path, monkeypatch):
+  """Skipped only without wandb: an offline run (no network) gets every scalar of every
+  JSONL row at step = epoch, and the config with its environment."""
+  wandb = pytest.importorskip('wandb')
+  from ordered_jax import experiment, sinks  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  logged, configs = [], []
+  real_log, real_init = wandb.sdk.wandb_run.Run.log, wandb.init
+
+  def log(self, data, step=None, **kw):
+    logged.append((step, dict(data)))
+    return real_log(self, data, step=step, **kw)
+
+  def init(*a, **kw):
+    configs.append(kw['config'])
+    return real_init(*a, **kw)
+
+  monkeypatch.setattr(wandb.sdk.wandb_run.Run, 'log', log)
+  monkeypatch.setattr(wandb, 'init', init)
+  experiment.run(_with_wandb('ordered-jax-test'), str(tmp_path), quiet='silent')
+  rows = sinks.read_jsonl(str(tmp_path / 'stride' / 'stride.jsonl'))
+  assert logged == [(r['epoch'], {k: v for k, v in r.items() if k != 'epoch'}) for r in rows]
+  assert configs[0]['lr'] == 1e-3 and 'jax_version' in configs[0]['environment']
+  assert glob.glob(str(tmp_path / 'stride' / 'wandb' / '*' / '*.wandb'))
