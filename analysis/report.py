@@ -172,6 +172,18 @@ def fourier_figure(runs: list[Run]):
   return fig
 
 
+SPARSE = 20  # series with at most this many points are drawn with markers
+PER_FAMILY = 9  # panels in a probe family's generic section
+
+
+def family_keys(name: str) -> list[str]:
+  """The scalar keys of probe ``name`` the catalog lists (no per-parameter, list or dict
+  keys), for the report's generic section of that family."""
+  from probes import catalog  # pylint: disable=g-import-not-at-top
+  return [f'{name}/{m.key}' for m in catalog.CATALOG[name].metrics
+          if '<' not in m.key and '{' not in m.key and not m.direction.startswith('- (a')]
+
+
 def _present(runs: list[Run], keys) -> list[str]:
   have = {k for r in runs for k in r.keys()}
   return [k for k in keys if k in have]
@@ -185,7 +197,9 @@ def probe_figure(runs: list[Run], keys: list[str]):
     for r in runs:
       e, v = r.series(k)
       if e.size:
-        ax.plot(e, v, color=looks[r.name][0], ls=looks[r.name][1], label=r.name)
+        # Sparse series (curvature fires rarely) get markers: one point is still seen.
+        ax.plot(e, v, color=looks[r.name][0], ls=looks[r.name][1], label=r.name,
+                marker='o' if e.size <= SPARSE else None, ms=4)
     if k.startswith('curvature/') and 'ratio' in k:  # log scale: 1 = the stability edge
       ax.axhline(1.0, color='grey', ls='--', lw=0.8)
       ax.set_yscale('log')
@@ -258,6 +272,20 @@ def render(runs: list[Run], *, title='Ordered-learning report', sources=(),
       parts += [f'<h2>{heading}</h2>', '<p class="note">Values at the last probe epoch.</p>',
                 html_table(final_values(with_rows, present)),
                 _img(probe_figure(with_rows, present))]
+  from probes import catalog  # pylint: disable=g-import-not-at-top
+  for name in catalog.CATALOG:  # every other probe family present: its own section
+    present = [k for k in _present(with_rows, family_keys(name)) if k not in shown]
+    present = [k for k in present if any(r.series(k)[0].size for r in with_rows)]
+    if not present or any(k.startswith(f'{name}/') for k in shown):
+      continue
+    present = present[:PER_FAMILY]
+    shown += present
+    parts += [f'<h2>{html.escape(name)}: {html.escape(catalog.CATALOG[name].summary)}</h2>',
+              f'<p class="note">Fires {html.escape(catalog.CATALOG[name].cadence)}; values '
+              'at the run\'s last firing; `python main.py --probes_describe='
+              f'{name}` lists every key.</p>',
+              html_table(final_values(with_rows, present)),
+              _img(probe_figure(with_rows, present))]
   defs = [(labels.label(k), labels.describe(k)) for k in
           (LOSS, TRAIN_ACC, TEST_ACC, *shown) if labels.describe(k)]
   parts.append('<h2>Definitions</h2><dl>' + ''.join(

@@ -212,3 +212,25 @@ def test_wandb_offline_logs_the_same_keys(tmp_path, monkeypatch):
   assert logged == [(r['epoch'], {k: v for k, v in r.items() if k != 'epoch'}) for r in rows]
   assert configs[0]['lr'] == 1e-3 and 'jax_version' in configs[0]['environment']
   assert glob.glob(str(tmp_path / 'stride' / 'wandb' / '*' / '*.wandb'))
+
+
+def test_report_has_a_section_per_probe_family_with_markers_for_sparse_series(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from analysis import readers, report  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / 'stride')
+  with open(tmp_path / 'stride' / 'stride.jsonl', 'w') as f:
+    for e in range(30):
+      row = {'epoch': e, 'training_metrics/loss': 1.0 / (e + 1),
+             'training_metrics/training_accuracy': 3.0 * e,
+             'training_metrics/validation_accuracy': 2.0 * e,
+             'path_length/path_length': 0.1 * e}
+      if e % 10 == 0:
+        row['parameter_delta/absolute_delta'] = 1.0 + e
+      f.write(json.dumps(row) + '\n')
+  runs = readers.load([str(tmp_path)], None)
+  text = report.render(runs)
+  assert '<h2>parameter_delta: ' in text and '<h2>path_length: ' in text
+  fig = report.probe_figure(runs, ['parameter_delta/absolute_delta', 'path_length/path_length'])
+  sparse, dense = fig.axes[0].lines[0], fig.axes[1].lines[0]
+  assert sparse.get_marker() == 'o' and len(sparse.get_xdata()) == 3
+  assert dense.get_marker() in ('None', None, '')
