@@ -103,7 +103,8 @@ def test_every_validation_error_names_its_field(field, value, needle):
 def test_both_sets_must_fit_in_p_squared():
   # (data_generator='reference' draws test pairs with replacement: tests/test_torch_import.py)
   config = micro_config(data_generator='fast', train_size=100, test_size=70, batch_size=16)
-  with pytest.raises(runs.ConfigError, match=r'config\.train_size: training \+ test examples'):
+  with pytest.raises(runs.ConfigError,
+                     match=r'config\.train_size: 100 training \+ 70 test examples exceed the 169'):
     runs.validate(config)
   runs.validate(micro_config(data_generator='fast', train_size=100, test_size=69))
 
