@@ -54,7 +54,26 @@ def environment() -> dict:
   """What the recorded floats depend on besides the code (the test skips elsewhere)."""
   import jaxlib  # pylint: disable=g-import-not-at-top
   return {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-          'machine': platform.machine(), 'backend': jax.default_backend()}
+          'machine': platform.machine(), 'backend': jax.default_backend(), 'cpu': _cpu()}
+
+
+def _cpu() -> str:
+  """The CPU model and the vector extensions XLA:CPU generates code for: another CPU of
+  the same architecture may round differently (e.g. AVX-512 against AVX2 kernels)."""
+  model, flags = platform.processor(), set()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name':
+          model = value.strip()
+        elif key.strip() == 'flags':
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  wanted = ('avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_tile', 'asimd', 'sve')
+  return ' '.join([model] + [f for f in wanted if f in flags])
 
 
 def params_sha256(tree) -> str:
