@@ -761,6 +761,6 @@ def test_reference_generator_accepts_what_the_reference_accepts():
     assert e.value.field == field
   with pytest.raises(ValueError, match=r'^train_size: must be < the 9409 pairs'):
     tasks.make_task(tasks.parse_task('add', 97), 9409, 1, 199, 'reference')
-  with pytest.raises(runs.ConfigError, match=r'training \+ test examples must be <='):
+  with pytest.raises(runs.ConfigError, match=r'9000 training \+ 500 test examples exceed the 9409'):
     runs.validate(micro_config(p=97, train_size=9000, test_size=500, batch_size=256,
                                data_generator='fast'))
