@@ -4,11 +4,9 @@ final_params) next to the reference's (paper-era JSONL with hook points, CSV, a
 expected series; errors must be one line with exit code 2."""
 
 import base64
-import glob
 import html.parser
 import json
 import os
-import struct
 
 import jax.numpy as jnp
 import matplotlib.image
@@ -20,6 +18,7 @@ import ptfiles
 from analysis import __main__ as cli
 from analysis import activations, dataset_dft, plots, readers, report, series, style, weights
 from ordered_jax import checkpoint, models
+from tests import tbevents
 from tests.conftest import ROOT
 
 CFG = models.ModelConfig(vocab=11, embed_dim=8, num_heads=4, layers=2, mlp_dim=16)
@@ -489,21 +488,13 @@ def test_report_on_the_published_summaries(capsys, tmp_path):
 
 def _events(logdir):
   """{tag: [(step, value)]} of scalars and {tag: count} of histograms in event files."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   scalars, histos = {}, {}
-  for f in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-    data = open(f, 'rb').read()
-    i = 0
-    while i < len(data):
-      n, = struct.unpack('<Q', data[i:i + 8])
-      ev = event_pb2.Event()
-      ev.ParseFromString(data[i + 12:i + 12 + n])
-      i += 12 + n + 4
-      for v in ev.summary.value:
-        if v.HasField('histo'):
-          histos[v.tag] = histos.get(v.tag, 0) + 1
-        elif v.HasField('simple_value'):
-          scalars.setdefault(v.tag, []).append((ev.step, v.simple_value))
+  for ev in tbevents.events(logdir):
+    for v in ev.summary.value:
+      if v.HasField('histo'):
+        histos[v.tag] = histos.get(v.tag, 0) + 1
+      elif v.HasField('simple_value'):
+        scalars.setdefault(v.tag, []).append((ev.step, v.simple_value))
   return scalars, histos
 
 

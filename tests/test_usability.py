@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import budget, keys, runs, tasks
+from tests import tbevents
 from tests.conftest import micro_config
 
 
@@ -117,22 +118,12 @@ def test_analysis_sweep_map_missing_table_is_one_line(tmp_path, capsys):
 
 def _tb_events(logdir):
   """[(tag, plugin name, plugin content bytes, text)] of every summary value."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import struct  # pylint: disable=g-import-not-at-top
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   out = []
-  for f in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-    data = open(f, 'rb').read()
-    i = 0
-    while i < len(data):
-      n, = struct.unpack('<Q', data[i:i + 8])
-      ev = event_pb2.Event()
-      ev.ParseFromString(data[i + 12:i + 12 + n])
-      i += 12 + n + 4
-      for v in ev.summary.value:
-        text = b''.join(v.tensor.string_val).decode() if v.HasField('tensor') else ''
-        out.append((v.tag, v.metadata.plugin_data.plugin_name, v.metadata.plugin_data.content,
-                    text))
+  for ev in tbevents.events(logdir):
+    for v in ev.summary.value:
+      text = b''.join(v.tensor.string_val).decode() if v.HasField('tensor') else ''
+      out.append((v.tag, v.metadata.plugin_data.plugin_name, v.metadata.plugin_data.content,
+                  text))
   return out
 
 
