@@ -51,7 +51,7 @@ def config_of(name: str):
 
 
 def environment() -> dict:
-  """What the recorded floats depend on besides the code (elsewhere the test compares to a tolerance)."""
+  """What the recorded floats depend on besides the code (elsewhere: a tolerance)."""
   import jaxlib  # pylint: disable=g-import-not-at-top
   return {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
           'machine': platform.machine(), 'backend': jax.default_backend(), 'cpu': _cpu()}
