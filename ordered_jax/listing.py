@@ -20,6 +20,13 @@ TASKS = {
     'sym': 'sym:N -- composition in the symmetric group S_N (N <= 6)',
     'dihedral': 'dihedral:N -- composition in the dihedral group of order 2N',
     'poly': 'poly:x^2+x*y+y^2 -- a polynomial in x, y mod p (parsed, never evaluated)',
+    'dicyclic': 'dicyclic:N -- the dicyclic group of order 4N (dicyclic:2 = quaternions Q_8)',
+    'semidirect': 'semidirect:N,M,R -- Z_N x| Z_M, the generator of Z_M acting as x -> R x',
+    'alt': 'alt:N -- composition in the alternating group A_N (3 <= N <= 6)',
+    'sl2': 'sl2:Q -- SL(2, Q), 2 x 2 matrices of determinant 1 mod a prime Q',
+    'gl2': 'gl2:Q -- GL(2, Q), invertible 2 x 2 matrices mod a prime Q',
+    'direct': 'direct:G*H -- the direct product of any of these groups',
+    'collection': 'collection:dk=D -- a sweep: every built-in group of largest irrep degree D',
 }
 MODELS = {
     'reference': 'the paper\'s GrokkingTransformer (encoder, mean-pooled, then a decoder to the classes)',

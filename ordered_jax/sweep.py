@@ -165,7 +165,8 @@ def parse_values(text: str, field: str, like) -> list:
     raise SweepError(field, 'needs at least one value', text)
   items = [s.strip() for s in text.split(',')]
   if issubclass(kind, str):
-    return items
+    return (_expand_collections(items, field, text) if field.split('.')[-1] == 'task'
+            else items)
   out = []
   for item in items:
     if issubclass(kind, bool):
@@ -187,6 +188,22 @@ def parse_values(text: str, field: str, like) -> list:
       raise SweepError(field, f'fields of type {kind.__name__} cannot be swept', text)
   if len(out) > MAX_VALUES:
     raise SweepError(field, f'a key may take at most {MAX_VALUES} values', text)
+  return out
+
+
+def _expand_collections(items: list[str], field: str, text: str) -> list[str]:
+  """Task values: ``collection:dk=D`` stands for every built-in group of largest irrep
+  degree D (``tasks.collection``)."""
+  from ordered_jax import tasks  # pylint: disable=g-import-not-at-top  (numpy only)
+  out = []
+  for item in items:
+    if item.startswith('collection:'):
+      try:
+        out += tasks.collection(item)
+      except ValueError as e:
+        raise SweepError(field, str(e).split(': ', 1)[1].rsplit('; got ', 1)[0], text) from None
+    else:
+      out.append(item)
   return out
 
 
@@ -224,6 +241,10 @@ def _swept(config, group: str) -> list[tuple[str, str, list]]:
       raise SweepError(field, 'not a field of the config (grid and zip mirror its fields)',
                        text) from None
     found.append((key, str(text), parse_values(text, field, kind)))
+  task = str(config.get('task', '')).strip()
+  if (group == 'grid' and task.startswith('collection:')
+      and not any(key == 'task' for key, _, _ in found)):  # config.task itself: a sweep
+    found.append(('task', task, parse_values(task, 'task', str)))
   return sorted(found, key=lambda f: order[f[0]])
 
 

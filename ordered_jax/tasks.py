@@ -46,6 +46,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ordered_jax import groups
+
 GENERATORS = ('reference', 'fast')
 
 
@@ -195,7 +197,9 @@ def make_mod_add(p: int, train_size: int, test_size: int, seed: int,
 
 # -- tasks: operand tuples, codes and labels -------------------------------------------------
 
-TASK_NAMES = ('add', 'sub', 'mul', 'div', 'add3', 'product', 'sym', 'dihedral', 'poly')
+TASK_NAMES = ('add', 'sub', 'mul', 'div', 'add3', 'product', 'sym', 'dihedral', 'poly',
+              'dicyclic', 'semidirect', 'alt', 'sl2', 'gl2', 'direct', 'collection')
+TABLE_GROUPS = ('dicyclic', 'semidirect', 'alt', 'sl2', 'gl2', 'direct')  # ordered_jax.groups
 REFERENCE_TASKS = ('add', 'sub', 'mul', 'poly')  # 2-operand Z_p tasks: every pair is valid
 TASK_GENERATORS = ('fast', 'reference', 'auto')
 AUTO = 'auto'  # the reference's draws where they exist (REFERENCE_TASKS, a test set), else fast
@@ -210,7 +214,9 @@ _SYM_MAX_IRREP = {1: 1, 2: 1, 3: 2, 4: 3, 5: 6, 6: 16}
 
 _ALLOWED = (f"must be one of add, sub, mul, div (p prime), add3, product:AxB[xC..] (factors "
             f">= 2, order <= {MAX_ORDER}), sym:N (1 <= N <= {MAX_SYM}), dihedral:N (N >= 3, "
-            f"2N <= {MAX_ORDER}), poly:<expr in x, y> (e.g. poly:x^2+x*y+y^2)")
+            f"2N <= {MAX_ORDER}), poly:<expr in x, y> (e.g. poly:x^2+x*y+y^2), the groups "
+            f"dicyclic:N, semidirect:N,M,R, alt:N, sl2:Q, gl2:Q, direct:G*H (docs/tasks.md) "
+            f"and collection:dk=D (a sweep over the built-in groups of largest irrep degree D)")
 _POLY_ALLOWED = (f'poly:<expr> is a polynomial over Z_p in x and y with +, -, *, ^ (exponent '
                  f'an integer constant in [0, {POLY_MAX_EXPONENT}]), parentheses and '
                  f'non-negative integer constants')
@@ -503,7 +509,35 @@ def parse_task(spec: str, p: int) -> Task:
     order = 2 * n  # largest irrep degree 2: c = 2 / 2
     return Task(name, order, 2, order * order, 1.0, (order, order), (0, 0),
                 functools.partial(_label_dihedral, n))
+  if kind in TABLE_GROUPS and colon:
+    try:
+      table_MxM = groups.table(name)
+      abelian = groups.is_abelian(name)
+      c = 1.0 if abelian else max(groups.irrep_degrees(name)) / 2
+    except groups.GroupError as e:
+      raise ValueError(f'task: {e}; got {spec!r}') from None
+    order = len(table_MxM)
+    return Task(name, order, 2, order * order, c, (order, order), (0, 0),
+                functools.partial(_label_table, table_MxM))
+  if kind == 'collection':
+    raise ValueError(f'task: {spec!r} names a set of groups: it runs as a sweep, one run per '
+                     'group (main.py expands it; see docs/tasks.md)')
   raise ValueError(f'task: {_ALLOWED}; got {spec!r}')
+
+
+def collection(spec: str) -> tuple[str, ...]:
+  """The task names of ``collection:dk=D``: the built-in non-abelian groups whose largest
+  irreducible degree is D (Tian's ``group_collection_max_dk``). ValueError, one line."""
+  kind, _, arg = spec.strip().partition(':')
+  key, _, value = arg.partition('=')
+  if kind.strip() != 'collection' or key.strip() != 'dk' or not value.strip().isdigit():
+    raise ValueError(f'task: collection:dk=D with D a whole number; got {spec!r}')
+  names = groups.collection(int(value))
+  if not names:
+    have = sorted({max(groups.irrep_degrees(g)) for g in groups.COLLECTION})
+    raise ValueError(f'task: no built-in group has largest irrep degree {value.strip()} '
+                     f'(the collection has {have}); got {spec!r}')
+  return names
 
 
 # -- task generators and training-set sizes --------------------------------------------------
