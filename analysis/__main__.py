@@ -2,7 +2,8 @@
 
 Tools (``python -m analysis --help`` lists them all): curves, metric_plot, compare,
 convergence, correlation, export_table, layer_dynamics, area_plot, weight_compare,
-weight_heatmap, activation_probe, dataset_dft, report, tensorboard, wandb_replay;
+weight_heatmap, activation_probe, dataset_dft, report, tensorboard, wandb_replay,
+trajectory;
 ``sweep_map --table DIR`` draws a sweep's results table; ``merge A B ... -o OUT`` combines sweeps'
 results.parquet tables.
 ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
@@ -160,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                      'random'],
                  choices=('stride', 'target', 'fixed-random', 'random', 'alternating'))
   p.add_argument('--max-lag', type=_positive, default=500)
+
+  p = tool('trajectory', 'PCA of every run\'s parameter trajectory (config.trajectory.every): '
+           'the runs of a batch in one plane, start and end marked')
+  p.add_argument('--out', default='', help='the figure (default <output-dir>/trajectory/'
+                 'trajectory.<format>)')
+  p.add_argument('--basis', choices=('joint', 'run'), default='joint',
+                 help='joint: one PCA of all runs\' points, one plot; run: a PCA and a panel '
+                      'per run')
 
   p = tool('report', 'one self-contained HTML report')
   p.add_argument('--memorization-threshold', type=float, default=99.0)
@@ -456,6 +465,20 @@ def _curves(args):
   return [curves.plot(rows, args.out or _out(args, 'curves'), args.title)]
 
 
+def _trajectory(args):
+  from analysis import trajectory  # pylint: disable=g-import-not-at-top
+  runs = trajectory.read(_runs(args))
+  span = _range(args)
+  if span:  # records of epochs START..END only
+    runs = {n: (e[(e >= span[0]) & (e <= span[1])], p[(e >= span[0]) & (e <= span[1])])
+            for n, (e, p) in runs.items()}
+    runs = {n: v for n, v in runs.items() if len(v[0])}
+    if not runs:
+      raise InputError(f'--range {span[0]} {span[1]}: no trajectory record in it')
+  return [trajectory.plot(runs, args.out or _out(args, 'trajectory'), basis=args.basis,
+                          title=args.title, dpi=args.dpi)]
+
+
 def _sweep_map(args) -> list[str]:
   """``sweep_map``: ordered_jax.results' table drawn by analysis.sweep_map."""
   from analysis import sweep_map  # pylint: disable=g-import-not-at-top
@@ -491,7 +514,7 @@ TOOLS = {
     'layer_dynamics': _layer_dynamics, 'area_plot': _area_plot,
     'weight_compare': _weight_compare, 'weight_heatmap': _weight_heatmap,
     'activation_probe': _activation_probe, 'dataset_dft': _dataset_dft, 'report': _report,
-    'tensorboard': _tensorboard, 'wandb_replay': _wandb_replay,
+    'tensorboard': _tensorboard, 'wandb_replay': _wandb_replay, 'trajectory': _trajectory,
 }
 NEEDS_WORKDIR = set(TOOLS) - {'dataset_dft', 'tensorboard'}
 

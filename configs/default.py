@@ -132,6 +132,11 @@ def get_config() -> ml_collections.ConfigDict:
       project='',              # '' = off; else log every run's rows, config, environment
       entity='',               # W&B team or user ('' = the default)
       mode='online'))          # online | offline (files under <run>/wandb, wandb sync later)
+  c.trajectory = ml_collections.ConfigDict(dict(  # the weights every N epochs (docs/outputs.md)
+      every=0,                 # 0 = off; N: <run>/trajectory.npy gets the initial weights, those
+                               # after epochs 0, N, 2N, ... and the final ones
+      projection='none',       # none (float32 parameters) | random:K (Gaussian projection to K)
+      seed=0))                 # the projection's seed
   # Numerics.
   c.deterministic = True       # XLA deterministic GPU kernels
   c.matmul_precision = 'highest'  # float32 matmuls (no TF32), as the reference

@@ -27,14 +27,14 @@ from absl import logging
 
 from ordered_jax import (budget, checkpoint, console, continuation, environment, identity,
                          instrument, lockstep, models, optim, orderings, resonant, runs,
-                         sharding, sinks, tasks, train)
+                         sharding, sinks, tasks, train, trajectory)
 from ordered_jax import workdir as workdir_lib
 
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
 # Fields that may change between a run and its --resume (they do not touch the trajectory).
 RESUME_SAFE = ('tensorboard', 'csv', 'checkpoint_every', 'keep_checkpoints', 'keep_every',
-               'stop_after', 'wandb')
+               'stop_after', 'wandb', 'trajectory')
 
 
 WorkdirError = workdir_lib.WorkdirError  # the workdir's state forbids the request
@@ -628,6 +628,9 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   if resume:
     for d, c in zip(dirs, run_cfgs):
       _check_resume_config(d, c)
+    why = trajectory.check_resume(config, dirs)
+    if why:
+      raise WorkdirError(f'--resume: {why}')
     for d in dirs if primary else []:
       workdir_lib.unmark_complete(d)  # complete again only when this resume finishes
 
@@ -690,6 +693,12 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   compare = None
   if config.get('lockstep', False):
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)
+  record = None
+  if trajectory.enabled(config):  # <run>/trajectory.npy (ordered_jax.trajectory)
+    record = trajectory.Recorder(config, dirs, train.run_slice(state.params, 0), start=start,
+                                 resume=resume, write=primary)
+    if not resume:
+      record.initial(state.params, start - 1)
   active = np.asarray(sharding.fetch(state.active))
   end = last_epoch(config)
   bar = _progress(batch, 'silent' if not primary else quiet, end, start, print_every)
@@ -766,6 +775,9 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
               writers[i].write(epoch, {**row, **extra})
         if compare is not None and do_eval:
           compare.write(epoch, state.params, data)
+        if record is not None:  # runs whose epoch counted (trained, finite)
+          record.after_epoch(epoch, state.params, [
+              bool(m['trained'][i]) and h['last_epoch'] == epoch for i, h in enumerate(host)])
         epochs_done = epoch + 1
         t0 = now
         active = np.asarray(sharding.fetch(state.active))
@@ -780,9 +792,12 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
       # Completion checkpoint (the step is the number of epochs the batch went through).
       if config.epochs and last_saved != epochs_done:
         save_all(epochs_done)
+      if record is not None:
+        record.finish(state.params, [h['last_epoch'] for h in host])
   finally:
     _close_all([m.wait_until_finished for m in mgrs] + [m.close for m in mgrs] +
                [w.close for w in writers] + ([compare.close] if compare is not None else []) +
+               ([record.close] if record is not None else []) +
                ([bar.close] if bar is not None else []))
 
   # The last epoch evaluated the final weights of every run: no second pass (unless a run

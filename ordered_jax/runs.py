@@ -150,6 +150,8 @@ def validate(config) -> None:
          f'must be one of {", ".join(PRECISIONS)}; got {config.matmul_precision!r}')
   if 'wandb' in config:
     _validate_wandb(config)
+  if 'trajectory' in config:
+    _validate_trajectory(config)
   for field in ('tensorboard', 'csv', 'deterministic', 'identical_layers', 'lockstep'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
   _check(isinstance(config.get('init_from', ''), str), 'init_from',
@@ -190,6 +192,17 @@ def _validate_wandb(config) -> None:
   _one_of(config, 'wandb.mode', wandb_sink.MODES)
   if config.wandb.project:
     _check(wandb_sink.available(), 'wandb.project', wandb_sink.MISSING)
+
+
+def _validate_trajectory(config) -> None:
+  from ordered_jax import trajectory  # pylint: disable=g-import-not-at-top
+  _number(config, 'trajectory.every', integer=True, lo=0,
+          what=' (epochs between records; 0 = off)')
+  _number(config, 'trajectory.seed', integer=True, lo=0, hi=MAX_SEED)
+  try:
+    trajectory.parse_projection(config.trajectory.projection)
+  except ValueError as e:
+    raise ConfigError('trajectory.projection', str(e)) from None
 
 
 def _one_of(config, field, allowed):
