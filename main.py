@@ -42,6 +42,10 @@ _PROBES_LIST = flags.DEFINE_bool('probes_list', False, 'List every probe: group,
                                  'cost, supported models and tasks; then exit.')
 _PROBES_DESCRIBE = flags.DEFINE_string('probes_describe', None, 'Every metric key of probe '
                                        'NAME with its definition and reading; then exit.')
+_VALIDATE = flags.DEFINE_bool(
+    'validate_checkpoints', False, 'Train the config again in memory and compare every '
+    'saved checkpoint of its runs in --workdir bit for bit (writes nothing; exit 1 if any '
+    'differs).')
 
 
 def _fail(message: str) -> None:
@@ -101,15 +105,19 @@ def _load_config():
 class _QuietLibraries:
   """Drops INFO/DEBUG records of Orbax (it logs every file it writes) and of JAX internals,
   and Orbax's tracebacks of a save that ran out of space (the run ends with one line
-  saying so)."""
+  saying so), and its warnings that a checkpoint folder opened read-only is read-only."""
 
   NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
   FULL = ('RESOURCE_EXHAUSTED', 'No space left on device')
+  READ_ONLY = ('read_only=True', 'is read only=')
 
   def filter(self, record) -> bool:
     if f'{os.sep}orbax{os.sep}' in record.pathname and any(
         f in str(record.msg) or f in str(record.exc_info and record.exc_info[1])
         for f in self.FULL):
+      return False
+    if f'{os.sep}orbax{os.sep}' in record.pathname and any(
+        f in str(record.msg) for f in self.READ_ONLY):
       return False
     return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
@@ -127,6 +135,33 @@ def _quiet_closed_loops() -> None:
     previous(unraisable)
 
   sys.unraisablehook = hook
+
+
+def _validate(config, probes) -> None:
+  """``--validate_checkpoints``: a line per compared checkpoint, one per run; exit 1 if
+  any checkpoint differs from the replay (ordered_jax.validate)."""
+  from ordered_jax import runs, validate  # pylint: disable=g-import-not-at-top
+  runs.validate(config)
+  config = runs.resolve(config)
+  batch = runs.expand(config)
+  dirs = validate.check_workdir(config, _WORKDIR.value, batch)
+  note = validate.environment_note(dirs)
+  if note:
+    print(note, flush=True)
+  print(f'replaying {len(batch)} run(s) of {_config_path(sys.argv)} against the checkpoints '
+        f'in {_WORKDIR.value}', flush=True)
+  checks = validate.replay(config, _WORKDIR.value, probes=probes.build(config),
+                           report=lambda here: print(validate.step_line(here), flush=True))
+  if not checks:
+    _fail(f'--validate_checkpoints: no checkpoint in {_WORKDIR.value} within the epochs '
+          'replayed (config.stop_after stops before the first)')
+  for line in validate.summary(checks, [r.name for r in batch]):
+    print(line, flush=True)
+  bad = sorted({c.run for c in checks if not c.identical})
+  if bad:
+    print(f'error: {len(bad)} of {len(batch)} run(s) differ from their checkpoints: '
+          f'{", ".join(bad)}', file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv):
@@ -158,6 +193,12 @@ def _main(argv):
     _fail('--config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
           'the configs)')
   config = _load_config()
+  if _VALIDATE.value:
+    for flag, on in (('--resume', _RESUME.value), ('--overwrite', _OVERWRITE.value),
+                     ('--rerun', bool(_RERUN.value)), ('--distributed', _DISTRIBUTED.value)):
+      if on:
+        _fail(f'--validate_checkpoints: cannot be combined with {flag} (it only reads the '
+              'workdir, in one process)')
   if _PRINT_EVERY.value < 0:
     _fail(f'--print_every: must be >= 0 (0 = about 50 lines a run); got {_PRINT_EVERY.value}')
   progress = dict(quiet='silent' if _SILENT.value else _QUIET.value,
@@ -186,6 +227,12 @@ def _main(argv):
   from ordered_jax import experiment, results, sweep, sweeper  # pylint: disable=g-import-not-at-top
   import probes  # pylint: disable=g-import-not-at-top
   try:
+    if _VALIDATE.value:
+      if sweeper.is_sweep(config):
+        _fail('--validate_checkpoints: a sweep is not supported; validate its runs one '
+              'config at a time')
+      _validate(config, probes)
+      return
     if sweeper.is_sweep(config):
       if _RESUME.value:
         _fail('--resume: a sweep continues by itself; run the same command again')

@@ -90,12 +90,10 @@ def _target(like: Any):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict]:
-  """(state, meta) saved at ``step``; ``like`` is a state of the same structure.
-
-  ``meta`` comes back without its checksum; ``CorruptCheckpoint`` if the meta is not a
-  JSON object or the state and meta read do not match the checksum saved with them
-  (checkpoints written before checksums existed load unverified)."""
+def read(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict, bool | None]:
+  """(state, meta, intact) saved at ``step`` without judging them: ``intact`` says whether
+  they match the checksum saved with them (None: written before checksums existed).
+  ``CorruptCheckpoint`` only if the meta is not a JSON object."""
   out = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(_target(like)), meta=ocp.args.JsonRestore()))
   state, meta = out['state'], out['meta']
@@ -103,10 +101,21 @@ def restore(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict
     raise CorruptCheckpoint(f'its meta is a JSON {type(meta).__name__}, not an object')
   meta = dict(meta)
   saved = meta.pop(CHECKSUM, None)
-  if saved is not None:
-    want = saved.get('blake2b') if isinstance(saved, dict) else None
-    if want != digest(state, meta):
-      raise CorruptCheckpoint('its contents do not match the checksum saved with them')
+  if saved is None:
+    return state, meta, None
+  want = saved.get('blake2b') if isinstance(saved, dict) else None
+  return state, meta, want == digest(state, meta)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict]:
+  """(state, meta) saved at ``step``; ``like`` is a state of the same structure.
+
+  ``meta`` comes back without its checksum; ``CorruptCheckpoint`` if the meta is not a
+  JSON object or the state and meta read do not match the checksum saved with them
+  (checkpoints written before checksums existed load unverified)."""
+  state, meta, intact = read(mgr, step, like)
+  if intact is False:
+    raise CorruptCheckpoint('its contents do not match the checksum saved with them')
   return state, meta
 
 
