@@ -77,23 +77,32 @@ def _tamper(workdir: str, run: str, step: int, leaf: int) -> str:
 
 
 def test_a_changed_checkpoint_is_named_by_epoch_and_array(saved_run, tmp_path):
+  """Through the command: exit 1, each checkpoint's line, the run's first difference."""
   workdir = str(tmp_path / 'w')
   shutil.copytree(saved_run, workdir)
   name = _tamper(workdir, 'random', 5, leaf=2)
-  checks = validate.replay(_config(), workdir)
-  bad = [c for c in checks if not c.identical]
-  assert [(c.run, c.step, c.tensor) for c in bad] == [('random', 5, name)]
-  assert bad[0].detail.startswith('1 of ') and 'max |difference|' in bad[0].detail
-  assert bad[0].intact  # saved with its checksum: reported as a computation that differs
-  lines = validate.summary(checks, ['stride', 'random'])
-  assert lines[1].startswith(f'random: differs first at the checkpoint after epoch 4, in {name}')
-  # The command: exit 1, the epoch and the array on stdout, one error line.
   proc = _main('--config=configs/tiny.py', f'--workdir={workdir}', *MICRO_FLAGS,
                f'--config.strategy={STRATEGY}', '--validate_checkpoints')
   assert proc.returncode == 1, proc.stderr[-2000:]
-  assert f'random DIFFERS in {name}' in proc.stdout and 'after epoch 4' in proc.stdout
-  assert 'stride: bit-identical at all 3 checkpoints' in proc.stdout
+  out = proc.stdout.splitlines()
+  assert 'checkpoint after epoch 2: stride identical; random identical' in out
+  assert 'checkpoint after epoch 5: stride identical; random identical' in out
+  line = next(l for l in out if l.startswith('checkpoint after epoch 4:'))
+  assert line.startswith(f'checkpoint after epoch 4: stride identical; random DIFFERS in {name} '
+                         '(1 of ') and 'max |difference|' in line and 'checksum' not in line
+  assert 'stride: bit-identical at all 3 checkpoints (after epochs 2, 4, 5)' in out
+  assert any(l.startswith(f'random: differs first at the checkpoint after epoch 4, in {name} (')
+             and l.endswith('; 1 of 3 checkpoints differ') for l in out), out
   _one_line_error(proc, '1 of 2 run(s) differ', 'random')
+
+
+def test_damaged_files_are_named_as_such():
+  bad = validate.Check('random', 5, 'params.w', '1 of 4 values differ', intact=False)
+  ok = validate.Check('stride', 5, intact=True)
+  assert validate.step_line([ok, bad]) == (
+      'checkpoint after epoch 4: stride identical; random DIFFERS in params.w (1 of 4 values '
+      'differ) -- its files fail their checksum: they were changed after being written')
+  assert 'fail their checksum' in validate.summary([bad], ['random'])[0]
 
 
 def test_no_run_and_another_config_are_one_line(saved_run, tmp_path):
