@@ -165,13 +165,18 @@ def _validate(config, probes) -> None:
 
 
 def main(argv):
-  """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk, 130/143 interrupted
+  """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk (with
+  --validate_checkpoints: a checkpoint that differs), 130/143 interrupted
   (a second Ctrl-C aborts at once, also with one line)."""
   try:
     _main(argv)
   except KeyboardInterrupt:
-    print('error: interrupted (a second Ctrl-C aborts without a new checkpoint); the last '
-          'checkpoint is kept, continue with --resume', file=sys.stderr)
+    if _VALIDATE.value:
+      print('error: interrupted; --validate_checkpoints stopped (it wrote nothing)',
+            file=sys.stderr)
+    else:
+      print('error: interrupted (a second Ctrl-C aborts without a new checkpoint); the last '
+            'checkpoint is kept, continue with --resume', file=sys.stderr)
     sys.stderr.flush()
     os._exit(130)  # pylint: disable=protected-access  (no cleanup traceback from threads)
 
