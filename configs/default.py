@@ -54,7 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.mlp = ml_collections.ConfigDict(dict(  # model=mlp (Tian): hidden width = mlp_dim
       activation='sqr',        # sqr | relu | silu | relusqr
       embed_trainable=False,   # one-hot embeddings fixed (identity) or trainable
-      inner_product=False))    # hidden = prod_k W_k e_k instead of act(W [e_1; e_2])
+      inner_product=False,     # hidden = prod_k W_k e_k instead of act(W [e_1; e_2])
+      other_layers=0,          # extra H x H layers before V, h <- act(h + U h) (Tian)
+      set_weight_reg=0.0))     # > 0: V solved as ridge regression (this lambda) each step
   c.embed_dim = 256
   c.num_heads = 4
   c.layers = 2

@@ -82,7 +82,8 @@ def model_config(config) -> models.ModelConfig:
                             identical_layers=config.identical_layers, kind=config.model,
                             n_ops=t.n_ops, activation=config.mlp.activation,
                             embed_trainable=config.mlp.embed_trainable,
-                            inner_product=config.mlp.inner_product)
+                            inner_product=config.mlp.inner_product,
+                            other_layers=config.mlp.get('other_layers', 0))
 
 
 # On the CPU, an evaluation chunk whose activations outgrow the caches is slower per pair
@@ -128,7 +129,9 @@ def make_trainer(config, shared_data: bool = True, probes=(),
                       grokfast_alpha=gf.alpha,
                       grokfast_lamb=gf.lamb_ma if gf.kind == 'ma' else gf.lamb_ema,
                       grokfast_window=gf.window, grad_clip=config.grad_clip,
-                      loss=config.loss, l1=config.l1, schedule=schedule(config))
+                      loss=config.loss, l1=config.l1,
+                      set_weight_reg=float(config.mlp.get('set_weight_reg', 0.0)),
+                      schedule=schedule(config))
   return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
                        probes=probes, cadence=cadence(config))
 

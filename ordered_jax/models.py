@@ -52,6 +52,7 @@ class ModelConfig:
   activation: str = 'sqr'  # one of ACTIVATIONS
   embed_trainable: bool = False  # one-hot embedding fixed (no parameter) or trainable
   inner_product: bool = False  # hidden = prod_k (W_k e_k) instead of act(W [e_1; ...; e_K])
+  other_layers: int = 0  # mlp: Tian's extra H x H layers, h <- act(h + U_l h), before V
 
 
 def _uniform(bound: float):
@@ -297,6 +298,8 @@ def _eye_init(key, shape, dtype=jnp.float32):
 
 class TwoLayerMLP(nnx.Module):
   """logits = V act(W [e_1; ...; e_K]), or V prod_k(W_k e_k) with inner_product; no biases.
+  With ``other_layers`` = L (Tian's), L bias-free H x H layers U_l sit before V, each
+  h <- act(h + U_l h), initialised like W and V.
 
   e_k is the one-hot of operand k (the identity embedding, not a parameter), or with
   embed_trainable the row of an M x M ``embedding`` initialised to the identity. W, W_k and
@@ -318,6 +321,10 @@ class TwoLayerMLP(nnx.Module):
     else:
       self.W = _linear(k * m, h, rngs, use_bias=False)
     self.V = _linear(h, m, rngs, use_bias=False)
+    self.n_other = cfg.other_layers
+    if cfg.other_layers:  # created after V, so W and V draw the same weights either way
+      self.others = nnx.List([_linear(h, h, rngs, use_bias=False)
+                              for _ in range(cfg.other_layers)])
 
   def tables(self) -> list[jax.Array]:
     """Per operand k, [M, H]: row j is W_k e_j (W_k = W's k-th block of input rows)."""
@@ -338,9 +345,16 @@ class TwoLayerMLP(nnx.Module):
       return math.prod(rows[1:], start=rows[0])
     return _ACTIVATION_FNS[self.activation](sum(rows[1:], start=rows[0]))
 
+  def features(self, x_BxK):
+    """What V reads [B, H]: ``hidden``, then each of Tian's other layers, h <- act(h + U h)."""
+    h_BxH = self.hidden(x_BxK)
+    for layer in (self.others if self.n_other else ()):
+      h_BxH = _ACTIVATION_FNS[self.activation](h_BxH + layer(h_BxH))
+    return h_BxH
+
   def __call__(self, x_BxK, key=None, return_attn=False):
     del key  # no dropout in this model
-    logits_BxM = self.V(self.hidden(x_BxK))
+    logits_BxM = self.V(self.features(x_BxK))
     if return_attn:
       return logits_BxM, None  # no attention
     return logits_BxM
@@ -391,6 +405,19 @@ class Model:
     """Logits [B, vocab] for K = n_ops operand tokens (and, if asked, attention probs
     [L, B, H, T, T]; None for the mlp); dropout on iff a key is given."""
     return self.module(params)(x_BxK, key=dropout_key, return_attn=return_attn)
+
+
+def ridge_top(model: 'Model', params: Params, x_BxK, y_B, mask_B, lam: float) -> Params:
+  """Tian's ``set_weight_reg``: the mlp's top layer V solved as ridge regression of the
+  centred one-hot targets Y = onehot(y) - 1/M on the features F [B, H] of the batch's real
+  rows, V = (F^T F + lam I)^-1 F^T Y, through the SVD F = U S W^T as V = W diag(S / (S^2 +
+  lam)) U^T Y. Returns ``params`` with that V (no gradient flows through the solve)."""
+  mask = mask_B.astype(jnp.float32)[:, None]
+  f_BxH = jax.lax.stop_gradient(model.module(params).features(x_BxK)) * mask
+  y_BxM = (jax.nn.one_hot(y_B, model.cfg.vocab) - 1.0 / model.cfg.vocab) * mask
+  u, s, wt = jnp.linalg.svd(f_BxH, full_matrices=False)
+  kernel_HxM = wt.T @ ((u.T @ y_BxM) * (s / (s * s + lam))[:, None])
+  return {**params, 'V': {**params['V'], 'kernel': kernel_HxM}}
 
 
 def param_count(params: Params) -> int:

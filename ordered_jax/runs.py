@@ -126,6 +126,15 @@ def validate(config) -> None:
   _one_of(config, 'mlp.activation', models.ACTIVATIONS)
   for field in ('mlp.embed_trainable', 'mlp.inner_product'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
+  if 'other_layers' in config.mlp:
+    _number(config, 'mlp.other_layers', integer=True, lo=0, hi=MAX_LAYERS)
+    lam = _number(config, 'mlp.set_weight_reg', lo=0)
+    if lam:
+      _check(config.model == 'mlp', 'mlp.set_weight_reg', f'needs model=mlp; got {config.model!r}')
+      _check(config.loss == 'mse', 'mlp.set_weight_reg', 'needs loss=mse (a least-squares top '
+             f'layer, as in Tian\'s code); got loss={config.loss!r}')
+      _check(config.mlp.other_layers == 0, 'mlp.set_weight_reg', 'needs mlp.other_layers=0 '
+             '(Tian fits V on the features before his other layers, which V does not read)')
   d = _number(config, 'embed_dim', integer=True, lo=1)
   h = _number(config, 'num_heads', integer=True, lo=1)
   _check(d % h == 0, 'embed_dim', f'must be divisible by num_heads ({h}); got {d}')

@@ -115,6 +115,7 @@ class Hyper:
   grad_clip: float = 0.0         # global-norm clipping, 0 = off
   loss: str = 'ce'               # ce | mse (optim.LOSSES)
   l1: float = 0.0                # l1 * sum |theta| added to the loss
+  set_weight_reg: float = 0.0    # mlp: V solved as ridge regression each step (Tian), 0 = off
   schedule: Any = None           # an optim.Schedule; None = cosine per epoch (epochs, min_lr)
 
 
@@ -225,7 +226,11 @@ class Trainer:
 
   def _step(self, params, opt_state, batch_BxC, mask_B, dropout_key):
     """One optimiser step: (batch data loss, gradient of the objective, new params, new
-    optimiser state). The data loss excludes the L1 penalty."""
+    optimiser state). The data loss excludes the L1 penalty. With ``set_weight_reg`` the
+    mlp's V is first replaced by the batch's ridge solution (``models.ridge_top``)."""
+    if self.hyper.set_weight_reg:
+      params = models.ridge_top(self.model, params, batch_BxC[:, :-1], batch_BxC[:, -1],
+                                mask_B, self.hyper.set_weight_reg)
     if self.hyper.l1:
       (_, loss), grads = jax.value_and_grad(self._objective, has_aux=True)(
           params, batch_BxC, mask_B, dropout_key)

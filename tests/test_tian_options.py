@@ -1,0 +1,84 @@
+"""Tian's MLP options (issue 16 part 3): ``mlp.other_layers`` and ``mlp.set_weight_reg``,
+against numpy, and their validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tian
+from ordered_jax import experiment, models, runs
+
+
+def _sqr(x):
+  return x * x
+
+
+def test_other_layers_forward_matches_numpy():
+  cfg = models.ModelConfig(vocab=7, kind='mlp', mlp_dim=16, other_layers=2)
+  m = models.Model(cfg)
+  p = m.init(jax.random.key(0))
+  x = np.array([[1, 2], [6, 0], [3, 3]])
+  w = np.asarray(p['W']['kernel'])
+  h = _sqr(np.eye(7)[x[:, 0]] @ w[:7] + np.eye(7)[x[:, 1]] @ w[7:])
+  for i in range(2):
+    h = _sqr(h + h @ np.asarray(p['others'][i]['kernel']))
+  want = h @ np.asarray(p['V']['kernel'])
+  np.testing.assert_allclose(np.asarray(m.apply(p, jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+
+
+def test_other_layers_zero_keeps_the_weights():
+  a = models.Model(models.ModelConfig(vocab=7, kind='mlp', mlp_dim=16)).init(jax.random.key(3))
+  b = models.Model(models.ModelConfig(vocab=7, kind='mlp', mlp_dim=16, other_layers=1)).init(
+      jax.random.key(3))
+  assert 'others' not in a
+  np.testing.assert_array_equal(a['W']['kernel'], b['W']['kernel'])
+  np.testing.assert_array_equal(a['V']['kernel'], b['V']['kernel'])
+
+
+def test_ridge_top_is_the_ridge_solution():
+  m = models.Model(models.ModelConfig(vocab=5, kind='mlp', mlp_dim=8))
+  p = m.init(jax.random.key(1))
+  x = np.array(np.meshgrid(range(5), range(5))).reshape(2, -1).T
+  y = (x[:, 0] + x[:, 1]) % 5
+  mask = np.ones(len(x), bool)
+  mask[-3:] = False                                 # padded rows take no part
+  lam = 0.05
+  got = models.ridge_top(m, p, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask), lam)
+  w = np.asarray(p['W']['kernel'], np.float64)
+  f = _sqr(np.eye(5)[x[:, 0]] @ w[:5] + np.eye(5)[x[:, 1]] @ w[5:])[mask]
+  t = np.eye(5)[y][mask] - 1 / 5
+  want = np.linalg.solve(f.T @ f + lam * np.eye(8), f.T @ t)
+  np.testing.assert_allclose(np.asarray(got['V']['kernel']), want, rtol=2e-3, atol=2e-4)
+  np.testing.assert_array_equal(got['W']['kernel'], p['W']['kernel'])
+
+
+def test_set_weight_reg_fits_the_training_set_in_one_step(tmp_path):
+  """512 random sqr features of 476 training pairs: the ridge V (lambda 1e-3) interpolates
+  them, so one full-batch step reaches ~100 % train accuracy; a trained V does not."""
+  acc = {}
+  for lam in (0.0, 1e-3):
+    c = tian.get_config()
+    c.epochs = 1
+    c.mlp.set_weight_reg = lam
+    (summary,) = experiment.run(runs.resolve(c), str(tmp_path / str(lam)), quiet='silent')
+    acc[lam] = summary['final_eval']['training_accuracy']
+  assert acc[1e-3] > 99 and acc[0.0] < 50, acc
+
+
+@pytest.mark.parametrize('overrides,field', [
+    (dict(set_weight_reg=-1.0), 'mlp.set_weight_reg'),
+    (dict(other_layers=-1), 'mlp.other_layers'),
+    (dict(other_layers=1, set_weight_reg=0.1), 'mlp.set_weight_reg'),
+])
+def test_validation(overrides, field):
+  c = tian.get_config()
+  for k, v in overrides.items():
+    c.mlp[k] = v
+  with pytest.raises(runs.ConfigError, match=field):
+    runs.validate(c)
+  c = tian.get_config()
+  c.mlp.set_weight_reg = 0.1
+  c.loss = 'ce'
+  with pytest.raises(runs.ConfigError, match='loss=mse'):
+    runs.validate(c)
