@@ -257,8 +257,9 @@ def summary(checks: list[Check], names: list[str]) -> list[str]:
     bad = [c for c in mine if not c.identical]
     epochs = ', '.join(str(c.step - 1) for c in mine)
     if not bad:
-      lines.append(f'{name}: bit-identical at all {len(mine)} checkpoints (after epochs '
-                   f'{epochs})')
+      lines.append(f'{name}: bit-identical at its one checkpoint (after epoch {epochs})'
+                   if len(mine) == 1 else f'{name}: bit-identical at all {len(mine)} '
+                   f'checkpoints (after epochs {epochs})')
       continue
     c = bad[0]
     lines.append(f'{name}: differs first at the checkpoint after epoch {c.step - 1}, in '

@@ -103,6 +103,8 @@ def test_damaged_files_are_named_as_such():
       'checkpoint after epoch 4: stride identical; random DIFFERS in params.w (1 of 4 values '
       'differ) -- its files fail their checksum: they were changed after being written')
   assert 'fail their checksum' in validate.summary([bad], ['random'])[0]
+  assert validate.summary([ok], ['stride']) == [
+      'stride: bit-identical at its one checkpoint (after epoch 4)']
 
 
 def test_no_run_and_another_config_are_one_line(saved_run, tmp_path):
