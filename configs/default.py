@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
       inner_product=False,     # hidden = prod_k W_k e_k instead of act(W [e_1; e_2])
       other_layers=0,          # extra H x H layers before V, h <- act(h + U h) (Tian)
       set_weight_reg=0.0))     # > 0: V solved as ridge regression (this lambda) each step
+  c.gpt2 = ml_collections.ConfigDict(dict(  # model=gpt2 | gpt2_resv (docs/models.md)
+      tied_head=True,          # logits from the token embedding (false: a head of its own)
+      value_mode='resformer'))  # gpt2_resv: resformer (v mixed with layer 0's) | svformer
   c.embed_dim = 256
   c.num_heads = 4
   c.layers = 2

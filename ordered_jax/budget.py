@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from ordered_jax import runs
+from ordered_jax import models, runs
 
 # Small values a field is reset to when looking for the one that makes a config too big.
 SMALL = {'embed_dim': 128, 'mlp_dim': 512, 'layers': 2, 'num_heads': 4, 'p': 97,
@@ -44,9 +44,15 @@ def param_count(config) -> int:
   d, f, layers = config.embed_dim, config.mlp_dim, config.layers
   if config.model == 'mlp':
     embed = v * v if config.mlp.embed_trainable else 0
-    return embed + k * v * f + f * v
+    return embed + k * v * f + f * v + config.mlp.get('other_layers', 0) * f * f
   if config.model == 'power':
     return (v + 2) * d + 2 * k * d + _count_layers(d, f, layers) + 2 * d + d * v + v
+  if config.model in ('gpt2', 'gpt2_resv'):
+    n = (v + 2) * d + 2 * k * d + _count_layers(d, f, layers) + 2 * d
+    n += 0 if config.gpt2.tied_head else d * v
+    if config.model == 'gpt2_resv' and layers > 1:  # per later layer: lam, or no V (d x d + d)
+      n += (layers - 1) * (1 if config.gpt2.value_mode == 'resformer' else -(d * d + d))
+    return n
   return v * d + k * d + _count_layers(d, f, layers) + d * v + v
 
 
@@ -76,7 +82,7 @@ def estimate(config, n_runs: int = 1) -> dict[str, int]:
   ``host_data`` (generating the tables)."""
   t = runs.task(config)
   n_train, n_test = runs.sizes(config)
-  tokens = 2 * t.n_ops if config.model == 'power' else t.n_ops
+  tokens = 2 * t.n_ops if config.model in models.SEQUENCE_MODELS else t.n_ops
   width = 6 * config.embed_dim + config.mlp_dim
   acts = _largest_batch(config) * (tokens * width * config.layers + 2 * t.order) * 3
   evals = min(config.eval_batch_size, n_train + n_test) * (tokens * width + t.order)

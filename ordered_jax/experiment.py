@@ -83,7 +83,10 @@ def model_config(config) -> models.ModelConfig:
                             n_ops=t.n_ops, activation=config.mlp.activation,
                             embed_trainable=config.mlp.embed_trainable,
                             inner_product=config.mlp.inner_product,
-                            other_layers=config.mlp.get('other_layers', 0))
+                            other_layers=config.mlp.get('other_layers', 0),
+                            tied_head=config.gpt2.tied_head if 'gpt2' in config else True,
+                            value_mode=(config.gpt2.value_mode if 'gpt2' in config
+                                        else 'resformer'))
 
 
 # On the CPU, an evaluation chunk whose activations outgrow the caches is slower per pair

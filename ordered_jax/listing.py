@@ -32,6 +32,8 @@ MODELS = {
     'reference': 'the paper\'s GrokkingTransformer (encoder, mean-pooled, then a decoder to the classes)',
     'power': 'Power et al.\'s decoder-only transformer (causal, GELU, final LayerNorm)',
     'mlp': 'Tian\'s two-layer network (sqr, relu, silu or relusqr)',
+    'gpt2': 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, tied or untied head)',
+    'gpt2_resv': 'gpt2 with a value residual: ResFormer (mixed with layer 0\'s values) or SVFormer',
 }
 ORDERINGS = {
     'stride': 'rows sorted by (a mod s, a), a the first operand (s = stride, default floor(sqrt p))',

@@ -31,7 +31,9 @@ from flax import nnx
 Params = Any  # nested dict of arrays, as produced by nnx.State.to_pure_dict()
 
 
-MODEL_KINDS = ('reference', 'power', 'mlp')
+MODEL_KINDS = ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv')
+VALUE_MODES = ('resformer', 'svformer')  # gpt2_resv's value path
+SEQUENCE_MODELS = ('power', 'gpt2', 'gpt2_resv')  # [a, op, b, =]: 2K positions
 ACTIVATIONS = ('sqr', 'relu', 'silu', 'relusqr')
 
 
@@ -53,6 +55,8 @@ class ModelConfig:
   embed_trainable: bool = False  # one-hot embedding fixed (no parameter) or trainable
   inner_product: bool = False  # hidden = prod_k (W_k e_k) instead of act(W [e_1; ...; e_K])
   other_layers: int = 0  # mlp: Tian's extra H x H layers, h <- act(h + U_l h), before V
+  tied_head: bool = True  # gpt2: the head is the token embedding's first vocab rows
+  value_mode: str = 'resformer'  # gpt2_resv: one of VALUE_MODES
 
 
 def _uniform(bound: float):
@@ -281,6 +285,124 @@ class PowerTransformer(nnx.Module):
 
 
 # ---------------------------------------------------------------------------------------
+# gpt2, gpt2_resv: the GPT-2 family of the Power et al. re-implementation (ndtippens/
+# grok-tests), as the issue defines it: pre-LN, GELU, learned positions, tied or untied head.
+
+def _normal(std: float):
+  return jax.nn.initializers.normal(std)
+
+
+class GPT2Attention(nnx.Module):
+  """Causal attention whose values may come from layer 0 (``value_mode`` of gpt2_resv):
+  'resformer' mixes v = lam v_l + (1 - lam) v_0 with a learned scalar lam (init 0.5) in
+  every layer after the first (ResFormer, Zhou et al. 2024); 'svformer' has no value
+  projection after the first layer and uses v_0 there (SVFormer)."""
+
+  def __init__(self, cfg: ModelConfig, index: int, resv: bool, *, rngs: nnx.Rngs):
+    d = cfg.embed_dim
+    std, out_std = 0.02, 0.02 / math.sqrt(2 * cfg.layers)   # GPT-2's residual scaling
+    self.num_heads, self.rate = cfg.num_heads, cfg.dropout
+    self.mode = cfg.value_mode if (resv and index > 0) else 'none'
+    width = 2 * d if self.mode == 'svformer' else 3 * d
+    self.qkv = nnx.Linear(d, width, kernel_init=_normal(std),
+                          bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    self.out = nnx.Linear(d, d, kernel_init=_normal(out_std),
+                          bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    if self.mode == 'resformer':
+      self.lam = nnx.Param(jnp.full((), 0.5, jnp.float32))
+
+  def __call__(self, x_BxTxD, v0_BxTxHxK=None, key=None):
+    b, t, d = x_BxTxD.shape
+    h = self.num_heads
+    parts = self.qkv(x_BxTxD).reshape(b, t, -1, h, d // h)
+    q_BxTxHxK, k_BxTxHxK = parts[:, :, 0], parts[:, :, 1]
+    if self.mode == 'svformer':
+      v_BxTxHxK = v0_BxTxHxK
+    else:
+      v_BxTxHxK = parts[:, :, 2]
+      if self.mode == 'resformer':
+        lam = self.lam[...]
+        v_BxTxHxK = lam * v_BxTxHxK + (1.0 - lam) * v0_BxTxHxK
+    logits = jnp.einsum('bqhk,bthk->bhqt', q_BxTxHxK, k_BxTxHxK) / math.sqrt(d // h)
+    logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -1e9)
+    probs_BxHxTxT = jax.nn.softmax(logits, axis=-1)
+    dropped = _dropout(probs_BxHxTxT, self.rate, key)
+    out_BxTxD = jnp.einsum('bhqt,bthk->bqhk', dropped, v_BxTxHxK).reshape(b, t, d)
+    return self.out(out_BxTxD), probs_BxHxTxT, v_BxTxHxK
+
+
+class GPT2Block(nnx.Module):
+  """x + attn(LN x), then x + fc2(gelu_tanh(fc1(LN x))), dropout on the probabilities and
+  on both residual branches (GPT-2's resid_pdrop and attn_pdrop)."""
+
+  def __init__(self, cfg: ModelConfig, index: int, resv: bool, *, rngs: nnx.Rngs):
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    self.rate = cfg.dropout
+    self.norm1 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.attn = GPT2Attention(cfg, index, resv, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.fc1 = nnx.Linear(d, f, kernel_init=_normal(0.02), bias_init=jax.nn.initializers.zeros,
+                          rngs=rngs)
+    self.fc2 = nnx.Linear(f, d, kernel_init=_normal(0.02 / math.sqrt(2 * cfg.layers)),
+                          bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+  def __call__(self, h_BxTxD, v0=None, key=None):
+    keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
+    attn_out, probs, v = self.attn(self.norm1(h_BxTxD), v0, keys[0])
+    h_BxTxD = h_BxTxD + _dropout(attn_out, self.rate, keys[1])
+    ff = self.fc2(jax.nn.gelu(self.fc1(self.norm2(h_BxTxD)), approximate=True))
+    return h_BxTxD + _dropout(ff, self.rate, keys[2]), probs, v
+
+
+class GPT2(nnx.Module):
+  """GPT-2 style decoder on power's sequence [a, op, b, (op, c,) =] (T = 2K): token plus
+  learned position embeddings (N(0, 0.02)), dropout, L pre-LN blocks, a final LN, and the
+  logits of the group's ``vocab`` classes at the '=' position, from the token embedding's
+  first ``vocab`` rows (``tied_head``) or a head of its own. The fork's models predict over
+  the whole vocabulary (op and = included) with shifted labels; here the classes are the
+  elements only, like the other models. ``resv`` = gpt2_resv (see GPT2Attention)."""
+
+  resv = False
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d = cfg.embed_dim
+    self.vocab, self.rate, self.tied = cfg.vocab, cfg.dropout, cfg.tied_head
+    self.embedding = nnx.Embed(cfg.vocab + 2, d, embedding_init=_normal(0.02), rngs=rngs)
+    self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (2 * cfg.n_ops, d)))
+    self.layers = nnx.List([GPT2Block(cfg, i, self.resv, rngs=rngs) for i in range(cfg.layers)])
+    self.norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    if not cfg.tied_head:
+      self.head = nnx.Linear(d, cfg.vocab, use_bias=False, kernel_init=_normal(0.02), rngs=rngs)
+
+  tokens = PowerTransformer.tokens
+
+  def __call__(self, x_BxK, key=None, return_attn=False):
+    keys = [None] * (len(self.layers) + 1) if key is None else list(
+        jax.random.split(key, len(self.layers) + 1))
+    h_BxTxD = self.embedding(self.tokens(x_BxK)) + self.pos_embedding[...]
+    h_BxTxD = _dropout(h_BxTxD, self.rate, keys[0])
+    attn, v0 = [], None
+    for i, (layer, k) in enumerate(zip(self.layers, keys[1:])):
+      h_BxTxD, probs, v = layer(h_BxTxD, v0, k)
+      v0 = v if i == 0 else v0
+      attn.append(probs)
+    z_BxD = self.norm(h_BxTxD[:, -1])
+    if self.tied:
+      logits_BxV = z_BxD @ self.embedding.embedding[...][:self.vocab].T
+    else:
+      logits_BxV = self.head(z_BxD)
+    if return_attn:
+      return logits_BxV, jnp.stack(attn)
+    return logits_BxV
+
+
+class GPT2ResV(GPT2):
+  """gpt2 with the value residual of ``value_mode`` (ResFormer or SVFormer)."""
+
+  resv = True
+
+
+# ---------------------------------------------------------------------------------------
 # mlp: Tian's ModularAdditionNN (CoGo / Li2), without its optional extras.
 
 _ACTIVATION_FNS = {
@@ -360,7 +482,8 @@ class TwoLayerMLP(nnx.Module):
     return logits_BxM
 
 
-_MODULES = {'reference': Transformer, 'power': PowerTransformer, 'mlp': TwoLayerMLP}
+_MODULES = {'reference': Transformer, 'power': PowerTransformer, 'mlp': TwoLayerMLP,
+            'gpt2': GPT2, 'gpt2_resv': GPT2ResV}
 
 
 class Model:

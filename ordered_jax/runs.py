@@ -126,6 +126,10 @@ def validate(config) -> None:
   _one_of(config, 'mlp.activation', models.ACTIVATIONS)
   for field in ('mlp.embed_trainable', 'mlp.inner_product'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
+  if 'gpt2' in config:
+    _check(isinstance(config.gpt2.tied_head, bool), 'gpt2.tied_head',
+           f'must be true or false; got {config.gpt2.tied_head!r}')
+    _one_of(config, 'gpt2.value_mode', models.VALUE_MODES)
   if 'other_layers' in config.mlp:
     _number(config, 'mlp.other_layers', integer=True, lo=0, hi=MAX_LAYERS)
     lam = _number(config, 'mlp.set_weight_reg', lo=0)

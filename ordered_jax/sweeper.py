@@ -33,8 +33,8 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from ordered_jax import (budget, checkpoint, experiment, identity, results, runs, sharding,
-                         sinks, sweep)
+from ordered_jax import (budget, checkpoint, experiment, identity, models, results, runs,
+                         sharding, sinks, sweep)
 from ordered_jax import workdir as workdir_lib
 
 RUNS_DIR = 'runs'
@@ -103,7 +103,7 @@ def run_bytes(config) -> int:
   n = budget.param_count(config)  # from the shapes: a huge config does not hang here
   copies = 4 + (1 if config.grokfast.kind == 'ema' else 0) + (
       config.grokfast.window if config.grokfast.kind == 'ma' else 0)
-  tokens = 2 * cfg.n_ops if config.model == 'power' else cfg.n_ops
+  tokens = 2 * cfg.n_ops if config.model in models.SEQUENCE_MODELS else cfg.n_ops
   width = 6 * config.embed_dim + config.mlp_dim
   acts = config.batch_size * (tokens * width * config.layers + 2 * cfg.vocab) * 3
   evals = min(config.eval_batch_size, sum(runs.sizes(config))) * (tokens * width + cfg.vocab)

@@ -16,6 +16,20 @@ def test_param_count_equals_the_built_model(overrides):
   assert budget.param_count(c) == built
 
 
+@pytest.mark.parametrize('model,group,values', [
+    ('gpt2', 'gpt2', {'tied_head': True}), ('gpt2', 'gpt2', {'tied_head': False}),
+    ('gpt2_resv', 'gpt2', {'value_mode': 'resformer'}),
+    ('gpt2_resv', 'gpt2', {'value_mode': 'svformer', 'tied_head': False}),
+    ('mlp', 'mlp', {'other_layers': 2})])
+def test_param_count_of_the_other_models(model, group, values):
+  c = micro_config(model=model, layers=3)
+  with c.unlocked():
+    for k, v in values.items():
+      c[group][k] = v
+  built = models.param_count(models.Model(experiment.model_config(c)).abstract_params())
+  assert budget.param_count(c) == built
+
+
 def test_param_count_of_the_trainable_mlp():
   c = micro_config(model='mlp')
   with c.unlocked():

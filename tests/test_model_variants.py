@@ -1,4 +1,4 @@
-"""The model families behind ``Model(cfg)``: reference (unchanged), power, mlp."""
+"""The model families behind ``Model(cfg)``: reference (unchanged), power, mlp, gpt2(_resv)."""
 
 import functools
 import math
@@ -83,7 +83,7 @@ def test_reference_names_only_for_the_reference():
 def test_unknown_kind_or_activation_is_rejected(field, value):
   with pytest.raises(ValueError, match=f'^{field} must be one of'):
     models.Model(models.ModelConfig(vocab=5, **{field: value}))
-  assert models.MODEL_KINDS == ('reference', 'power', 'mlp')
+  assert models.MODEL_KINDS == ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv')
   assert models.ACTIVATIONS == ('sqr', 'relu', 'silu', 'relusqr')
 
 
@@ -317,3 +317,98 @@ def test_vmap_over_runs(cfg):
     one = apply(jax.tree.map(lambda a, r=r: a[r], stacked), x)
     np.testing.assert_allclose(np.asarray(got[r]), np.asarray(one), rtol=1e-5, atol=1e-5)
   assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))
+
+
+# ---------------------------------------------------------------------------------------
+# gpt2, gpt2_resv (issue 16 part 2)
+
+GPT2_CASES = {
+    'tied': models.ModelConfig(kind='gpt2', vocab=7, embed_dim=8, num_heads=2, layers=3,
+                               mlp_dim=16, dropout=0.0),
+    'untied': models.ModelConfig(kind='gpt2', vocab=7, embed_dim=8, num_heads=2, layers=2,
+                                 mlp_dim=16, dropout=0.0, tied_head=False),
+    'resformer': models.ModelConfig(kind='gpt2_resv', vocab=7, embed_dim=8, num_heads=2,
+                                    layers=3, mlp_dim=16, dropout=0.0),
+    'svformer': models.ModelConfig(kind='gpt2_resv', vocab=7, embed_dim=8, num_heads=2,
+                                   layers=3, mlp_dim=16, dropout=0.0, value_mode='svformer'),
+}
+
+
+def _numpy_gpt2_forward(p, x, cfg, lams):
+  """Eval-mode forward of the GPT-2 family, written out in float64; ``lams`` the ResFormer
+  mixing scalars of layers 1.. (ignored otherwise)."""
+  v, d, heads = cfg.vocab, cfg.embed_dim, cfg.num_heads
+  b, k = x.shape
+  seq = np.empty((b, 2 * k), int)
+  seq[:, 0::2], seq[:, 1::2], seq[:, -1] = x, v, v + 1
+  h = p['embedding.embedding'][seq] + p['pos_embedding']
+  t = seq.shape[1]
+  split = lambda a: a.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
+  v0 = None
+  for i in range(cfg.layers):
+    pre = f'layers.{i}.'
+    z = _ln(h, p[pre + 'norm1.scale'], p[pre + 'norm1.bias'])
+    proj = z @ p[pre + 'attn.qkv.kernel'] + p[pre + 'attn.qkv.bias']
+    if cfg.kind == 'gpt2_resv' and cfg.value_mode == 'svformer' and i > 0:
+      q, kk = np.split(proj, 2, axis=-1)
+      vv = v0
+    else:
+      q, kk, vv = np.split(proj, 3, axis=-1)
+      if cfg.kind == 'gpt2_resv' and i > 0:
+        vv = lams[i] * vv + (1 - lams[i]) * v0
+    v0 = vv if i == 0 else v0
+    s = split(q) @ split(kk).transpose(0, 1, 3, 2) / math.sqrt(d // heads)
+    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s = s / s.sum(-1, keepdims=True)
+    o = (s @ split(vv)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    h = h + o @ p[pre + 'attn.out.kernel'] + p[pre + 'attn.out.bias']
+    z = _ln(h, p[pre + 'norm2.scale'], p[pre + 'norm2.bias'])
+    f = z @ p[pre + 'fc1.kernel'] + p[pre + 'fc1.bias']
+    f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f**3)))  # GPT-2's GELU
+    h = h + f @ p[pre + 'fc2.kernel'] + p[pre + 'fc2.bias']
+  z = _ln(h[:, -1], p['norm.scale'], p['norm.bias'])
+  head = p['embedding.embedding'][:v].T if cfg.tied_head else p['head.kernel']
+  return z @ head
+
+
+@pytest.mark.parametrize('case', sorted(GPT2_CASES))
+def test_gpt2_forward_matches_numpy(case):
+  cfg = GPT2_CASES[case]
+  _, init, apply = _jitted(cfg)
+  params = init(jax.random.key(5))
+  if case == 'resformer':  # move the mixing scalars off their 0.5 start so they matter
+    for i in (1, 2):
+      params['layers'][i]['attn']['lam'] = jnp.float32(0.2 + 0.3 * i)
+  named = _named(params)
+  lams = {i: named.get(f'layers.{i}.attn.lam') for i in range(cfg.layers)}
+  if case == 'svformer':
+    assert named['layers.1.attn.qkv.kernel'].shape == (8, 16)   # no value projection
+  x = _all_pairs(cfg.vocab)
+  want = _numpy_gpt2_forward(named, x, cfg, lams)
+  got = np.asarray(apply(params, jnp.asarray(x)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('case', ['tied', 'svformer'])
+def test_gpt2_attention_is_causal(case):
+  cfg = models.ModelConfig(**{**GPT2_CASES[case].__dict__, 'n_ops': 3})
+  _, init, apply = _jitted(cfg)
+  params = init(jax.random.key(0))
+  x = jnp.array([[1, 2, 3], [4, 5, 6]])
+  logits, attn = apply(params, x, return_attn=True)
+  upper = np.triu(np.ones((6, 6), bool), 1)
+  assert not np.asarray(attn)[..., upper].any()
+  logits2, attn2 = apply(params, x.at[:, 2].set(0), return_attn=True)  # c sits at position 4
+  np.testing.assert_array_equal(np.asarray(attn2[:, :, :, :4]), np.asarray(attn[:, :, :, :4]))
+  assert not np.array_equal(np.asarray(logits2), np.asarray(logits))
+
+
+def test_gpt2_initialisation_is_gpt2s():
+  cfg = models.ModelConfig(kind='gpt2', vocab=97, embed_dim=64, num_heads=4, layers=2,
+                           mlp_dim=256)
+  p = _named(_jitted(cfg)[1](jax.random.key(0)))
+  assert abs(p['embedding.embedding'].std() - 0.02) < 0.002
+  assert abs(p['layers.0.fc1.kernel'].std() - 0.02) < 0.002
+  assert abs(p['layers.0.fc2.kernel'].std() - 0.02 / 2) < 0.001   # 0.02 / sqrt(2 L)
+  assert not p['layers.0.fc1.bias'].any() and 'head.kernel' not in p
