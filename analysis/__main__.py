@@ -4,7 +4,8 @@ Tools (``python -m analysis --help`` lists them all): curves, metric_plot, compa
 convergence, correlation, export_table, layer_dynamics, area_plot, weight_compare,
 weight_heatmap, activation_probe, dataset_dft, report, tensorboard, wandb_replay,
 trajectory;
-``sweep_map --table DIR`` draws a sweep's results table; ``merge A B ... -o OUT`` combines sweeps'
+``sweep_map --table DIR`` and ``scaling --table DIR`` draw a sweep's results table;
+``merge A B ... -o OUT`` combines sweeps'
 results.parquet tables.
 ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
 (ExperimentOneData layout), or one run folder. Every tool writes its files under
@@ -192,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
                  'sweep_map/sweep_map.png)')
   p.add_argument('--column', default='weight_decay', help='the swept key on the x axis')
+  p.add_argument('--title', default='')
+
+  p = sub.add_parser('scaling', help='Tian\'s scaling law: final test accuracy against the '
+                     'critical multiplier, a line per modulus (configs/tian_scaling.py)',
+                     description='python -m analysis scaling --table DIR [--out FILE]')
+  p.add_argument('--table', required=True, help='a sweep folder or its results.parquet')
+  p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
+                 'scaling/scaling.png)')
   p.add_argument('--title', default='')
 
   p = sub.add_parser('merge', help='combine sweeps\' results tables into one',
@@ -479,21 +488,33 @@ def _trajectory(args):
                           title=args.title, dpi=args.dpi)]
 
 
-def _sweep_map(args) -> list[str]:
-  """``sweep_map``: ordered_jax.results' table drawn by analysis.sweep_map."""
-  from analysis import sweep_map  # pylint: disable=g-import-not-at-top
+def _table_figure(args, name: str, draw) -> list[str]:
+  """A figure drawn from a sweep's results table (``--table``, ``--out``)."""
   from ordered_jax import results  # pylint: disable=g-import-not-at-top
   table = args.table
   if not os.path.exists(table):
     _fail(f'--table {table}: no such file or folder')
   folder = table if os.path.isdir(table) else os.path.dirname(table) or '.'
-  out = args.out or os.path.join(folder, 'analysis', 'sweep_map', 'sweep_map.png')
+  out = args.out or os.path.join(folder, 'analysis', name, f'{name}.png')
   try:
-    path = sweep_map.plot(results.load(table).to_pylist(), out, args.column, args.title)
+    path = draw(results.load(table).to_pylist(), out)
   except (ValueError, OSError) as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   print(path)
   return [path]
+
+
+def _sweep_map(args) -> list[str]:
+  """``sweep_map``: ordered_jax.results' table drawn by analysis.sweep_map."""
+  from analysis import sweep_map  # pylint: disable=g-import-not-at-top
+  return _table_figure(args, 'sweep_map',
+                       lambda rows, out: sweep_map.plot(rows, out, args.column, args.title))
+
+
+def _scaling(args) -> list[str]:
+  """``scaling``: Tian's scaling law from a results table (analysis.scaling)."""
+  from analysis import scaling  # pylint: disable=g-import-not-at-top
+  return _table_figure(args, 'scaling', lambda rows, out: scaling.plot(rows, out, args.title))
 
 
 def _wandb_replay(args):
@@ -529,6 +550,8 @@ def main(argv=None) -> list[str]:
     return _landscape(args)
   if args.tool == 'sweep_map':
     return _sweep_map(args)
+  if args.tool == 'scaling':
+    return _scaling(args)
   try:
     if args.tool in NEEDS_WORKDIR and not args.workdir:
       raise InputError(f'{args.tool} needs --workdir')

@@ -6,7 +6,8 @@ L2 weight decay), full-batch steps (one optimiser step per epoch over all traini
 a CPU in seconds.
 
   python main.py --config=configs/tian.py --workdir=output/tian
-  python main.py --config=configs/tian.py --config.train_size=critical --workdir=output/tian-critical
+  python main.py --config=configs/tian.py --config.train_size=critical \
+      --config.train_fraction=0 --config.batch_size=198 --workdir=output/tian-critical
 """
 
 from configs import default

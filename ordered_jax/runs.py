@@ -290,6 +290,9 @@ def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
          'train_size', f"must be an integer >= 1 or 'critical'; got {size!r}")
   _number(config, 'train_fraction', lo=0, hi=1, what=' (0 = use train_size)')
   _number(config, 'critical_delta', hi=2.7482, what=" (train_size='critical')")
+  _check(size != CRITICAL or not config.train_fraction, 'train_size',
+         f"'critical' sets the training size, but train_fraction={config.train_fraction!r} "
+         "would override it: set train_fraction=0 too")
   _number(config, 'test_size', integer=True, lo=0, what=' (0 = every tuple not in training)')
   gen = generator(config)
   if gen == 'reference':

@@ -82,3 +82,28 @@ def test_validation(overrides, field):
   c.loss = 'ce'
   with pytest.raises(runs.ConfigError, match='loss=mse'):
     runs.validate(c)
+
+
+def test_scaling_figure_from_a_real_sweep(tmp_path):
+  """configs/tian_scaling.py shrunk to two points and one seed: the sweep runs, each point
+  trains on its critical size in one full batch, and the figure reads the table."""
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from analysis import scaling  # pylint: disable=g-import-not-at-top
+  from configs import tian_scaling  # pylint: disable=g-import-not-at-top
+  from ordered_jax import results, sweeper, tasks  # pylint: disable=g-import-not-at-top
+  c = tian_scaling.get_config()
+  c.epochs = 2
+  n = [tasks.critical_train_size(tasks.parse_task('add', 11), delta=d) for d in (0.0, 1.0)]
+  c.sweep.zip.p, c.sweep.zip.critical_delta = '11,11', '0.0,1.0'
+  c.sweep.zip.batch_size = f'{n[0]},{n[1]}'
+  c.sweep.grid.seed = '0'
+  sweeper.run(c, str(tmp_path), quiet='silent')
+  rows = results.load(str(tmp_path)).to_pylist()
+  assert sorted((r['p'], r['critical_delta'], r['batch_size']) for r in rows) == [
+      (11, 0.0, n[0]), (11, 1.0, n[1])]
+  want = sorted((2.7482 - r['critical_delta'], r['final_validation_accuracy']) for r in rows)
+  assert scaling.points(rows) == {11: pytest.approx(want)}
+  out = str(tmp_path / 'scaling.png')
+  assert cli.main(['scaling', '--table', str(tmp_path), '--out', out]) == [out]
+  with pytest.raises(ValueError, match="no column 'critical_delta'"):
+    scaling.points([{'p': 11, 'final_validation_accuracy': 1.0}])
