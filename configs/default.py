@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.task = 'add'               # add | sub | mul | div | add3 | product:AxB.. | sym:N | dihedral:N
                                # | poly:<expr in x, y>, e.g. poly:x^2+x*y+y^2
   c.p = 9973                   # prime modulus of the Z_p tasks = vocabulary = classes
+  c.teacher = ml_collections.ConfigDict(dict(  # task=teacher:diagonal|random (docs/tasks.md)
+      dim=8,                   # x, y in R^dim; model=dln reads x
+      scale=1.0,               # diagonal: scale * diag(1..dim); random: N(0, scale^2) entries
+      noise_std=0.0))          # Gaussian label noise on the training targets
   # Training examples: an int, or 'critical' (Tian's n = c M ln M (2.7482 - critical_delta)).
   c.train_size = config_dict.FieldReference(300_000, field_type=object)
   c.train_fraction = 0.0       # > 0: this share of all tuples instead of train_size
@@ -60,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.gpt2 = ml_collections.ConfigDict(dict(  # model=gpt2 | gpt2_resv (docs/models.md)
       tied_head=True,          # logits from the token embedding (false: a head of its own)
       value_mode='resformer'))  # gpt2_resv: resformer (v mixed with layer 0's) | svformer
+  c.dln = ml_collections.ConfigDict(dict(  # model=dln, deep linear network (docs/models.md)
+      depth=2,                 # weight matrices (the codebase's num_hidden + 1)
+      width=16,                # hidden width
+      gamma=0.5))              # init N(0, width^-gamma): 0.5 standard, 0.75 NTK, 1 mean-field
   c.embed_dim = 256
   c.num_heads = 4
   c.layers = 2

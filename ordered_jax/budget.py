@@ -45,6 +45,10 @@ def param_count(config) -> int:
   if config.model == 'mlp':
     embed = v * v if config.mlp.embed_trainable else 0
     return embed + k * v * f + f * v + config.mlp.get('other_layers', 0) * f * f
+  if config.model == 'dln':
+    d_in = v if runs.is_teacher(config) else k * v  # a teacher's x has dim = order entries
+    dims = [d_in] + [config.dln.width] * (config.dln.depth - 1) + [v]
+    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
   if config.model == 'power':
     return (v + 2) * d + 2 * k * d + _count_layers(d, f, layers) + 2 * d + d * v + v
   if config.model in ('gpt2', 'gpt2_resv'):

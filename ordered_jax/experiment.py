@@ -29,6 +29,7 @@ from ordered_jax import (budget, checkpoint, console, continuation, environment,
                          instrument, lockstep, models, optim, orderings, resonant, runs,
                          sharding, sinks, tasks, train, trajectory)
 from ordered_jax import workdir as workdir_lib
+from ordered_jax import teacher as teacher_lib
 
 EXPERIMENT = 'mod_arithmetic'
 MEMORIZATION_ACC = 99.0  # train accuracy (percent) that counts as memorised
@@ -86,7 +87,18 @@ def model_config(config) -> models.ModelConfig:
                             other_layers=config.mlp.get('other_layers', 0),
                             tied_head=config.gpt2.tied_head if 'gpt2' in config else True,
                             value_mode=(config.gpt2.value_mode if 'gpt2' in config
-                                        else 'resformer'))
+                                        else 'resformer'),
+                            **dln_shape(config))
+
+
+def dln_shape(config) -> dict:
+  """The dln's ModelConfig fields: depth, width, gamma of ``config.dln`` (defaults where
+  a config predates them); the teacher task's sizes as its input and output sizes."""
+  d = config.get('dln', {})
+  io = runs.teacher_dim(config)['dim'] if runs.is_teacher(config) else 0
+  return dict(depth=d.get('depth', 2), width=d.get('width', 16), gamma=d.get('gamma', 0.5),
+              in_dim=io, out_dim=io)
+
 
 
 # On the CPU, an evaluation chunk whose activations outgrow the caches is slower per pair
@@ -134,7 +146,8 @@ def make_trainer(config, shared_data: bool = True, probes=(),
                       grokfast_window=gf.window, grad_clip=config.grad_clip,
                       loss=config.loss, l1=config.l1,
                       set_weight_reg=float(config.mlp.get('set_weight_reg', 0.0)),
-                      schedule=schedule(config))
+                      schedule=schedule(config),
+                      regression_in=(config.teacher.dim if runs.is_teacher(config) else 0))
   return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
                        probes=probes, cadence=cadence(config))
 
@@ -243,6 +256,10 @@ def build(config, probes=(), reference=None, init_params=None,
       tr = resonant.train_set(config.p, runs.stride(config), rc.n_harmonics, rc.overlap_frac,
                               rc.n_cycles, r.data_seed)
       host_data[r.data_seed] = (tr, resonant.test_set(config.p, tr, n_test, r.data_seed))
+    elif runs.is_teacher(config):
+      tc = config.teacher
+      host_data[r.data_seed] = teacher_lib.make(task.name.partition(':')[2], tc.dim, tc.scale, tc.noise_std,
+                                                n_train, n_test, r.data_seed)
     else:
       host_data[r.data_seed] = tasks.make_task(task, n_train, n_test, r.data_seed,
                                                config.data_generator)
@@ -452,6 +469,9 @@ def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
     row['training_metrics/l1_penalty'] = float(m['l1_penalty'])
   if 'validation_accuracy' not in m:
     return row
+  for k in ('validation_loss', 'training_loss'):  # regressions (task teacher:...)
+    if k in m:
+      row[f'training_metrics/{k}'] = float(m[k])
   ev = {k: float(m[k]) for k in ('validation_accuracy', 'training_accuracy')}
   h['last_eval'] = ev
   row['training_metrics/training_accuracy'] = ev['training_accuracy']

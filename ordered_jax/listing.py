@@ -34,6 +34,7 @@ MODELS = {
     'mlp': 'Tian\'s two-layer network (sqr, relu, silu or relusqr)',
     'gpt2': 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, tied or untied head)',
     'gpt2_resv': 'gpt2 with a value residual: ResFormer (mixed with layer 0\'s values) or SVFormer',
+    'dln': 'deep linear network (Training-Dynamics): dln.depth bias-free layers, N(0, width^-gamma) init',
 }
 ORDERINGS = {
     'stride': 'rows sorted by (a mod s, a), a the first operand (s = stride, default floor(sqrt p))',

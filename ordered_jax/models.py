@@ -6,7 +6,9 @@ group's elements:
 * ``reference``: OrderedLearning's ``GrokkingTransformer`` (encoder, mean pool);
 * ``power``: Power et al. (2022) as re-implemented in Sea-Snell/grokking's ``grokk_model``
   (decoder on ``[a, op, b, =]``, causal attention, head on the ``=`` token);
-* ``mlp``: Tian's ``ModularAdditionNN`` (fixed one-hot inputs, two linear maps).
+* ``mlp``: Tian's ``ModularAdditionNN`` (fixed one-hot inputs, two linear maps);
+* ``dln``: the deep linear network of the Training-Dynamics codebase (bias-free linear
+  layers, N(0, width^-gamma) init), on float inputs (task ``teacher``) or one-hot operands.
 
 Each module is only a definition: training code sees a plain parameter pytree
 (``Model.init``) and a pure ``Model.apply``. Dropout takes an explicit key, so the
@@ -31,7 +33,7 @@ from flax import nnx
 Params = Any  # nested dict of arrays, as produced by nnx.State.to_pure_dict()
 
 
-MODEL_KINDS = ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv')
+MODEL_KINDS = ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv', 'dln')
 VALUE_MODES = ('resformer', 'svformer')  # gpt2_resv's value path
 SEQUENCE_MODELS = ('power', 'gpt2', 'gpt2_resv')  # [a, op, b, =]: 2K positions
 ACTIVATIONS = ('sqr', 'relu', 'silu', 'relusqr')
@@ -57,6 +59,12 @@ class ModelConfig:
   other_layers: int = 0  # mlp: Tian's extra H x H layers, h <- act(h + U_l h), before V
   tied_head: bool = True  # gpt2: the head is the token embedding's first vocab rows
   value_mode: str = 'resformer'  # gpt2_resv: one of VALUE_MODES
+  # dln (deep linear network): depth weight matrices, hidden width, init N(0, width^-gamma)
+  depth: int = 2
+  width: int = 16
+  gamma: float = 0.5
+  in_dim: int = 0  # dln: float inputs of this size; 0 = one-hot operands (n_ops * vocab)
+  out_dim: int = 0  # dln: outputs; 0 = vocab (logits over the classes)
 
 
 def _uniform(bound: float):
@@ -482,8 +490,54 @@ class TwoLayerMLP(nnx.Module):
     return logits_BxM
 
 
+class DeepLinearNetwork(nnx.Module):
+  """y = W_L ... W_2 W_1 x: ``depth`` = L bias-free linear layers, in_dim -> width -> ...
+  -> width -> out_dim (the codebase's ``num_hidden`` = L - 1). Every weight is drawn from
+  N(0, width^-gamma), i.e. std = width^(-gamma/2), the first and last layer included, as
+  in Training-Dynamics-of-Deep-Learning's ``DeepLinearNetwork`` (gamma 0.5 standard, 0.75
+  NTK, 1.0 mean-field, >= 1.5 saddle-to-saddle; the scaling of arXiv 2106.15933).
+
+  Float inputs [B, in_dim] are used as they are; integer operand tokens [B, K] (the
+  classification tasks) are one-hot encoded and concatenated (in_dim = K * vocab), which
+  the first layer reads as a gather of kernel rows. No dropout: ``key`` is ignored."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.vocab, self.n_ops = cfg.vocab, cfg.n_ops
+    d_in = cfg.in_dim or cfg.n_ops * cfg.vocab
+    sizes = [d_in] + [cfg.width] * (cfg.depth - 1) + [cfg.out_dim or cfg.vocab]
+    init = jax.nn.initializers.normal(cfg.width ** (-cfg.gamma / 2))
+    self.layers = nnx.List([nnx.Linear(a, b, use_bias=False, kernel_init=init, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+
+  def __call__(self, x, key=None, return_attn=False):
+    del key  # no dropout in this model
+    first = self.layers[0].kernel[...]
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      h = sum(first[i * self.vocab + x[:, i]] for i in range(self.n_ops))
+    else:
+      h = x @ first
+    for layer in list(self.layers)[1:]:
+      h = layer(h)
+    return (h, None) if return_attn else h
+
+
+def dln_weights(params: Params) -> list[jax.Array]:
+  """A dln's weights W_1..W_L in the maths layout [out, in] (y = W_L ... W_1 x)."""
+  layers = params['layers']
+  return [layers[i]['kernel'].T for i in sorted(layers)]
+
+
+def dln_product(params: Params) -> jax.Array:
+  """The end-to-end (effective) weight W = W_L ... W_1 [out, in] of a dln."""
+  ws = dln_weights(params)
+  out = ws[0]
+  for w in ws[1:]:
+    out = w @ out
+  return out
+
+
 _MODULES = {'reference': Transformer, 'power': PowerTransformer, 'mlp': TwoLayerMLP,
-            'gpt2': GPT2, 'gpt2_resv': GPT2ResV}
+            'gpt2': GPT2, 'gpt2_resv': GPT2ResV, 'dln': DeepLinearNetwork}
 
 
 class Model:
@@ -497,7 +551,9 @@ class Model:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {cfg.activation!r}')
     if cfg.n_ops < 1:
       raise ValueError(f'n_ops must be >= 1, got {cfg.n_ops}')
-    if cfg.kind != 'mlp' and cfg.embed_dim % cfg.num_heads:
+    if cfg.kind == 'dln' and min(cfg.depth, cfg.width) < 1:
+      raise ValueError(f'dln depth and width must be >= 1, got {cfg.depth}, {cfg.width}')
+    if cfg.kind not in ('mlp', 'dln') and cfg.embed_dim % cfg.num_heads:
       raise ValueError(f'embed_dim ({cfg.embed_dim}) must be divisible by num_heads '
                        f'({cfg.num_heads})')
     self.cfg = cfg

@@ -106,6 +106,8 @@ def validate(config) -> None:
            f'got {v!r}')
   _check(config.data_generator in GENERATORS, 'data_generator',
          f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
+  if is_teacher(config):
+    _validate_teacher(config, names)
   train, test = _validate_sizes(config, t)
   _number(config, 'batch_size', integer=True, lo=1, hi=train,
           what=f' (and <= the {train} training examples)')
@@ -130,6 +132,10 @@ def validate(config) -> None:
     _check(isinstance(config.gpt2.tied_head, bool), 'gpt2.tied_head',
            f'must be true or false; got {config.gpt2.tied_head!r}')
     _one_of(config, 'gpt2.value_mode', models.VALUE_MODES)
+  if 'dln' in config:
+    _number(config, 'dln.depth', integer=True, lo=1, hi=MAX_LAYERS)
+    _number(config, 'dln.width', integer=True, lo=1)
+    _number(config, 'dln.gamma', lo=0)
   if 'other_layers' in config.mlp:
     _number(config, 'mlp.other_layers', integer=True, lo=0, hi=MAX_LAYERS)
     lam = _number(config, 'mlp.set_weight_reg', lo=0)
@@ -247,10 +253,38 @@ def task(config) -> tasks.Task:
   """The config's task (``config.task`` over ``config.p``); ``ConfigError`` if malformed."""
   _check(isinstance(config.task, str), 'task', f'must be a string; got {config.task!r}')
   try:
-    return tasks.parse_task(config.task, config.p)
+    return tasks.parse_task(config.task, config.p, **teacher_dim(config))
   except ValueError as e:
     message = str(e).splitlines()[0]
     raise ConfigError('task', message.removeprefix('task: ')) from None
+
+
+def teacher_dim(config) -> dict:
+  """``{'dim': config.teacher.dim}`` where the config has a teacher group, else {}."""
+  return {'dim': config.teacher.dim} if 'teacher' in config else {}
+
+
+def is_teacher(config) -> bool:
+  """Whether the task is a teacher regression (``teacher:<kind>``)."""
+  return isinstance(config.task, str) and config.task.strip().startswith('teacher:')
+
+
+def _validate_teacher(config, names) -> None:
+  """The teacher task's fields and what it cannot combine with (one line each)."""
+  _number(config, 'teacher.dim', integer=True, lo=1, hi=4096)
+  _number(config, 'teacher.scale', lo=0)
+  _number(config, 'teacher.noise_std', lo=0)
+  _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
+         f'inputs); got {config.model!r}')
+  bad = [n for n in names if n not in ('random', 'fixed-random')]
+  _check(not bad, 'strategy', f'task {config.task!r} takes the orderings random and '
+         f'fixed-random (the others read operands and labels); got {", ".join(bad)}')
+  _check(config.test_size >= 1, 'test_size', f'must be >= 1 for task {config.task!r} (its '
+         'test set is drawn, not the rest of a finite set)')
+  _check(config.data_generator in ('auto', 'fast'), 'data_generator',
+         f"must be auto or fast for task {config.task!r}; got {config.data_generator!r}")
+  _check(not config.train_fraction and config.train_size != CRITICAL, 'train_size',
+         f'must be an integer (no train_fraction, no critical) for task {config.task!r}')
 
 
 def sizes(config) -> tuple[int, int]:

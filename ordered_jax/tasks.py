@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ordered_jax import groups
+from ordered_jax import groups, teacher
 
 GENERATORS = ('reference', 'fast')
 
@@ -198,7 +198,7 @@ def make_mod_add(p: int, train_size: int, test_size: int, seed: int,
 # -- tasks: operand tuples, codes and labels -------------------------------------------------
 
 TASK_NAMES = ('add', 'sub', 'mul', 'div', 'add3', 'product', 'sym', 'dihedral', 'poly',
-              'dicyclic', 'semidirect', 'alt', 'sl2', 'gl2', 'direct', 'collection')
+              'dicyclic', 'semidirect', 'alt', 'sl2', 'gl2', 'direct', 'collection', 'teacher')
 TABLE_GROUPS = ('dicyclic', 'semidirect', 'alt', 'sl2', 'gl2', 'direct')  # ordered_jax.groups
 REFERENCE_TASKS = ('add', 'sub', 'mul', 'poly')  # 2-operand Z_p tasks: every pair is valid
 TASK_GENERATORS = ('fast', 'reference', 'auto')
@@ -216,7 +216,8 @@ _ALLOWED = (f"must be one of add, sub, mul, div (p prime), add3, product:AxB[xC.
             f">= 2, order <= {MAX_ORDER}), sym:N (1 <= N <= {MAX_SYM}), dihedral:N (N >= 3, "
             f"2N <= {MAX_ORDER}), poly:<expr in x, y> (e.g. poly:x^2+x*y+y^2), the groups "
             f"dicyclic:N, semidirect:N,M,R, alt:N, sl2:Q, gl2:Q, direct:G*H (docs/tasks.md) "
-            f"and collection:dk=D (a sweep over the built-in groups of largest irrep degree D)")
+            f", collection:dk=D (a sweep over the built-in groups of largest irrep degree D) "
+            f"and teacher:diagonal, teacher:random (linear regression, docs/tasks.md)")
 _POLY_ALLOWED = (f'poly:<expr> is a polynomial over Z_p in x and y with +, -, *, ^ (exponent '
                  f'an integer constant in [0, {POLY_MAX_EXPONENT}]), parentheses and '
                  f'non-negative integer constants')
@@ -472,9 +473,16 @@ def _parse_int(text: str, spec: str, what: str) -> int:
   return int(text)
 
 
-def parse_task(spec: str, p: int) -> Task:
+def teacher_task(name: str, dim: int) -> Task:
+  """A ``teacher:K`` regression (``ordered_jax.teacher``) in the Task shape: order = n_ops =
+  ``dim`` (the input and output sizes), an unbounded sample space, no labeller (its rows
+  come from ``teacher.make``)."""
+  return Task(name, dim, dim, 2**62, 1.0, (), (), None)
+
+
+def parse_task(spec: str, p: int, dim: int = 8) -> Task:
   """The task a spec names (``TASK_NAMES``); ``p`` is the modulus of the Z_p tasks (add, sub,
-  mul, div, add3, poly) and is ignored by the others. Raises ``ValueError`` with one line,
+  mul, div, add3, poly) and is ignored by the others; ``dim`` is a teacher's size. Raises ``ValueError`` with one line,
   ``task: <what is allowed>; got '<spec>'``."""
   if not isinstance(spec, str):
     raise ValueError(f'task: {_ALLOWED}; got {spec!r}')
@@ -519,6 +527,11 @@ def parse_task(spec: str, p: int) -> Task:
     order = len(table_MxM)
     return Task(name, order, 2, order * order, c, (order, order), (0, 0),
                 functools.partial(_label_table, table_MxM))
+  if kind == 'teacher' and colon:
+    if arg not in teacher.TEACHERS:
+      raise ValueError(f'task: teacher:K needs K one of {", ".join(teacher.TEACHERS)}; '
+                       f'got {spec!r}')
+    return teacher_task(name, dim)
   if kind == 'collection':
     raise ValueError(f'task: {spec!r} names a set of groups: it runs as a sweep, one run per '
                      'group (main.py expands it; see docs/tasks.md)')

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ordered_jax import instrument, models, optim, orderings
+from ordered_jax import instrument, models, optim, orderings, teacher
 
 # fold_in streams of a run's root key.
 INIT_STREAM, DROPOUT_STREAM, ORDER_STREAM, PROBE_STREAM = 0, 1, 2, 3
@@ -117,6 +117,8 @@ class Hyper:
   l1: float = 0.0                # l1 * sum |theta| added to the loss
   set_weight_reg: float = 0.0    # mlp: V solved as ridge regression each step (Tian), 0 = off
   schedule: Any = None           # an optim.Schedule; None = cosine per epoch (epochs, min_lr)
+  regression_in: int = 0         # > 0: rows are teacher.to_rows' [x, y] bits, x of this size;
+                                 # the loss is the MSE (mean over outputs), no accuracy
 
 
 class Trainer:
@@ -195,7 +197,10 @@ class Trainer:
 
   def data_loss(self, params, abc_BxC, mask_B, dropout_key):
     """Mean cross-entropy (``loss='ce'``) or centred MSE (``'mse'``, ``optim.centred_mse``)
-    over the real (unpadded) rows of a batch."""
+    over the real (unpadded) rows of a batch; for a regression (``regression_in``) the
+    mean over rows and outputs of (f(x) - y)^2, torch's MSELoss as the teacher codebase."""
+    if self.hyper.regression_in:
+      return _masked_mean(self._sq_errors(params, abc_BxC), mask_B)
     logits_BxV = self.model.apply(params, abc_BxC[:, :-1], dropout_key=dropout_key)
     if self.hyper.loss == 'mse':
       ce_B = optim.centred_mse(logits_BxV, abc_BxC[:, -1])
@@ -203,6 +208,11 @@ class Trainer:
       ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV, abc_BxC[:, -1])
     mask = mask_B.astype(ce_B.dtype)
     return jnp.sum(ce_B * mask) / jnp.sum(mask)
+
+  def _sq_errors(self, params, rows_BxC):
+    """Per-row mean squared error [B] of a regression batch (``teacher.split``'s x, y)."""
+    x_BxD, y_BxE = teacher.split(rows_BxC, self.hyper.regression_in)
+    return jnp.mean(jnp.square(self.model.apply(params, x_BxD) - y_BxE), axis=-1)
 
   def loss(self, params, abc_BxC, mask_B, dropout_key):
     """The training objective: ``data_loss`` plus the L1 penalty (when ``l1`` > 0)."""
@@ -325,8 +335,23 @@ class Trainer:
     correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (chunks_HxKxC, valid_HxK))
     return correct
 
+  def _mse(self, params, chunks_HxKxC, valid_HxK):
+    def body(total, xs):
+      rows_KxC, valid_K = xs
+      return total + jnp.sum(jnp.where(valid_K, self._sq_errors(params, rows_KxC), 0.0)), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (chunks_HxKxC, valid_HxK))
+    return total / jnp.sum(valid_HxK)
+
   def _evaluate(self, params, data: Data):
-    """Correct-prediction counts (exact integers; see ``accuracies`` for percentages)."""
+    """Correct-prediction counts (exact integers; see ``accuracies`` for percentages).
+    A regression has no correct predictions (counts 0, so accuracies 0 and no early stop):
+    it reports ``validation_loss`` and ``training_loss``, the mean squared errors."""
+    if self.hyper.regression_in:
+      zero = jnp.zeros((), jnp.int32)
+      return {'validation_correct': zero, 'training_correct': zero,
+              'validation_loss': self._mse(params, data.test_chunks, data.test_valid),
+              'training_loss': self._mse(params, data.train_chunks, data.train_valid)}
     return {'validation_correct': self._accuracy(params, data.test_chunks, data.test_valid),
             'training_correct': self._accuracy(params, data.train_chunks, data.train_valid)}
 
@@ -437,6 +462,11 @@ class Trainer:
     """``_epoch`` over the runs axis (the data too unless all runs share it)."""
     fn = functools.partial(self._epoch, do_eval=do_eval, do_probe=do_probe)
     return jax.vmap(fn, in_axes=(0, 0, self._data_axis, None))(state, spec, data, epoch)
+
+
+def _masked_mean(x_B, mask_B):
+  mask = mask_B.astype(x_B.dtype)
+  return jnp.sum(x_B * mask) / jnp.sum(mask)
 
 
 def target_correct(target_acc: float, n_test: int) -> int:

@@ -83,7 +83,7 @@ def test_reference_names_only_for_the_reference():
 def test_unknown_kind_or_activation_is_rejected(field, value):
   with pytest.raises(ValueError, match=f'^{field} must be one of'):
     models.Model(models.ModelConfig(vocab=5, **{field: value}))
-  assert models.MODEL_KINDS == ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv')
+  assert models.MODEL_KINDS == ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv', 'dln')
   assert models.ACTIVATIONS == ('sqr', 'relu', 'silu', 'relusqr')
 
 

@@ -1,0 +1,59 @@
+"""Teacher-student linear regression (task ``teacher:<kind>``), the Training-Dynamics
+codebase's task: y = W* x + noise, x ~ N(0, I_d), an offline fixed train and test sample.
+
+The framework's data are int32 rows that orderings permute and batches gather. A
+regression example is stored in such a row as the float32 bits of [x (d), y (d)]
+(``to_rows``; ``split`` reads them back on device, bit for bit), so orderings, batching,
+the scanned epoch and the runs axis stay as they are and the loss reads x and y from the
+batch itself (``train.Trainer.data_loss``).
+
+Teachers (``TEACHERS``): ``diagonal``, scale * diag(1, 2, ..., d) (that codebase's
+``diagonal`` spectrum); ``random``, i.i.d. N(0, scale^2) entries (its ``random_normal``).
+Independent numpy streams, as its RNG streams: data_seed -> test inputs, data_seed + 1 ->
+train inputs, data_seed + 2 -> train label noise, data_seed + 3 -> a random teacher. The
+test targets carry no noise (as there).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TEACHERS = ('diagonal', 'random')
+
+
+def matrix(kind: str, dim: int, scale: float, seed: int) -> np.ndarray:
+  """The teacher W* [dim, dim] (float32)."""
+  if kind == 'diagonal':
+    return (scale * np.diag(np.arange(1, dim + 1))).astype(np.float32)
+  if kind == 'random':
+    return (scale * np.random.default_rng(seed + 3).standard_normal((dim, dim))).astype(
+        np.float32)
+  raise ValueError(f'teacher: must be one of {", ".join(TEACHERS)}; got {kind!r}')
+
+
+def to_rows(x_NxD: np.ndarray, y_NxE: np.ndarray) -> np.ndarray:
+  """int32 rows [N, D + E] holding the float32 bits of x, then y."""
+  xy = np.concatenate([x_NxD, y_NxE], axis=1).astype(np.float32)
+  return np.ascontiguousarray(xy).view(np.int32)
+
+
+def split(rows_BxC: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
+  """(x [B, d_in], y [B, C - d_in]) float32 from ``to_rows``' int32 rows (on device)."""
+  xy = jax.lax.bitcast_convert_type(rows_BxC, jnp.float32)
+  return xy[:, :d_in], xy[:, d_in:]
+
+
+def make(kind: str, dim: int, scale: float, noise_std: float, train_size: int,
+         test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train rows, test rows) of the offline teacher task; see the module docstring."""
+  w = matrix(kind, dim, scale, seed)
+  x_test = np.random.default_rng(seed).standard_normal((test_size, dim)).astype(np.float32)
+  x_train = np.random.default_rng(seed + 1).standard_normal((train_size, dim)).astype(
+      np.float32)
+  y_train = x_train @ w.T
+  if noise_std > 0:
+    y_train = y_train + noise_std * np.random.default_rng(seed + 2).standard_normal(
+        y_train.shape).astype(np.float32)
+  return to_rows(x_train, y_train), to_rows(x_test, x_test @ w.T)

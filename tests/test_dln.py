@@ -1,0 +1,142 @@
+"""Deep linear networks and the teacher task (issue 16 part 1), against numpy."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ordered_jax import budget, experiment, models, runs, teacher
+from tests.conftest import micro_config
+
+DLN = models.ModelConfig(kind='dln', vocab=5, n_ops=2, depth=3, width=6, gamma=0.75)
+
+
+def _np_weights(params):
+  """W_1..W_L as numpy [out, in]."""
+  return [np.asarray(params['layers'][i]['kernel'], np.float64).T
+          for i in sorted(params['layers'])]
+
+
+def test_dln_forward_matches_numpy_on_floats_and_tokens():
+  cfg = models.ModelConfig(kind='dln', vocab=5, n_ops=2, depth=3, width=6, in_dim=4,
+                           out_dim=3)
+  m = models.Model(cfg)
+  params = m.init(jax.random.key(0))
+  ws = _np_weights(params)
+  assert [w.shape for w in ws] == [(6, 4), (6, 6), (3, 6)]
+  x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+  want = x @ ws[0].T @ ws[1].T @ ws[2].T
+  np.testing.assert_allclose(m.apply(params, jnp.asarray(x)), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(models.dln_product(params), ws[2] @ ws[1] @ ws[0], rtol=1e-5)
+  # integer operands: the one-hots of a and b, concatenated
+  m2 = models.Model(DLN)
+  p2 = m2.init(jax.random.key(1))
+  tok = np.array([[0, 4], [3, 1], [2, 2]], np.int32)
+  onehot = np.concatenate([np.eye(5)[tok[:, 0]], np.eye(5)[tok[:, 1]]], axis=1)
+  w = _np_weights(p2)
+  np.testing.assert_allclose(m2.apply(p2, jnp.asarray(tok)),
+                             onehot @ w[0].T @ w[1].T @ w[2].T, rtol=1e-5, atol=1e-6)
+
+
+def test_dln_init_scale_is_width_to_minus_gamma_over_two():
+  cfg = models.ModelConfig(kind='dln', vocab=5, depth=2, width=400, gamma=1.5, in_dim=300,
+                           out_dim=200)
+  params = models.Model(cfg).init(jax.random.key(2))
+  for w in _np_weights(params):
+    assert abs(w.std() / 400 ** (-0.75) - 1) < 0.02 and abs(w.mean()) < 0.02 * w.std()
+  assert 'bias' not in params['layers'][0]
+
+
+@pytest.mark.parametrize('depth,width', [(1, 4), (3, 8)])
+def test_dln_param_count(depth, width):
+  c = micro_config(model='dln')
+  with c.unlocked():
+    c.dln.depth, c.dln.width = depth, width
+  built = models.param_count(models.Model(experiment.model_config(c)).abstract_params())
+  assert budget.param_count(c) == built
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('depth', 0, r'^config\.dln\.depth: must be >= 1'),
+    ('width', 0, r'^config\.dln\.width: must be >= 1'),
+    ('gamma', -1, r'^config\.dln\.gamma: must be >= 0')])
+def test_bad_dln_fields_are_one_line(field, value, match):
+  c = micro_config(model='dln')
+  with c.unlocked():
+    c.dln[field] = value
+  with pytest.raises(runs.ConfigError, match=match):
+    runs.validate(c)
+
+
+# -- the teacher task ------------------------------------------------------------------
+
+def _teacher_config(**overrides):
+  base = dict(task='teacher:diagonal', model='dln', strategy='random', train_size=12,
+              test_size=20, batch_size=12, eval_batch_size=8, optimizer='sgd', momentum=0.0,
+              weight_decay=0.0, schedule='constant', lr=0.01, epochs=3)
+  c = micro_config(**{**base, **overrides})
+  with c.unlocked():
+    c.teacher.dim, c.teacher.noise_std = 3, 0.1
+    c.dln.depth, c.dln.width, c.dln.gamma = 3, 4, 0.5
+  return c
+
+
+def test_teacher_rows_hold_x_and_w_star_x_bit_for_bit():
+  tr, te = teacher.make('diagonal', 3, 2.0, 0.0, 5, 4, seed=7)
+  assert tr.dtype == np.int32 and tr.shape == (5, 6) and te.shape == (4, 6)
+  x, y = (np.asarray(a) for a in teacher.split(jnp.asarray(te), 3))
+  np.testing.assert_array_equal(y, x @ np.diag([2.0, 4.0, 6.0]).astype(np.float32).T)
+  assert x.std() > 0.3  # N(0, 1) draws
+  w = teacher.matrix('random', 4, 0.5, seed=1)
+  assert w.shape == (4, 4) and not np.allclose(w, np.diag(np.diag(w)))
+  np.testing.assert_array_equal(w, teacher.matrix('random', 4, 0.5, seed=1))
+  noisy, _ = teacher.make('diagonal', 3, 2.0, 0.5, 5, 4, seed=7)
+  xn, yn = (np.asarray(a) for a in teacher.split(jnp.asarray(noisy), 3))
+  assert 0.05 < np.std(yn - xn @ np.diag([2.0, 4.0, 6.0]).T) < 2.0
+
+
+def _np_grads(ws, x, y):
+  """MSE (mean over rows and outputs) of y ~ W_L..W_1 x and its gradient per W_l."""
+  prod = lambda ms: functools.reduce(lambda a, b: b @ a, ms, np.eye(ws[0].shape[1]))  # noqa
+  p = functools.reduce(lambda a, b: b @ a, ws)
+  r = x @ p.T - y
+  g_p = 2.0 / r.size * r.T @ x
+  grads = []
+  for l in range(len(ws)):
+    after = functools.reduce(lambda a, b: b @ a, ws[l + 1:], np.eye(ws[l].shape[0]))
+    before = prod(ws[:l])
+    grads.append(after.T @ g_p @ before.T)
+  return np.mean(r ** 2), grads
+
+
+def test_full_batch_teacher_epoch_is_one_gradient_step_of_the_mse():
+  b = experiment.build(_teacher_config())
+  x, y = (np.asarray(a, np.float64) for a in
+          teacher.split(b.data.train_NxC, 3))
+  ws0 = _np_weights(jax.tree.map(lambda a: a[0], b.state.params))
+  loss0, grads = _np_grads(ws0, x, y)
+  state, m = b.trainer.epoch(b.state, b.spec, b.data, jnp.int32(0), do_eval=True)
+  np.testing.assert_allclose(m['loss'][0], loss0, rtol=1e-5)
+  ws1 = _np_weights(jax.tree.map(lambda a: a[0], state.params))
+  for w0, g, w1 in zip(ws0, grads, ws1):
+    np.testing.assert_allclose(w1, w0 - 0.01 * g, rtol=1e-5, atol=1e-6)
+  xt, yt = (np.asarray(a, np.float64) for a in
+            teacher.split(b.data.test_chunks.reshape(-1, 6)[:20], 3))
+  p1 = functools.reduce(lambda a, c: c @ a, ws1)
+  np.testing.assert_allclose(m['validation_loss'][0], np.mean((xt @ p1.T - yt) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(m['training_loss'][0], np.mean((x @ p1.T - y) ** 2), rtol=1e-5)
+  assert int(m['validation_correct'][0]) == 0
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('model', 'mlp', r'^config\.model: task .* needs model=dln'),
+    ('strategy', 'stride', r'^config\.strategy: task .* takes the orderings random'),
+    ('test_size', 0, r'^config\.test_size: must be >= 1 for task')])
+def test_bad_teacher_configs_are_one_line(field, value, match):
+  c = _teacher_config()
+  with c.unlocked():
+    c[field] = value
+  with pytest.raises(runs.ConfigError, match=match):
+    runs.validate(c)
