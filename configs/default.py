@@ -135,6 +135,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.probes.curvature.lanczos_steps = 20
   c.probes.curvature.hutchinson_samples = 8
   c.probes.curvature.every_n_steps = 1000  # at most once per 1000 steps (0: every probe epoch)
+  c.probes.gradient_noise = ml_collections.ConfigDict(  # |g|^2, Tr(Sigma), Tr(H Sigma)
+      dict(chunk=64,           # per-example gradients held at once
+           hessian=True))      # also Tr(H Sigma) (N Hessian-vector products per firing)
   # Outputs.
   c.checkpoint_every = 50      # epochs; also at the end, on SIGINT/SIGTERM
   c.keep_checkpoints = 3       # keep the latest N checkpoints ...

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from absl import logging
 
-from ordered_jax import experiment, orderings, runs
-from probes import (counterfactual, curvature, dynamics, fourier, gradients, progress,
+from ordered_jax import experiment, orderings, runs, teacher
+from probes import (counterfactual, curvature, dln, dynamics, fourier, gradients, progress,
                     solution, steps, weights)
 
 # The reference's hooks ported so far, and our additions.
@@ -33,7 +33,11 @@ def _factories(config):
   h, a = config.probes.hessian, config.probes.adam_dynamics
   cf, pm = config.probes.counterfactual, config.probes.progress
   ref = bool(config.probes.reference_weights)
+  gn = config.probes.get('gradient_noise', {})
   return {
+      'dln': lambda: dln.DLN(cfg.depth, teacher_W=_teacher_matrix(config)),
+      'gradient_noise': lambda: dln.GradientNoise(chunk=gn.get('chunk', 64),
+                                                  hessian=gn.get('hessian', True)),
       'norms': lambda: gradients.Norms(cfg),
       'consecutive': lambda: gradients.Consecutive(cfg),
       'variance': lambda: gradients.Variance(cfg),
@@ -70,9 +74,23 @@ def _factories(config):
   }
 
 
+def _teacher_matrix(config):
+  """The teacher W* of a teacher task when every run shares it (a diagonal teacher, or
+  one data seed), else None (the dln probe then has no teacher_distance)."""
+  if not runs.is_teacher(config):
+    return None
+  kind = config.task.strip().partition(':')[2]
+  seeds = {r.data_seed for r in runs.expand(config)}
+  if kind != 'diagonal' and len(seeds) != 1:
+    return None
+  t = config.teacher
+  return teacher.matrix(kind, t.dim, t.scale, next(iter(seeds)))
+
+
 # Probes that see the model only through its parameter vector and loss: any model, any task.
 MODEL_AGNOSTIC = ('parameter_delta', 'path_length', 'batch_dynamics', 'training_diagnostics',
-                  'curvature')
+                  'curvature', 'gradient_noise')
+DLN_ONLY = ('dln',)  # read a deep linear network's layers
 STEP_CADENCE = ('hessian', 'adam_dynamics', 'training_diagnostics')  # steps per epoch fixed
 CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
 
@@ -82,13 +100,19 @@ def unsupported(config) -> dict[str, str]:
   the reference transformer's named parameters (embedding, attention, layers) and Fourier
   structure over Z_p of a two-operand task; the progress measures are for a + b only."""
   base = str(config.task).split(':')[0]
+  if config.model == 'dln':
+    why = "reads the reference transformer's parameters (model is 'dln')"
+    return {n: why for n in _factories(config) if n not in MODEL_AGNOSTIC + DLN_ONLY}
+  dln_why = {n: f'reads a deep linear network (model=dln; model is {config.model!r})'
+             for n in DLN_ONLY}
   if config.model != 'reference':
     why = f"reads the reference transformer's parameters (model is {config.model!r})"
   elif base not in CYCLIC_TASKS:
     why = f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {config.task!r}'
   else:
-    return {} if base == 'add' else {'progress': f'is defined for task add; task is {config.task!r}'}
-  return {n: why for n in _factories(config) if n not in MODEL_AGNOSTIC}
+    return dln_why if base == 'add' else {
+        'progress': f'is defined for task add; task is {config.task!r}', **dln_why}
+  return {**{n: why for n in _factories(config) if n not in MODEL_AGNOSTIC}, **dln_why}
 
 
 def names(config) -> list[str]:
@@ -181,4 +205,11 @@ def build(config) -> list:
   if not isinstance(c.hutchinson_samples, int) or c.hutchinson_samples < 1:
     raise runs.ConfigError('probes.curvature.hutchinson_samples',
                            f'must be an integer >= 1; got {c.hutchinson_samples!r}')
+  gn = config.probes.get('gradient_noise', {})
+  if not isinstance(gn.get('chunk', 64), int) or gn.get('chunk', 64) < 1:
+    raise runs.ConfigError('probes.gradient_noise.chunk', 'must be an integer >= 1; got '
+                           f'{gn.get("chunk")!r}')
+  if not isinstance(gn.get('hessian', True), bool):
+    raise runs.ConfigError('probes.gradient_noise.hessian', 'must be true or false; got '
+                           f'{gn.get("hessian")!r}')
   return [factories[n]() for n in selected]

@@ -291,6 +291,32 @@ CATALOG = {p.name: p for p in (
                'higher = toward the solution', when='with reference weights'),
         )),
     _probe(
+        'dln', "a deep linear network's weights: norms, Gram norms, balance, end-to-end weight",
+        cadence='every epoch', cost='cheap',
+        cost_detail='a few small matrix products of the layers',
+        definition='W_l the layers in the maths layout [out, in], l = 0 the input layer (the Training-Dynamics codebase\'s metrics); the end-to-end weight W = W_{L-1} ... W_0; with task teacher its distance to the teacher W* (when every run of the batch shares W*: a diagonal teacher, or one data seed)',
+        metrics=(
+            _m('weight_norm', '|vec theta|, all layers', 'higher = larger weights'),
+            _m('layer_norm/<l>', '|W_l|_F', 'higher = larger layer'),
+            _m('gram_norm/<l>', '|W_l W_l^T|_F', 'higher = larger layer'),
+            _m('balance/<l>', '|W_l W_l^T - W_{l+1}^T W_{l+1}|_F, l < L - 1 (conserved by gradient flow)',
+               'drift from the initial value = departure from gradient flow'),
+            _m('effective_norm', '|W_{L-1} ... W_0|_F', 'higher = larger end-to-end map'),
+            _m('teacher_distance', '|W_{L-1} ... W_0 - W*|_F', 'lower = closer to the teacher',
+               when='task teacher with one W* for the batch'),
+        )),
+    _probe(
+        'gradient_noise', 'exact gradient noise: drift |g|^2, diffusion Tr(Sigma), Tr(H Sigma)',
+        cadence='every epoch', cost='expensive',
+        cost_detail='two passes of per-example gradients over the training set, in chunks of probes.gradient_noise.chunk; with hessian, N Hessian-vector products each over the training set (N^2 example passes)',
+        definition='per-example gradients g_i of the training objective (vmap of grad, no dropout) over the whole training set, g their mean, n_i = g_i - g; Tr(H Sigma) = mean_i n_i^T H n_i with forward-over-reverse HVPs of the mean training loss (the Training-Dynamics codebase\'s trace_covariances; it evaluates on its test sample)',
+        metrics=(
+            _m('grad_norm_sq', '|g|^2, g the full-batch gradient', 'higher = stronger drift'),
+            _m('trace_sigma', 'Tr(Sigma) = mean_i |g_i - g|^2', 'higher = more gradient noise'),
+            _m('trace_h_sigma', 'Tr(H Sigma) = mean_i n_i^T H n_i',
+               'higher = noise aligned with curvature', when='probes.gradient_noise.hessian'),
+        )),
+    _probe(
         'parameter_delta', 'how far the weights moved in one epoch',
         cadence='every epoch', cost='cheap',
         cost_detail='one stored parameter copy',
@@ -513,6 +539,8 @@ def support(name: str) -> str:
   import probes  # pylint: disable=g-import-not-at-top
   if name in probes.MODEL_AGNOSTIC:
     text = 'any model, any task'
+  elif name in probes.DLN_ONLY:
+    text = 'model dln; any task (teacher_distance: task teacher)'
   elif name == 'progress':
     text = 'model reference; task add'
   else:

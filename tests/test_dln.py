@@ -140,3 +140,94 @@ def test_bad_teacher_configs_are_one_line(field, value, match):
     c[field] = value
   with pytest.raises(runs.ConfigError, match=match):
     runs.validate(c)
+
+
+# -- probes: dln weight metrics and gradient noise --------------------------------------
+
+def _np_flat_loss(shapes, x, y):
+  """The MSE as a function of the flat float64 parameter vector (W_1..W_L, [out, in])."""
+  def f(v):
+    ws, i = [], 0
+    for s in shapes:
+      ws.append(v[i:i + s[0] * s[1]].reshape(s))
+      i += s[0] * s[1]
+    p = functools.reduce(lambda a, b: b @ a, ws)
+    return np.mean((x @ p.T - y) ** 2)
+  return f
+
+
+def _np_grad(f, v, h=1e-6):
+  e = np.eye(v.size)
+  return np.array([(f(v + h * e[i]) - f(v - h * e[i])) / (2 * h) for i in range(v.size)])
+
+
+def test_dln_metrics_match_numpy():
+  from probes import dln as dln_probes
+  params = models.Model(DLN).init(jax.random.key(3))
+  ws = _np_weights(params)
+  star = np.random.default_rng(0).normal(size=(5, 10))
+  m = {k: float(v) for k, v in dln_probes.dln_metrics(params, star).items()}
+  fro = np.linalg.norm
+  assert np.isclose(m['weight_norm'], np.sqrt(sum(fro(w) ** 2 for w in ws)), rtol=1e-5)
+  for l, w in enumerate(ws):
+    assert np.isclose(m[f'layer_norm/{l}'], fro(w), rtol=1e-5)
+    assert np.isclose(m[f'gram_norm/{l}'], fro(w @ w.T), rtol=1e-5)
+  for l in range(2):
+    assert np.isclose(m[f'balance/{l}'], fro(ws[l] @ ws[l].T - ws[l + 1].T @ ws[l + 1]),
+                      rtol=1e-4)
+  assert 'balance/2' not in m
+  prod = ws[2] @ ws[1] @ ws[0]
+  assert np.isclose(m['effective_norm'], fro(prod), rtol=1e-5)
+  assert np.isclose(m['teacher_distance'], fro(prod - star), rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def noise_case():
+  """A teacher batch, its first run's parameters and numpy's |g|^2, Tr(Sigma), Tr(H Sigma)
+  from finite differences (per-example gradients, the Hessian of the mean loss)."""
+  b = experiment.build(_teacher_config())
+  params = jax.tree.map(lambda a: a[0], b.state.params)
+  ws = _np_weights(params)
+  x, y = (np.asarray(a, np.float64) for a in teacher.split(b.data.train_NxC, 3))
+  shapes = [w.shape for w in ws]
+  v = np.concatenate([w.ravel() for w in ws])
+  per = np.stack([_np_grad(_np_flat_loss(shapes, x[i:i + 1], y[i:i + 1]), v)
+                  for i in range(len(x))])
+  g = per.mean(0)
+  noise = per - g
+  f = _np_flat_loss(shapes, x, y)
+  hess = np.stack([_np_grad(lambda u, i=i: _np_grad(f, u, 1e-4)[i], v, 1e-4)
+                   for i in range(v.size)])
+  want = (g @ g, np.mean(np.sum(noise ** 2, 1)),
+          np.mean(np.einsum('ip,pq,iq->i', noise, hess, noise)))
+  return b, params, want
+
+
+@pytest.mark.parametrize('chunk', [5, 64])
+def test_gradient_noise_matches_finite_differences(noise_case, chunk):
+  from probes import dln as dln_probes
+  b, params, (g2, tr, th) = noise_case
+  m = dln_probes.gradient_noise(b.trainer.loss, params, b.data.train_NxC, chunk=chunk)
+  np.testing.assert_allclose(m['grad_norm_sq'], g2, rtol=1e-3)
+  np.testing.assert_allclose(m['trace_sigma'], tr, rtol=1e-3)
+  np.testing.assert_allclose(m['trace_h_sigma'], th, rtol=2e-2)
+  assert 'trace_h_sigma' not in dln_probes.gradient_noise(
+      b.trainer.loss, params, b.data.train_NxC, chunk=chunk, hessian=False)
+
+
+def test_teacher_run_writes_test_loss_and_dln_probes(tmp_path):
+  import json
+  import probes
+  c = _teacher_config(epochs=2)
+  with c.unlocked():
+    c.probes.names = 'dln,gradient_noise'
+  experiment.run(c, str(tmp_path), quiet=True, probes=probes.build(c))
+  rows = [json.loads(l) for l in open(tmp_path / 'random' / 'random.jsonl')]
+  last = rows[-1]
+  assert last['training_metrics/validation_loss'] > 0
+  for k in ('dln/teacher_distance', 'dln/balance/1', 'gradient_noise/trace_h_sigma'):
+    assert np.isfinite(last[k]), k
+  with c.unlocked():
+    c.model, c.task, c.strategy = 'mlp', 'add', 'stride'
+  with pytest.raises(runs.ConfigError, match=r"^config\.probes\.names: probe 'dln' reads a deep"):
+    probes.build(c)
