@@ -5,6 +5,7 @@ convergence, correlation, export_table, layer_dynamics, area_plot, weight_compar
 weight_heatmap, activation_probe, dataset_dft, report, tensorboard, wandb_replay,
 trajectory;
 ``sweep_map --table DIR`` and ``scaling --table DIR`` draw a sweep's results table;
+``dln_sgd_gd --sweep DIR`` a teacher sweep's test-loss curves by batch size;
 ``merge A B ... -o OUT`` combines sweeps'
 results.parquet tables.
 ``--workdir`` (repeatable) is a folder of runs, ours or the reference's
@@ -201,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--table', required=True, help='a sweep folder or its results.parquet')
   p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
                  'scaling/scaling.png)')
+  p.add_argument('--title', default='')
+
+  p = sub.add_parser('dln_sgd_gd', help='test loss against optimiser steps per batch size, '
+                     'from a teacher sweep (configs/dln_teacher.py)',
+                     description='python -m analysis dln_sgd_gd --sweep DIR [--out FILE]')
+  p.add_argument('--sweep', required=True, help='the sweep folder (its runs/ are read)')
+  p.add_argument('--out', default='', help='the figure (default <sweep>/analysis/'
+                 'dln_sgd_gd/dln_sgd_gd.png)')
   p.add_argument('--title', default='')
 
   p = sub.add_parser('merge', help='combine sweeps\' results tables into one',
@@ -517,6 +526,20 @@ def _scaling(args) -> list[str]:
   return _table_figure(args, 'scaling', lambda rows, out: scaling.plot(rows, out, args.title))
 
 
+def _dln_sgd_gd(args) -> list[str]:
+  """``dln_sgd_gd``: a teacher sweep's test-loss curves by batch size (analysis.dln)."""
+  from analysis import dln  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.sweep):
+    _fail(f'--sweep {args.sweep}: no such folder')
+  out = args.out or os.path.join(args.sweep, 'analysis', 'dln_sgd_gd', 'dln_sgd_gd.png')
+  try:
+    path = dln.plot(args.sweep, out, args.title)
+  except (ValueError, OSError, KeyError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  print(path)
+  return [path]
+
+
 def _wandb_replay(args):
   from ordered_jax import wandb_sink  # pylint: disable=g-import-not-at-top
   if not wandb_sink.available():
@@ -552,6 +575,8 @@ def main(argv=None) -> list[str]:
     return _sweep_map(args)
   if args.tool == 'scaling':
     return _scaling(args)
+  if args.tool == 'dln_sgd_gd':
+    return _dln_sgd_gd(args)
   try:
     if args.tool in NEEDS_WORKDIR and not args.workdir:
       raise InputError(f'{args.tool} needs --workdir')

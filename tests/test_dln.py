@@ -231,3 +231,21 @@ def test_teacher_run_writes_test_loss_and_dln_probes(tmp_path):
     c.model, c.task, c.strategy = 'mlp', 'add', 'stride'
   with pytest.raises(runs.ConfigError, match=r"^config\.probes\.names: probe 'dln' reads a deep"):
     probes.build(c)
+
+
+def test_dln_teacher_sweep_and_its_figure(tmp_path):
+  """configs/dln_teacher.py shrunk (2 seeds, 20 steps): the sweep runs both batch sizes
+  and analysis.dln puts them on one step axis."""
+  from analysis import dln as dln_analysis
+  from configs import dln_teacher
+  from ordered_jax import sweeper
+  c = dln_teacher.get_config()
+  c.sweep.zip.epochs, c.sweep.grid.seed = '2,20', '0,1'
+  c.epochs = 20
+  sweeper.run(c, str(tmp_path), quiet='silent')
+  data = dln_analysis.curves(str(tmp_path))
+  assert sorted(data) == [5, 50]
+  for steps, loss in data.values():
+    assert loss.shape == (2, len(steps)) and steps[-1] == 20 and np.all(np.diff(steps) > 0)
+    assert np.all(loss > 0)
+  assert dln_analysis.plot(str(tmp_path), str(tmp_path / 'f.png')).endswith('f.png')
