@@ -521,7 +521,9 @@ class _Lockstep:
   def __init__(self, config, workdir, batch, trainer, state, start, write=True):
     self.names = [r.name for r in batch]
     self.layers = models.param_names(train.run_slice(state.params, 0))
-    self.compare = lockstep.make_compare(trainer.model.apply, len(batch))
+    self.compare = lockstep.make_compare(trainer.model.apply, len(batch),
+                                         regression_in=trainer.hyper.regression_in,
+                                         dln=trainer.model.cfg.kind == 'dln')
     self.sink = sinks.JsonlSink(os.path.join(workdir, lockstep.FILENAME),
                                 start_epoch=start) if write else sinks.MultiSink([])
 

@@ -249,3 +249,22 @@ def test_dln_teacher_sweep_and_its_figure(tmp_path):
     assert loss.shape == (2, len(steps)) and steps[-1] == 20 and np.all(np.diff(steps) > 0)
     assert np.all(loss > 0)
   assert dln_analysis.plot(str(tmp_path), str(tmp_path / 'f.png')).endswith('f.png')
+
+
+def test_lockstep_on_a_teacher_compares_outputs_and_end_to_end_weights(tmp_path):
+  from ordered_jax import checkpoint, lockstep, sinks
+  c = _teacher_config(epochs=2, batch_size=4, seeds=(1, 2), lockstep=True, eval_every=1)
+  experiment.run(c, str(tmp_path), quiet=True)
+  (row,) = [r for r in sinks.read_jsonl(str(tmp_path / lockstep.FILENAME)) if r['epoch'] == 1]
+  b = experiment.build(c)
+  names = [r.name for r in runs.expand(c)]
+  ps = [checkpoint.load_params(str(tmp_path / n), b.trainer.model) for n in names]
+  prods = [functools.reduce(lambda a, w: w @ a, _np_weights(p)) for p in ps]
+  _, test = teacher.make('diagonal', 3, 1.0, 0.1, 12, 20, seed=runs.expand(c)[0].data_seed)
+  x = np.asarray(teacher.split(jnp.asarray(test), 3)[0], np.float64)
+  assert 'prediction_disagreement' not in row
+  np.testing.assert_allclose(row['effective_distance'], np.linalg.norm(prods[0] - prods[1]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(row['prediction_mse'],
+                             np.mean((x @ prods[0].T - x @ prods[1].T) ** 2), rtol=1e-4)
+  assert row['effective_distance'] > 0
