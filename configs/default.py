@@ -24,7 +24,8 @@ from ordered_jax import sweep
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # What to run.
-  c.strategy = 'stride'        # stride | target | random | fixed-random | alternating | all | a,b
+  c.strategy = 'stride'        # stride | target | random | fixed-random | alternating |
+                               # resonant | file | curriculum | all | a,b (python main.py --list)
   c.seed = 199                 # data, initial weights, dropout and the random order
   c.data_seed = -1             # the pairs (and so fixed-random's order); -1 = the run's seed
   c.init_seed = -1             # the initial weights; -1 = the run's seed
@@ -107,6 +108,11 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=''))          # e.g. '200:512': this batch size from epoch on
   c.resonant = ml_collections.ConfigDict(dict(  # strategy=resonant's dataset (reference HEAD)
       n_harmonics=4, overlap_frac=0.4, n_cycles=3))
+  c.order_file = ''            # strategy=file: a .npy of row orders, [N] (every epoch) or
+                               # [epochs, N] (row e for epoch e, cycling)
+  c.curriculum = ml_collections.ConfigDict(dict(  # strategy=curriculum: by per-example loss
+      direction='easiest',     # easiest | hardest first
+      every=1))                # recompute the losses every N epochs
   # Evaluation and stopping.
   c.target_acc = 99.5          # stop a run when its validation accuracy (percent) reaches it
   c.eval_every = 1

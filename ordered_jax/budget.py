@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ordered_jax import models, runs
 
 # Small values a field is reset to when looking for the one that makes a config too big.
@@ -80,6 +82,16 @@ def _largest_batch(config) -> int:
   return max([config.batch_size] + [v for _, v in runs.changes(config, 'batch_size')])
 
 
+def _file_rows(config) -> int:
+  """Rows of strategy file's order file (0 without it; its shape only, memory-mapped)."""
+  if 'file' not in runs.strategies(config):
+    return 0
+  try:
+    return int(np.prod(np.load(config.order_file, mmap_mode='r').shape[:-1]))
+  except Exception:  # pylint: disable=broad-except  (validation names a bad file)
+    return 0
+
+
 def estimate(config, n_runs: int = 1) -> dict[str, int]:
   """Bytes by part: ``state`` and ``activations`` per run times ``n_runs``, ``device_data``
   (shared when the runs share one data seed, else per run; with each run's orders) and
@@ -93,7 +105,8 @@ def estimate(config, n_runs: int = 1) -> dict[str, int]:
   per_run = F32 * (param_count(config) * _state_copies(config) + acts + evals)
   shared = config.get('data_seed', -1) >= 0 or config.get('lockstep', False) or n_runs == 1
   tables = F32 * (n_train + n_test) * (t.n_ops + 1) * (1 if shared else n_runs)
-  orders = F32 * 2 * n_train * n_runs
+  rows = sum(2 if s == 'alternating' else 1 for s in set(runs.strategies(config)))
+  orders = F32 * n_train * n_runs * max(2, rows + _file_rows(config))  # prepared orders
   per_train, per_test = HOST_BYTES.get(
       runs.generator(config), HOST_BYTES['reference'])
   return {'state': per_run * n_runs, 'device_data': tables + orders,

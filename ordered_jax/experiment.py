@@ -26,8 +26,8 @@ import numpy as np
 from absl import logging
 
 from ordered_jax import (budget, checkpoint, console, continuation, environment, identity,
-                         instrument, lockstep, models, optim, orderings, resonant, runs,
-                         sharding, sinks, tasks, train, trajectory)
+                         instrument, lockstep, models, optim, orderings, runs, sharding,
+                         sinks, tasks, train, trajectory)
 from ordered_jax import workdir as workdir_lib
 from ordered_jax import teacher as teacher_lib
 
@@ -164,14 +164,6 @@ def cadence(config) -> instrument.Cadence:
                             early=int(early))
 
 
-def run_orders(strategy: str, train_NxC: np.ndarray, stride: int) -> np.ndarray:
-  """int32 [2, N]: the run's static order on even and odd epochs (unused for random)."""
-  if strategy == 'random':
-    return np.zeros((2, train_NxC.shape[0]), np.int32)
-  return np.stack([orderings.static_order(strategy, train_NxC, stride=stride, parity=k)
-                   for k in (0, 1)])
-
-
 @dataclasses.dataclass
 class Batch:
   """A config's runs, ready to train: trainer, device data, per-run spec, fresh state."""
@@ -251,11 +243,9 @@ def build(config, probes=(), reference=None, init_params=None,
   for r in batch:
     if r.data_seed in host_data:
       continue
-    if r.strategy == 'resonant':  # its own ordered training set (runs.resolve sized it)
-      rc = config.resonant
-      tr = resonant.train_set(config.p, runs.stride(config), rc.n_harmonics, rc.overlap_frac,
-                              rc.n_cycles, r.data_seed)
-      host_data[r.data_seed] = (tr, resonant.test_set(config.p, tr, n_test, r.data_seed))
+    own = orderings.get(r.strategy).make_data(config, n_test, r.data_seed)  # e.g. resonant
+    if own is not None:
+      host_data[r.data_seed] = own
     elif runs.is_teacher(config):
       tc = config.teacher
       host_data[r.data_seed] = teacher_lib.make(task.name.partition(':')[2], tc.dim, tc.scale, tc.noise_std,
@@ -272,18 +262,19 @@ def build(config, probes=(), reference=None, init_params=None,
                task.name, n_train, n_test, len(host_data),
                time.perf_counter() - t_data)
   trainer = make_trainer(config, shared_data=shared, probes=probes)
-  stride = runs.stride(config)
+  parts = orderings.spec_parts(config, [r.strategy for r in batch],
+                               [host_data[r.data_seed][0] for r in batch])
   spec = jax.device_put(train.RunSpec(
       lr=np.array([r.lr for r in batch], np.float32),
       weight_decay=np.array([r.weight_decay for r in batch], np.float32),
-      is_random=np.array([r.strategy == 'random' for r in batch]),
-      orders=np.stack([run_orders(r.strategy, host_data[r.data_seed][0], stride)
-                       for r in batch]),
       reference=None if reference is None else train.stack_runs(reference),
-      order_key=np.stack([jax.random.key_data(jax.random.key(r.order_seed)) for r in batch])))
+      order_key=np.stack([jax.random.key_data(jax.random.key(r.order_seed)) for r in batch]),
+      **parts))
   state = trainer.init_state([r.seed for r in batch], [r.lr for r in batch],
                              [r.weight_decay for r in batch], params=init_params,
                              init_seeds=[r.init_seed for r in batch])
+  state = state.replace(order_state=orderings.initial_state(parts['orderings'], len(batch),
+                                                             n_train))
   return Batch(batch, trainer, data, spec, state, {s: v[0] for s, v in host_data.items()})
 
 
@@ -293,6 +284,7 @@ def run_config(config, r: runs.Run, env: dict) -> dict:
   cfg.update(strategy=r.strategy, seed=r.seed, lr=r.lr, weight_decay=r.weight_decay,
              seeds=[], lrs=[], weight_decays=[], run_name=r.name, stride=runs.stride(config),
              experiment_name=EXPERIMENT)
+  cfg.update(orderings.get(r.strategy).from_config(config).run_fields(config))
   return {**json.loads(json.dumps(cfg, default=list)), 'environment': env}
 
 

@@ -1,6 +1,7 @@
 """``python main.py --list``: what can be run (configs, tasks, models, orderings,
-optimisers, schedules), as Rich tables. The names come from the library's own tuples;
-this module only adds a line of description to each (a test checks none is missing)."""
+optimisers, schedules), as Rich tables. The names come from the library's own tuples and
+registries; this module adds a line of description to each (the orderings carry their
+own; a test checks none is missing)."""
 
 from __future__ import annotations
 
@@ -36,14 +37,6 @@ MODELS = {
     'gpt2': 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, tied or untied head)',
     'gpt2_resv': 'gpt2 with a value residual: ResFormer (mixed with layer 0\'s values) or SVFormer',
     'dln': 'deep linear network (Training-Dynamics): dln.depth bias-free layers, N(0, width^-gamma) init',
-}
-ORDERINGS = {
-    'stride': 'rows sorted by (a mod s, a), a the first operand (s = stride, default floor(sqrt p))',
-    'target': 'rows sorted by label: the labels come in blocks (stable)',
-    'random': 'a fresh permutation every epoch',
-    'fixed-random': 'the generated order, the same every epoch',
-    'alternating': 'stride on even epochs, target on odd ones',
-    'resonant': 'the reference HEAD\'s own ordered data set (task add, alone)',
 }
 OPTIMIZERS = {
     'adamw': 'AdamW, decoupled weight decay (the paper\'s)',
@@ -81,7 +74,7 @@ def sections() -> list[tuple[str, str, dict[str, str]]]:
       ('Tasks', 'task', pick(tasks.TASK_NAMES, TASKS)),
       ('Models', 'model', pick(models.MODEL_KINDS, MODELS)),
       ('Orderings', 'strategy (a name, a comma list or all)',
-       pick(orderings.STRATEGIES, ORDERINGS)),
+       {n: cls.description for n, cls in orderings.REGISTRY.items()}),
       ('Optimizers', 'optimizer', pick(optim.OPTIMIZERS, OPTIMIZERS)),
       ('Schedules', 'schedule', pick(optim.SCHEDULES, SCHEDULES)),
   ]

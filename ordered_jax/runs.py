@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import logging
 
-from ordered_jax import models, optim, orderings, resonant, tasks
+from ordered_jax import models, optim, orderings, tasks
 
 
 class ConfigError(ValueError):
@@ -85,14 +85,12 @@ def _number(config, field, *, integer=False, lo=None, hi=None, lo_open=False, wh
 def validate(config) -> None:
   """Raise ``ConfigError`` for the first bad field."""
   names = strategies(config)
-  allowed = ', '.join(orderings.STRATEGIES + (ALL,))
+  allowed = ', '.join(tuple(orderings.REGISTRY) + (ALL,))
   _check(bool(names), 'strategy', f'must name at least one of {allowed}')
   for s in names:
-    _check(s in orderings.STRATEGIES, 'strategy',
+    _check(s in orderings.REGISTRY, 'strategy',
            f'unknown strategy {s!r}; allowed: {allowed} (or a comma-separated list)')
   _check(len(set(names)) == len(names), 'strategy', f'lists a strategy twice: {config.strategy}')
-  if 'resonant' in names:
-    _validate_resonant(config, names)
 
   p = _number(config, 'p', integer=True, lo=3)
   _check(_is_prime(p), 'p', f'must be a prime >= 3; got {p}')
@@ -202,6 +200,8 @@ def validate(config) -> None:
   if config.lockstep:
     _check(len(expand(config)) >= 2, 'lockstep',
            'compares the runs of a batch: give at least two (e.g. strategy=stride,random)')
+  for s in names:  # each ordering's own fields (orderings/<name>.py)
+    orderings.get(s).validate(config, names)
 
 
 def _validate_wandb(config) -> None:
@@ -353,10 +353,10 @@ def _validate_sizes(config, t: tasks.Task) -> tuple[int, int]:
 
 def resolve(config):
   """The config as it will run: ``data_generator='auto'`` becomes the generator it picks
-  (``generator``; so saved configs and sweep run ids name it), and with
-  ``strategy='resonant'`` its dataset fixes the training set size and the batch size (the
-  largest residue class), which replace ``train_size`` and ``batch_size`` (logged). Other
-  configs come back unchanged."""
+  (``generator``; so saved configs and sweep run ids name it), then each ordering's
+  ``resolve`` hook (``strategy='resonant'``: its dataset fixes the training set size and
+  the batch size, which replace ``train_size`` and ``batch_size``, logged). Other configs
+  come back unchanged."""
   if config.data_generator == tasks.AUTO:
     gen = generator(config)
     out = config.copy_and_resolve_references()
@@ -367,33 +367,10 @@ def resolve(config):
       logging.info("data_generator='auto': 'fast' for task %s (the reference's exact draws "
                    'exist for %s with a test set)', config.task, ', '.join(REFERENCE_TASKS))
     config = out
-  if strategies(config) != ['resonant'] or config.train_size == CRITICAL:
-    return config
-  s = config.stride or orderings.default_stride(config.p)
-  n = resonant.train_size(config.p, s, config.resonant.n_cycles)
-  size = resonant.batch_size(config.p, s)
-  if (n, size) == (config.train_size, config.batch_size) and not config.train_fraction:
-    return config
-  out = config.copy_and_resolve_references()
-  with out.unlocked():
-    out.train_size, out.batch_size, out.train_fraction = n, size, 0.0
-  out.lock()
-  logging.info('strategy resonant builds %d training rows in batches of %d (replacing '
-               'train_size=%s, batch_size=%s)', n, size, config.train_size, config.batch_size)
-  return out
-
-
-def _validate_resonant(config, names) -> None:
-  r = config.resonant
-  _check(names == ['resonant'], 'strategy', 'resonant builds its own training set and batch '
-         'size, so it runs alone (not in a list or with all)')
-  _check(config.task == 'add', 'task', f"strategy resonant is defined for task add; got "
-         f"{config.task!r}")
-  _number(config, 'resonant.n_harmonics', integer=True, lo=1)
-  _number(config, 'resonant.overlap_frac', lo=0, hi=1)
-  _number(config, 'resonant.n_cycles', integer=True, lo=1)
-  _check(config.train_size != CRITICAL, 'train_size', "must be an int with strategy resonant "
-         "(its dataset sets the size)")
+  for s in strategies(config):  # e.g. resonant's own data set sizes
+    if s in orderings.REGISTRY:
+      config = orderings.get(s).resolve(config)
+  return config
 
 
 def changes(config, field: str) -> tuple[tuple[int, Any], ...]:

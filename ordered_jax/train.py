@@ -46,6 +46,8 @@ class RunState:
   active: jax.Array       # bool: still training
   stop_reason: jax.Array  # int32, see STOP_REASONS
   probes: Any = None      # {probe name: probe state} ({} without probes)
+  order_state: Any = None  # orderings that read losses (curriculum): {'losses': [N],
+                           # 'at': the epoch they were computed at}; None otherwise
 
 
 @struct.dataclass
@@ -54,11 +56,14 @@ class RunSpec:
 
   lr: jax.Array            # float32 peak learning rate
   weight_decay: jax.Array  # float32
-  is_random: jax.Array     # bool: draw a fresh permutation every epoch
-  orders: jax.Array        # int32 [2, N]: row order for even and odd epochs (static strategies)
+  ordering: jax.Array      # int32: the run's index into ``orderings``
+  prepared: Any            # per ordering of ``orderings``: its prepared arrays
+                           # (``orderings.spec_parts``)
   reference: Any = None    # reference ("solution") parameters for probes, or None
   order_key: Any = None    # uint32 key data of the order stream (config.order_seed), or
                            # None: the run's own key
+  orderings: tuple = struct.field(pytree_node=False, default=())  # the batch's distinct
+                           # orderings (static: part of the compiled program)
 
 
 @struct.dataclass
@@ -225,14 +230,49 @@ class Trainer:
       return data, data
     return data + optim.l1_penalty(params, self.hyper.l1), data
 
-  def epoch_order(self, key, spec: RunSpec, epoch, n: int):
-    """The run's row order for ``epoch``: int32 [N]. Random draws from ``spec.order_key``
-    (``config.order_seed``) when set, else from the run's key."""
+  def epoch_order(self, key, spec: RunSpec, epoch, n: int, losses_N=None):
+    """The run's row order for ``epoch``: int32 [N], its ordering's ``order`` with the
+    order stream of ``spec.order_key`` (``config.order_seed``) when set, else of the run's
+    key; ``losses_N``: the run's per-example losses for orderings that read them."""
     if spec.order_key is not None:
       key = jax.random.wrap_key_data(spec.order_key)
-    static = spec.orders[epoch % 2]
-    drawn = orderings.random_order(jax.random.fold_in(key, ORDER_STREAM), epoch, n)
-    return jnp.where(spec.is_random, drawn, static)
+    return orderings.order_of(spec.orderings, spec.ordering, spec.prepared,
+                              jax.random.fold_in(key, ORDER_STREAM), epoch,
+                              orderings.RunView(n=n, losses_N=losses_N))
+
+  def example_losses(self, params, data: Data):
+    """float32 [N]: each training row's loss at ``params`` (no dropout; cross-entropy or
+    the centred MSE), in the table's row order. Curriculum orderings sort by it."""
+    def body(_, xs):
+      abc_KxC, _valid = xs
+      logits_KxV = self.model.apply(params, abc_KxC[:, :-1])
+      if self.hyper.loss == 'mse':
+        return None, optim.centred_mse(logits_KxV, abc_KxC[:, -1])
+      return None, optax.softmax_cross_entropy_with_integer_labels(logits_KxV, abc_KxC[:, -1])
+
+    _, loss_HxK = jax.lax.scan(body, None, (data.train_chunks, data.train_valid))
+    return loss_HxK.reshape(-1)[:data.train_NxC.shape[0]].astype(jnp.float32)
+
+  def _refresh_order_state(self, state: RunState, spec: RunSpec, data: Data, epoch):
+    """Batched: the losses of the runs whose ordering asks for new ones before ``epoch``
+    (``orderings.refresh_due``), recomputed in one pass that runs only when some run is
+    due (a real conditional: the test reduces over the runs axis)."""
+    if state.order_state is None or not orderings.uses_losses(spec.orderings):
+      return state
+    due_R = state.active & orderings.refresh_due(spec.orderings, spec.ordering,
+                                                 state.order_state, epoch)
+
+    def fresh(s):
+      losses = jax.vmap(self.example_losses, in_axes=(0, self._data_axis))(s.params, data)
+      old = s.order_state
+      return s.replace(order_state={
+          'losses': jnp.where(due_R[:, None], losses, old['losses']),
+          'at': jnp.where(due_R, epoch, old['at'])})
+
+    return jax.lax.cond(jnp.any(due_R), fresh, lambda s: s, state)
+
+  def _losses(self, state: RunState):
+    return None if state.order_state is None else state.order_state['losses']
 
   def _step(self, params, opt_state, batch_BxC, mask_B, dropout_key):
     """One optimiser step: (batch data loss, gradient of the objective, new params, new
@@ -292,8 +332,8 @@ class Trainer:
     h = self.hyper
     n = data.train_NxC.shape[0]
     root = jax.random.wrap_key_data(state.key)
-    idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
-                                                h.batch_size)
+    idx_SxB, mask_SxB = orderings.batch_indices(
+        self.epoch_order(root, spec, epoch, n, self._losses(state)), h.batch_size)
     steps = idx_SxB.shape[0]
     opt_state, lr0 = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
@@ -363,7 +403,8 @@ class Trainer:
     n = data.train_NxC.shape[0]
     root = jax.random.wrap_key_data(state.key)
     epoch = jnp.int32(0)
-    idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n),
+    losses = None if state.order_state is None else self.example_losses(state.params, data)
+    idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n, losses),
                                                 self.hyper.batch_size)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
 
@@ -455,11 +496,14 @@ class Trainer:
         stop_reason=jnp.where(state.active & ~finite, NON_FINITE,
                               jnp.where(trained & reached, REACHED_TARGET, state.stop_reason)),
         probes={n: v if n in unkept else jax.tree.map(keep, v, state.probes[n])
-                for n, v in probes.items()})
+                for n, v in probes.items()},
+        order_state=state.order_state)
     return new_state, metrics
 
   def _batched_epoch(self, state, spec, data, epoch, do_eval, do_probe=False):
-    """``_epoch`` over the runs axis (the data too unless all runs share it)."""
+    """``_epoch`` over the runs axis (the data too unless all runs share it), after the
+    losses of loss-ordered runs are brought up to date."""
+    state = self._refresh_order_state(state, spec, data, epoch)
     fn = functools.partial(self._epoch, do_eval=do_eval, do_probe=do_probe)
     return jax.vmap(fn, in_axes=(0, 0, self._data_axis, None))(state, spec, data, epoch)
 

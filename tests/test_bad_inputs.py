@@ -64,6 +64,14 @@ MAIN = [
     ('train-size', [TINY, '--config.p=46337', '--config.train_size=1000000000'],
      'config.train_size: needs about', {}),
     ('layers', [TINY, '--config.layers=100000'], 'config.layers', {}),
+    # Orderings' own fields.
+    ('order-file-missing', [TINY, '--config.strategy=file', '--config.order_file={tmp}/no.npy'],
+     'config.order_file', {}),
+    ('order-file-corrupt', [TINY, '--config.strategy=file', '--config.order_file={w}/o.npy'],
+     'config.order_file', {'o.npy': 'not a numpy file'}),
+    ('curriculum-direction', [TINY, '--config.strategy=curriculum',
+                              '--config.curriculum.direction=up'], 'config.curriculum.direction',
+     {}),
     # The workdir's state on --resume.
     ('print-every', [TINY, '--print_every=-1'], '--print_every: must be >= 0', {}),
     ('resume-nothing', [TINY, '--resume'], '--resume: no run', {}),

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from ordered_jax import experiment, optim, runs, sinks, tasks, train
+from ordered_jax import experiment, optim, orderings, runs, sinks, tasks, train
 from tests.conftest import crash_after_epoch, micro_config
 
 RNG = np.random.default_rng(0)
@@ -303,8 +303,7 @@ def test_per_step_schedule_sets_the_rate_inside_the_scan():
   data = train.make_data(tr, te, config.eval_batch_size)
   spec = jax.device_put(train.RunSpec(
       lr=np.array([2e-3, 1e-3], np.float32), weight_decay=np.zeros(2, np.float32),
-      is_random=np.array([False, False]),
-      orders=np.stack([experiment.run_orders('stride', tr, 3)] * 2)))
+      **orderings.spec_parts(config, ['stride'] * 2, [tr] * 2)))
   state = trainer.init_state([3, 3], [2e-3, 1e-3], [0.0, 0.0])
   sched = experiment.schedule(config)
   for epoch in (0, 1):

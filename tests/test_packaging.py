@@ -17,6 +17,9 @@ def test_pyproject_lists_requirements_and_packages():
   deps = project['project']['dependencies'] + project['project']['optional-dependencies']['test']
   assert sorted(deps) == sorted(_requirements())
   packages = project['tool']['setuptools']['packages']
-  found = sorted(d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, '__init__.py'))
-                 and d != 'tests' and d != 'benchmarks')
+  top = [d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, '__init__.py'))
+         and d != 'tests' and d != 'benchmarks']
+  found = sorted(os.path.relpath(folder, ROOT).replace(os.sep, '.')
+                 for d in top for folder, _, files in os.walk(os.path.join(ROOT, d))
+                 if '__init__.py' in files)  # subpackages too (ordered_jax.orderings)
   assert sorted(packages) == found

@@ -29,8 +29,7 @@ def _spec(config, tr, strategies, lrs=None, wds=None):
   wds = wds or [config.weight_decay] * r
   return jax.device_put(train.RunSpec(
       lr=np.array(lrs, np.float32), weight_decay=np.array(wds, np.float32),
-      is_random=np.array([s == 'random' for s in strategies]),
-      orders=np.stack([experiment.run_orders(s, tr, 3) for s in strategies])))
+      **orderings.spec_parts(config, list(strategies), [tr] * r)))  # stride 3 = isqrt(13)
 
 
 def _state(trainer, config, r, lrs=None, wds=None):
