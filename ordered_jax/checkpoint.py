@@ -17,6 +17,7 @@ previous checkpoint (with a warning) instead of resuming from silently damaged n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -82,7 +83,7 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     mgr.delete(step)
   state = jax.device_get(state)  # the host copy both the digest and Orbax read
   meta = {**meta, CHECKSUM: {'blake2b': digest(state, meta)}}
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored(state)),
                                          meta=ocp.args.JsonSave(meta)), force=True)
 
 
@@ -90,13 +91,31 @@ def _target(like: Any):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
 
 
+def _stored(state: Any) -> Any:
+  """What Orbax writes of a state: a dataclass (``train.RunState``) as {field: value}
+  with the fields that are None left out, so a field added later with a None default
+  (``order_state``) still reads the checkpoints written before it. The digest is taken
+  on the state itself (None adds no leaves: old checksums still match)."""
+  if dataclasses.is_dataclass(state) and not isinstance(state, type):
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None}
+  return state
+
+
+def _rebuilt(like: Any, stored: Any) -> Any:
+  """Inverse of ``_stored``: ``like``'s dataclass with the restored fields."""
+  if dataclasses.is_dataclass(like) and isinstance(stored, dict):
+    return like.replace(**stored)
+  return stored
+
+
 def read(mgr: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict, bool | None]:
   """(state, meta, intact) saved at ``step`` without judging them: ``intact`` says whether
   they match the checksum saved with them (None: written before checksums existed).
   ``CorruptCheckpoint`` only if the meta is not a JSON object."""
   out = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_target(like)), meta=ocp.args.JsonRestore()))
-  state, meta = out['state'], out['meta']
+      state=ocp.args.StandardRestore(_stored(_target(like))), meta=ocp.args.JsonRestore()))
+  state, meta = _rebuilt(like, out['state']), out['meta']
   if not isinstance(meta, dict):
     raise CorruptCheckpoint(f'its meta is a JSON {type(meta).__name__}, not an object')
   meta = dict(meta)

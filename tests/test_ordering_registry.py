@@ -229,3 +229,36 @@ def test_the_extending_pages_example_is_one_working_file():
   finally:
     orderings.REGISTRY.clear()
     orderings.REGISTRY.update(before)
+
+
+def test_checkpoints_written_before_order_state_existed_restore(tmp_path):
+  """RunState gained order_state (None unless an ordering reads losses): a checkpoint
+  saved from the old RunState (no such field), checksum included, restores into the new
+  one and still passes its checksum."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from flax import struct  # pylint: disable=g-import-not-at-top
+  from ordered_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
+  @struct.dataclass
+  class OldRunState:  # train.RunState as it was
+    params: object
+    opt_state: object
+    key: object
+    epoch: object
+    active: object
+    stop_reason: object
+    probes: object = None
+
+  like = train.run_slice(experiment.build(micro_config()).state, 0)
+  assert like.order_state is None
+  old = OldRunState(**{f: getattr(like, f) for f in OldRunState.__dataclass_fields__})
+  old = jax.device_get(old.replace(epoch=np.int32(7)))
+  meta = {'x': 1, checkpoint.CHECKSUM: {'blake2b': checkpoint.digest(old, {'x': 1})}}
+  mgr = checkpoint.manager(str(tmp_path / 'run'))
+  mgr.save(8, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                      meta=ocp.args.JsonSave(meta)))
+  mgr.wait_until_finished()
+  state, got = checkpoint.restore(mgr, 8, like)
+  assert isinstance(state, train.RunState) and state.order_state is None
+  assert int(state.epoch) == 7 and got == {'x': 1}
+  mgr.close()
