@@ -241,10 +241,13 @@ class Trainer:
                               orderings.RunView(n=n, losses_N=losses_N))
 
   def example_losses(self, params, data: Data):
-    """float32 [N]: each training row's loss at ``params`` (no dropout; cross-entropy or
-    the centred MSE), in the table's row order. Curriculum orderings sort by it."""
+    """float32 [N]: each training row's loss at ``params`` (no dropout; cross-entropy, the
+    centred MSE, or a regression's squared error), in the table's row order. Curriculum
+    orderings sort by it."""
     def body(_, xs):
       abc_KxC, _valid = xs
+      if self.hyper.regression_in:
+        return None, self._sq_errors(params, abc_KxC)
       logits_KxV = self.model.apply(params, abc_KxC[:, :-1])
       if self.hyper.loss == 'mse':
         return None, optim.centred_mse(logits_KxV, abc_KxC[:, -1])
