@@ -147,9 +147,20 @@ def make_trainer(config, shared_data: bool = True, probes=(),
                       loss=config.loss, l1=config.l1,
                       set_weight_reg=float(config.mlp.get('set_weight_reg', 0.0)),
                       schedule=schedule(config),
-                      regression_in=(config.teacher.dim if runs.is_teacher(config) else 0))
+                      regression_in=(config.teacher.dim if runs.is_teacher(config) else 0),
+                      **_online(config))
   return train.Trainer(models.Model(model_config(config)), hyper, shared_data=shared_data,
                        probes=probes, cadence=cadence(config))
+
+
+def _online(config) -> dict:
+  """The trainer's online-teacher fields: W* (nested tuples, static) and the noise."""
+  if not (runs.is_teacher(config) and config.teacher.get('online', False)):
+    return {}
+  t = config.teacher
+  seed = runs.expand(config)[0].data_seed
+  w = teacher_lib.matrix(config.task.strip().partition(':')[2], t.dim, t.scale, seed)
+  return {'online_teacher': tuple(map(tuple, w.tolist())), 'online_noise': float(t.noise_std)}
 
 
 def cadence(config) -> instrument.Cadence:

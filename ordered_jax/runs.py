@@ -274,6 +274,11 @@ def _validate_teacher(config, names) -> None:
   _number(config, 'teacher.dim', integer=True, lo=1, hi=4096)
   _number(config, 'teacher.scale', lo=0)
   _number(config, 'teacher.noise_std', lo=0)
+  online = config.teacher.get('online', False)
+  _check(isinstance(online, bool), 'teacher.online', f'must be true or false; got {online!r}')
+  if online and config.task.strip() != 'teacher:diagonal':
+    _check(len({r.data_seed for r in expand(config)}) == 1, 'teacher.online',
+           'with a random teacher needs one data_seed for the batch (W* is compiled in)')
   _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
          f'inputs); got {config.model!r}')
   bad = [n for n in names if n not in ('random', 'fixed-random')]

@@ -12,6 +12,11 @@ Teachers (``TEACHERS``): ``diagonal``, scale * diag(1, 2, ..., d) (that codebase
 Independent numpy streams, as its RNG streams: data_seed -> test inputs, data_seed + 1 ->
 train inputs, data_seed + 2 -> train label noise, data_seed + 3 -> a random teacher. The
 test targets carry no noise (as there).
+
+Online (``teacher.online``): every optimiser step trains on a fresh batch drawn on device
+(``online_rows``) from fold_in(batch key, global step), the batch key being the order
+stream's (``order_seed``, else the run's seed); the offline training sample then only
+sizes the epoch (train_size / batch_size steps) and gives ``training_loss``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,19 @@ def split(rows_BxC: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
   """(x [B, d_in], y [B, C - d_in]) float32 from ``to_rows``' int32 rows (on device)."""
   xy = jax.lax.bitcast_convert_type(rows_BxC, jnp.float32)
   return xy[:, :d_in], xy[:, d_in:]
+
+
+def online_rows(key: jax.Array, w_star, batch: int, noise_std: float) -> jax.Array:
+  """A fresh batch of int32 rows [batch, 2 dim] on device (``to_rows``' layout): x ~ N(0, I)
+  from ``key``, y = W* x plus N(0, noise_std^2) noise from an independent subkey. A pure
+  function of the key, so a run's batches are a function of (seed, step)."""
+  w = jnp.asarray(w_star, jnp.float32)
+  kx, kn = jax.random.split(key)
+  x = jax.random.normal(kx, (batch, w.shape[1]), jnp.float32)
+  y = x @ w.T
+  if noise_std > 0:
+    y = y + noise_std * jax.random.normal(kn, y.shape, jnp.float32)
+  return jax.lax.bitcast_convert_type(jnp.concatenate([x, y], axis=1), jnp.int32)
 
 
 def make(kind: str, dim: int, scale: float, noise_std: float, train_size: int,

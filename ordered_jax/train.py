@@ -28,6 +28,7 @@ from ordered_jax import instrument, models, optim, orderings, teacher
 
 # fold_in streams of a run's root key.
 INIT_STREAM, DROPOUT_STREAM, ORDER_STREAM, PROBE_STREAM = 0, 1, 2, 3
+ONLINE_STREAM = 4  # teacher.online: fresh batches
 
 # RunState.stop_reason codes.
 RUNNING, REACHED_TARGET, NON_FINITE = 0, 1, 2
@@ -124,6 +125,8 @@ class Hyper:
   schedule: Any = None           # an optim.Schedule; None = cosine per epoch (epochs, min_lr)
   regression_in: int = 0         # > 0: rows are teacher.to_rows' [x, y] bits, x of this size;
                                  # the loss is the MSE (mean over outputs), no accuracy
+  online_teacher: tuple = ()     # teacher.online: W* as nested tuples; () = offline rows
+  online_noise: float = 0.0      # its label noise std
 
 
 class Trainer:
@@ -277,6 +280,14 @@ class Trainer:
   def _losses(self, state: RunState):
     return None if state.order_state is None else state.order_state['losses']
 
+  def _online_batch(self, root, spec: RunSpec, global_step, batch: int):
+    """teacher.online's fresh rows for one step: a function of the batch key (the order
+    stream's, as ``epoch_order``) and the global step."""
+    key = root if spec.order_key is None else jax.random.wrap_key_data(spec.order_key)
+    key = jax.random.fold_in(jax.random.fold_in(key, ONLINE_STREAM), global_step)
+    return teacher.online_rows(key, self.hyper.online_teacher, batch,
+                               self.hyper.online_noise)
+
   def _step(self, params, opt_state, batch_BxC, mask_B, dropout_key):
     """One optimiser step: (batch data loss, gradient of the objective, new params, new
     optimiser state). The data loss excludes the L1 penalty. With ``set_weight_reg`` the
@@ -348,6 +359,8 @@ class Trainer:
       i, idx_B, mask_B = xs
       opt_state, lr = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
       batch_BxC, step_key = data.train_NxC[idx_B], jax.random.fold_in(epoch_key, i)
+      if h.online_teacher:
+        batch_BxC = self._online_batch(root, spec, epoch * steps + i, idx_B.shape[0])
       loss, grads, new_params, opt_state = self._step(params, opt_state, batch_BxC, mask_B,
                                                       step_key)
       if self._step_probes:

@@ -133,11 +133,18 @@ def test_full_batch_teacher_epoch_is_one_gradient_step_of_the_mse():
 @pytest.mark.parametrize('field,value,match', [
     ('model', 'mlp', r'^config\.model: task .* needs model=dln'),
     ('strategy', 'stride', r'^config\.strategy: task .* takes the orderings random'),
-    ('test_size', 0, r'^config\.test_size: must be >= 1 for task')])
+    ('test_size', 0, r'^config\.test_size: must be >= 1 for task'),
+    ('teacher.online', 1, r'^config\.teacher\.online: must be true or false'),
+    ('teacher.dim', 0, r'^config\.teacher\.dim: must be >= 1')])
 def test_bad_teacher_configs_are_one_line(field, value, match):
   c = _teacher_config()
   with c.unlocked():
-    c[field] = value
+    if field == 'teacher.online':  # a bool field: ConfigDict refuses the int itself
+      c.teacher = {**c.teacher.to_dict(), 'online': 1}
+    elif field.startswith('teacher.'):
+      c.teacher[field.split('.')[1]] = value
+    else:
+      c[field] = value
   with pytest.raises(runs.ConfigError, match=match):
     runs.validate(c)
 
@@ -268,3 +275,26 @@ def test_lockstep_on_a_teacher_compares_outputs_and_end_to_end_weights(tmp_path)
   np.testing.assert_allclose(row['prediction_mse'],
                              np.mean((x @ prods[0].T - x @ prods[1].T) ** 2), rtol=1e-4)
   assert row['effective_distance'] > 0
+
+
+def test_online_teacher_steps_on_fresh_batches_of_seed_and_step():
+  c = _teacher_config(batch_size=4)
+  with c.unlocked():
+    c.teacher.online = True
+  b = experiment.build(c)
+  r = runs.expand(c)[0]
+  root = jax.random.fold_in(jax.random.key(r.order_seed), 4)  # train.ONLINE_STREAM
+  w_star = np.diag([1.0, 2.0, 3.0])
+  ws = _np_weights(jax.tree.map(lambda a: a[0], b.state.params))
+  state, m = b.trainer.epoch(b.state, b.spec, b.data, jnp.int32(0), do_eval=False)
+  for i in range(3):  # 12 / 4 steps, each on rows drawn from (seed, step)
+    rows = teacher.online_rows(jax.random.fold_in(root, i), w_star, 4, 0.1)
+    x, y = (np.asarray(a, np.float64) for a in teacher.split(rows, 3))
+    _, grads = _np_grads(ws, x, y)
+    ws = [w - 0.01 * g for w, g in zip(ws, grads)]
+  for want, got in zip(ws, _np_weights(jax.tree.map(lambda a: a[0], state.params))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  offline = experiment.build(_teacher_config(batch_size=4))
+  s2, _ = offline.trainer.epoch(offline.state, offline.spec, offline.data, jnp.int32(0),
+                                do_eval=False)
+  assert not np.allclose(s2.params['layers'][0]['kernel'], state.params['layers'][0]['kernel'])
