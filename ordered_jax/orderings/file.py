@@ -56,8 +56,8 @@ class File(base.Ordering):
   """Orders read from a .npy file: one for every epoch, or one per epoch (cycling)."""
 
   name = 'file'
-  description = ('a user\'s own row order from order_file (.npy, [N] or [epochs, N]; '
-                 'epochs beyond the file cycle)')
+  description = ('a user\'s own row order from order_file (.npy of shape (N,) or (epochs, '
+                 'N); epochs beyond the file cycle)')
 
   @classmethod
   def validate(cls, config, names):
