@@ -28,6 +28,9 @@ _SILENT = flags.DEFINE_bool('silent', False, 'No progress output at all (warning
                             'and the final lines only).')
 _PRINT_EVERY = flags.DEFINE_integer('print_every', 0, 'Epochs between progress lines in '
                                     'logs, pipes and --quiet; 0 = about 50 lines a run.')
+_LIVE = flags.DEFINE_bool('live', False, 'A full-screen live view (Rich): progress, and per run '
+                          'loss, train/test accuracy, grokking status and the latest probe '
+                          'headline values; plain lines when not on a terminal.')
 _RERUN = flags.DEFINE_string('rerun', '', "Sweeps: restart the runs matching 'key=values', "
                              "e.g. --rerun='seed=1,2;weight_decay=0.1' (docs/sweeps.md).")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -206,8 +209,10 @@ def _main(argv):
               'workdir, in one process)')
   if _PRINT_EVERY.value < 0:
     _fail(f'--print_every: must be >= 0 (0 = about 50 lines a run); got {_PRINT_EVERY.value}')
-  progress = dict(quiet='silent' if _SILENT.value else _QUIET.value,
-                  print_every=_PRINT_EVERY.value)
+  if _LIVE.value and (_QUIET.value or _SILENT.value):
+    _fail(f'--live: cannot be combined with --{"quiet" if _QUIET.value else "silent"}')
+  mode = 'silent' if _SILENT.value else 'live' if _LIVE.value else _QUIET.value
+  progress = dict(quiet=mode, print_every=_PRINT_EVERY.value)
   from ordered_jax import runs  # pylint: disable=g-import-not-at-top
   for field, ok in (('matmul_precision', lambda v: v in runs.PRECISIONS),
                     ('deterministic', lambda v: isinstance(v, bool))):

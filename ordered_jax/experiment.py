@@ -382,8 +382,8 @@ def _fresh_host(r: runs.Run) -> dict:
 
 def _progress(batch, quiet, total, initial, every=0):
   """The progress output (``console.bar``): ``quiet`` False = a bar on a terminal and lines
-  elsewhere, True = lines, 'silent' = none."""
-  mode = 'silent' if quiet == 'silent' else 'lines' if quiet else 'auto'
+  elsewhere, True = lines, 'silent' = none, 'live' = the full-screen view."""
+  mode = quiet if quiet in ('silent', 'live') else 'lines' if quiet else 'auto'
   return console.bar(mode, batch[0].name if len(batch) == 1 else f'{len(batch)} runs',
                      total, initial, every)
 
@@ -399,6 +399,21 @@ def _postfix(batch, host, active) -> str:
     best = max((h['last_eval'] or {}).get('validation_accuracy', 0.0) for h in host)
     return f'{int(np.sum(active))}/{len(parts)} active, best val {best:.1f}'
   return ' | '.join(parts)
+
+
+def _statuses(batch, host, active, latest) -> list[console.RunStatus]:
+  """The live view's rows from the bookkeeping the loop keeps anyway (``latest``: each
+  run's last probe headline values)."""
+  out = []
+  for r, h, a, p in zip(batch, host, active, latest):
+    ev = h['last_eval'] or {}
+    out.append(console.RunStatus(
+        r.name, active=bool(a), loss=h.get('last_loss', float('nan')),
+        train=ev.get('training_accuracy', float('nan')),
+        test=ev.get('validation_accuracy', float('nan')),
+        memorized=h['memorization_epoch'], grokked=h['generalization_epoch'],
+        stop=h['stop_reason'] if h['stop_reason'] != 'running' else '', probes=p))
+  return out
 
 
 def last_epoch(config) -> int:
@@ -575,7 +590,8 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   ``probes`` (built by ``probes.build(config)``) add their metrics to the epoch rows.
   ``quiet``: False = a progress bar on a terminal, one line every ``print_every`` epochs
   (0 = about 50 lines a run) in logs and pipes; True = those lines always; 'silent' = no
-  progress output.
+  progress output; 'live' = a full-screen view of every run (``console.Live``; lines when
+  not on a terminal).
   Before anything is built the config is validated and its memory estimated
   (``budget.check``); the run folders are locked for the whole run (``workdir.lock``:
   another process writing them is refused). A full disk stops the run with a one-line
@@ -733,6 +749,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   active = np.asarray(sharding.fetch(state.active))
   end = last_epoch(config)
   bar = _progress(batch, 'silent' if not primary else quiet, end, start, print_every)
+  live = getattr(bar, 'live', False)
+  latest = [{} for _ in batch]  # --live: each run's last probe headline values
   last_saved = start if resume else None
 
   executables = {}
@@ -804,6 +822,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
             extra = _probe_row(probes, m, i) if do_probe and row is not None else {}
             if row is not None and (do_eval or extra):
               writers[i].write(epoch, {**row, **extra})
+            if live and extra:
+              latest[i].update(console.headline_values(extra))
         if compare is not None and do_eval:
           compare.write(epoch, state.params, data)
         if record is not None:  # runs whose epoch counted (trained, finite)
@@ -812,7 +832,10 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
         epochs_done = epoch + 1
         t0 = now
         active = np.asarray(sharding.fetch(state.active))
-        if bar is not None:
+        if live:  # the view reads only what is on the host already, when it redraws
+          bar.update(1)
+          bar.show(lambda: _statuses(batch, host, active, latest))
+        elif bar is not None:
           bar.update(1)
           bar.set_postfix_str(_postfix(batch, host, active), refresh=False)
         if flag['signum'] is not None:

@@ -74,6 +74,7 @@ MAIN = [
      {}),
     # The workdir's state on --resume.
     ('print-every', [TINY, '--print_every=-1'], '--print_every: must be >= 0', {}),
+    ('live-and-quiet', [TINY, '--live', '--quiet'], '--live: cannot be combined with --quiet', {}),
     ('resume-nothing', [TINY, '--resume'], '--resume: no run', {}),
     ('resume-and-overwrite', [TINY, '--resume', '--overwrite'], '--overwrite', {}),
     ('resume-config-missing', [TINY, '--resume'], 'experiment_config.json',
