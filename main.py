@@ -269,6 +269,10 @@ def _main(argv):
     sys.exit(128 + e.signum)
   for s in summaries:
     g = s['grokking']
+    if 'validation_loss' in s['final_eval']:  # a regression (task teacher:...)
+      logging.info('%s: final test loss %.4g, training loss %.4g', s['run'],
+                   s['final_eval']['validation_loss'], s['final_eval']['training_loss'])
+      continue
     logging.info('%s: final val %.2f%% train %.2f%%, memorised at %s, generalised at %s',
                  s['run'], s['final_eval']['validation_accuracy'],
                  s['final_eval']['training_accuracy'], g['memorization_epoch'],

@@ -392,9 +392,16 @@ def _postfix(batch, host, active) -> str:
   parts = []
   for r, h, a in zip(batch, host, active):
     ev = h['last_eval'] or {}
+    if 'validation_loss' in ev:  # a regression: its test loss, no accuracy
+      parts.append(f"{r.name}{'' if a else '*'} loss {h.get('last_loss', float('nan')):.3g} "
+                   f"test loss {ev['validation_loss']:.3g}")
+      continue
     parts.append(f"{r.name}{'' if a else '*'} loss {h.get('last_loss', float('nan')):.3g} "
                  f"train {ev.get('training_accuracy', float('nan')):.1f} "
                  f"val {ev.get('validation_accuracy', float('nan')):.1f}")
+  if len(parts) > 4 and any('validation_loss' in (h['last_eval'] or {}) for h in host):
+    best = min((h['last_eval'] or {}).get('validation_loss', np.inf) for h in host)
+    return f'{int(np.sum(active))}/{len(parts)} active, best test loss {best:.3g}'
   if len(parts) > 4:
     best = max((h['last_eval'] or {}).get('validation_accuracy', 0.0) for h in host)
     return f'{int(np.sum(active))}/{len(parts)} active, best val {best:.1f}'
@@ -487,11 +494,12 @@ def _record(config, r: runs.Run, h: dict, m: dict, epoch: int,
     row['training_metrics/l1_penalty'] = float(m['l1_penalty'])
   if 'validation_accuracy' not in m:
     return row
-  for k in ('validation_loss', 'training_loss'):  # regressions (task teacher:...)
-    if k in m:
-      row[f'training_metrics/{k}'] = float(m[k])
-  ev = {k: float(m[k]) for k in ('validation_accuracy', 'training_accuracy')}
+  ev = {k: float(m[k]) for k in ('validation_accuracy', 'training_accuracy',
+                                 'validation_loss', 'training_loss') if k in m}
   h['last_eval'] = ev
+  for k in ('validation_loss', 'training_loss'):  # regressions (task teacher:...)
+    if k in ev:
+      row[f'training_metrics/{k}'] = ev[k]
   row['training_metrics/training_accuracy'] = ev['training_accuracy']
   row['training_metrics/validation_accuracy'] = ev['validation_accuracy']
   if h['memorization_epoch'] is None and ev['training_accuracy'] >= MEMORIZATION_ACC:

@@ -541,8 +541,11 @@ def target_correct(target_acc: float, n_test: int) -> int:
 
 
 def accuracies(counts: dict, data: Data) -> dict:
-  """Host-side percentages (float64) from ``evaluate``'s counts (any leading axes)."""
-  return {'validation_accuracy': 100.0 * np.asarray(counts['validation_correct'],
+  """Host-side percentages (float64) from ``evaluate``'s counts (any leading axes); a
+  regression's ``validation_loss`` and ``training_loss`` pass through (float64)."""
+  losses = {k: np.asarray(counts[k], np.float64) for k in ('validation_loss', 'training_loss')
+            if k in counts}
+  return {**losses, 'validation_accuracy': 100.0 * np.asarray(counts['validation_correct'],
                                                      np.float64) / data.n_test,
           'training_accuracy': 100.0 * np.asarray(counts['training_correct'],
                                                    np.float64) / data.n_train}

@@ -232,6 +232,10 @@ def test_teacher_run_writes_test_loss_and_dln_probes(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / 'random' / 'random.jsonl')]
   last = rows[-1]
   assert last['training_metrics/validation_loss'] > 0
+  summary = json.load(open(tmp_path / 'random' / 'summary.json'))
+  assert summary['final_eval']['validation_loss'] == pytest.approx(
+      last['training_metrics/validation_loss'])
+  assert 'validation_loss' in summary['deltas']
   for k in ('dln/teacher_distance', 'dln/balance/1', 'gradient_noise/trace_h_sigma'):
     assert np.isfinite(last[k]), k
   with c.unlocked():
