@@ -281,9 +281,10 @@ def _validate_teacher(config, names) -> None:
            'with a random teacher needs one data_seed for the batch (W* is compiled in)')
   _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
          f'inputs); got {config.model!r}')
-  bad = [n for n in names if n not in ('random', 'fixed-random')]
-  _check(not bad, 'strategy', f'task {config.task!r} takes the orderings random and '
-         f'fixed-random (the others read operands and labels); got {", ".join(bad)}')
+  reads_tokens = ('stride', 'target', 'alternating', 'resonant')  # operands and labels
+  bad = [n for n in names if str(n).split(':')[0] in reads_tokens]
+  _check(not bad, 'strategy', f'task {config.task!r} has no operands or labels to order by '
+         f'({", ".join(reads_tokens)} read them); got {", ".join(bad)}')
   _check(config.test_size >= 1, 'test_size', f'must be >= 1 for task {config.task!r} (its '
          'test set is drawn, not the rest of a finite set)')
   _check(config.data_generator in ('auto', 'fast'), 'data_generator',

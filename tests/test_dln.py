@@ -132,7 +132,7 @@ def test_full_batch_teacher_epoch_is_one_gradient_step_of_the_mse():
 
 @pytest.mark.parametrize('field,value,match', [
     ('model', 'mlp', r'^config\.model: task .* needs model=dln'),
-    ('strategy', 'stride', r'^config\.strategy: task .* takes the orderings random'),
+    ('strategy', 'stride', r'^config\.strategy: task .* has no operands or labels'),
     ('test_size', 0, r'^config\.test_size: must be >= 1 for task'),
     ('teacher.online', 1, r'^config\.teacher\.online: must be true or false'),
     ('teacher.dim', 0, r'^config\.teacher\.dim: must be >= 1')])
