@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict(dict(  # task=teacher:diagonal|random (docs/tasks.md)
       dim=8,                   # x, y in R^dim; model=dln reads x
       scale=1.0,               # diagonal: scale * diag(1..dim); random: N(0, scale^2) entries
+      alpha=1.0,               # power_law: scale * diag(i^-alpha)
+      rotate=False,            # diagonal, power_law: O^T D O, O Haar-random (data_seed + 4)
       noise_std=0.0,           # Gaussian label noise on the training targets
       online=False))           # true: a fresh batch every step (a function of seed, step)
   # Training examples: an int, or 'critical' (Tian's n = c M ln M (2.7482 - critical_delta)).

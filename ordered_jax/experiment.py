@@ -159,7 +159,8 @@ def _online(config) -> dict:
     return {}
   t = config.teacher
   seed = runs.expand(config)[0].data_seed
-  w = teacher_lib.matrix(config.task.strip().partition(':')[2], t.dim, t.scale, seed)
+  w = teacher_lib.matrix(config.task.strip().partition(':')[2], t.dim, t.scale, seed,
+                         **runs.teacher_kw(config))
   return {'online_teacher': tuple(map(tuple, w.tolist())), 'online_noise': float(t.noise_std)}
 
 
@@ -260,7 +261,8 @@ def build(config, probes=(), reference=None, init_params=None,
     elif runs.is_teacher(config):
       tc = config.teacher
       host_data[r.data_seed] = teacher_lib.make(task.name.partition(':')[2], tc.dim, tc.scale, tc.noise_std,
-                                                n_train, n_test, r.data_seed)
+                                                n_train, n_test, r.data_seed,
+                                                **runs.teacher_kw(config))
     else:
       host_data[r.data_seed] = tasks.make_task(task, n_train, n_test, r.data_seed,
                                                config.data_generator)

@@ -28,7 +28,7 @@ TASKS = {
     'gl2': 'gl2:Q -- GL(2, Q), invertible 2 x 2 matrices mod a prime Q',
     'direct': 'direct:G*H -- the direct product of any of these groups',
     'collection': 'collection:dk=D -- a sweep: every built-in group of largest irrep degree D',
-    'teacher': 'teacher:diagonal|random -- regression y = W* x (+ noise) for model=dln, MSE (docs/tasks.md)',
+    'teacher': 'teacher:diagonal|power_law|random -- regression y = W* x (+ noise) for model=dln, MSE (docs/tasks.md)',
 }
 MODELS = {
     'reference': 'the paper\'s GrokkingTransformer (encoder, mean-pooled, then a decoder to the classes)',

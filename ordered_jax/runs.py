@@ -269,14 +269,24 @@ def is_teacher(config) -> bool:
   return isinstance(config.task, str) and config.task.strip().startswith('teacher:')
 
 
+def teacher_kw(config) -> dict:
+  """``teacher.matrix``'s alpha and rotate from ``config.teacher`` (defaults where absent)."""
+  t = config.teacher
+  return {'alpha': t.get('alpha', 1.0), 'rotate': t.get('rotate', False)}
+
+
 def _validate_teacher(config, names) -> None:
   """The teacher task's fields and what it cannot combine with (one line each)."""
   _number(config, 'teacher.dim', integer=True, lo=1, hi=4096)
   _number(config, 'teacher.scale', lo=0)
   _number(config, 'teacher.noise_std', lo=0)
+  if 'alpha' in config.teacher:
+    _number(config, 'teacher.alpha', lo=0)
+  rotate = config.teacher.get('rotate', False)
+  _check(isinstance(rotate, bool), 'teacher.rotate', f'must be true or false; got {rotate!r}')
   online = config.teacher.get('online', False)
   _check(isinstance(online, bool), 'teacher.online', f'must be true or false; got {online!r}')
-  if online and config.task.strip() != 'teacher:diagonal':
+  if online and (config.task.strip() == 'teacher:random' or rotate):
     _check(len({r.data_seed for r in expand(config)}) == 1, 'teacher.online',
            'with a random teacher needs one data_seed for the batch (W* is compiled in)')
   _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '

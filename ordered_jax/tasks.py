@@ -217,7 +217,7 @@ _ALLOWED = (f"must be one of add, sub, mul, div (p prime), add3, product:AxB[xC.
             f"2N <= {MAX_ORDER}), poly:<expr in x, y> (e.g. poly:x^2+x*y+y^2), the groups "
             f"dicyclic:N, semidirect:N,M,R, alt:N, sl2:Q, gl2:Q, direct:G*H (docs/tasks.md) "
             f", collection:dk=D (a sweep over the built-in groups of largest irrep degree D) "
-            f"and teacher:diagonal, teacher:random (linear regression, docs/tasks.md)")
+            f"and teacher:diagonal, teacher:power_law, teacher:random (linear regression, docs/tasks.md)")
 _POLY_ALLOWED = (f'poly:<expr> is a polynomial over Z_p in x and y with +, -, *, ^ (exponent '
                  f'an integer constant in [0, {POLY_MAX_EXPONENT}]), parentheses and '
                  f'non-negative integer constants')

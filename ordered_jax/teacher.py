@@ -8,7 +8,9 @@ the scanned epoch and the runs axis stay as they are and the loss reads x and y 
 batch itself (``train.Trainer.data_loss``).
 
 Teachers (``TEACHERS``): ``diagonal``, scale * diag(1, 2, ..., d) (that codebase's
-``diagonal`` spectrum); ``random``, i.i.d. N(0, scale^2) entries (its ``random_normal``).
+``diagonal`` spectrum); ``power_law``, scale * diag(i^-alpha) (its ``power_law``), either
+optionally rotated to O^T D O (``rotate``, as its current version always does);
+``random``, i.i.d. N(0, scale^2) entries (its earlier ``random_normal``).
 Independent numpy streams, as its RNG streams: data_seed -> test inputs, data_seed + 1 ->
 train inputs, data_seed + 2 -> train label noise, data_seed + 3 -> a random teacher. The
 test targets carry no noise (as there).
@@ -25,13 +27,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TEACHERS = ('diagonal', 'random')
+TEACHERS = ('diagonal', 'random', 'power_law')
 
 
-def matrix(kind: str, dim: int, scale: float, seed: int) -> np.ndarray:
-  """The teacher W* [dim, dim] (float32)."""
-  if kind == 'diagonal':
-    return (scale * np.diag(np.arange(1, dim + 1))).astype(np.float32)
+def haar_orthogonal(dim: int, seed: int) -> np.ndarray:
+  """A Haar-random orthogonal matrix [dim, dim]: QR of a Gaussian matrix, R's diagonal
+  signs moved into Q (float64), from default_rng(seed)."""
+  q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+  return q * np.sign(np.diag(r))
+
+
+def matrix(kind: str, dim: int, scale: float, seed: int, *, alpha: float = 1.0,
+           rotate: bool = False) -> np.ndarray:
+  """The teacher W* [dim, dim] (float32). ``rotate``: O^T D O for the diagonal spectra, O
+  Haar-random from data_seed + 4 (the codebase's current rotation; same eigenvalues)."""
+  if kind in ('diagonal', 'power_law'):
+    i = np.arange(1, dim + 1, dtype=np.float64)
+    d = np.diag(scale * (i if kind == 'diagonal' else i ** -alpha))
+    if rotate:
+      o = haar_orthogonal(dim, seed + 4)
+      d = o.T @ d @ o
+    return d.astype(np.float32)
   if kind == 'random':
     return (scale * np.random.default_rng(seed + 3).standard_normal((dim, dim))).astype(
         np.float32)
@@ -64,9 +80,10 @@ def online_rows(key: jax.Array, w_star, batch: int, noise_std: float) -> jax.Arr
 
 
 def make(kind: str, dim: int, scale: float, noise_std: float, train_size: int,
-         test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train rows, test rows) of the offline teacher task; see the module docstring."""
-  w = matrix(kind, dim, scale, seed)
+         test_size: int, seed: int, **matrix_kw) -> tuple[np.ndarray, np.ndarray]:
+  """(train rows, test rows) of the offline teacher task; see the module docstring.
+  ``matrix_kw``: ``matrix``'s alpha and rotate."""
+  w = matrix(kind, dim, scale, seed, **matrix_kw)
   x_test = np.random.default_rng(seed).standard_normal((test_size, dim)).astype(np.float32)
   x_train = np.random.default_rng(seed + 1).standard_normal((train_size, dim)).astype(
       np.float32)

@@ -81,10 +81,11 @@ def _teacher_matrix(config):
     return None
   kind = config.task.strip().partition(':')[2]
   seeds = {r.data_seed for r in runs.expand(config)}
-  if kind != 'diagonal' and len(seeds) != 1:
+  kw = runs.teacher_kw(config)
+  if (kind == 'random' or kw['rotate']) and len(seeds) != 1:
     return None
   t = config.teacher
-  return teacher.matrix(kind, t.dim, t.scale, next(iter(seeds)))
+  return teacher.matrix(kind, t.dim, t.scale, next(iter(seeds)), **kw)
 
 
 # Probes that see the model only through its parameter vector and loss: any model, any task.

@@ -294,7 +294,7 @@ CATALOG = {p.name: p for p in (
         'dln', "a deep linear network's weights: norms, Gram norms, balance, end-to-end weight",
         cadence='every epoch', cost='cheap',
         cost_detail='a few small matrix products of the layers',
-        definition='W_l the layers in the maths layout [out, in], l = 0 the input layer (the Training-Dynamics codebase\'s metrics); the end-to-end weight W = W_{L-1} ... W_0; with task teacher its distance to the teacher W* (when every run of the batch shares W*: a diagonal teacher, or one data seed)',
+        definition='W_l the layers in the maths layout [out, in], l = 0 the input layer (the Training-Dynamics codebase\'s metrics); the end-to-end weight W = W_{L-1} ... W_0; with task teacher its distance to the teacher W* (when every run of the batch shares W*: an unrotated diagonal or power_law teacher, or one data seed)',
         metrics=(
             _m('weight_norm', '|vec theta|, all layers', 'higher = larger weights'),
             _m('layer_norm/<l>', '|W_l|_F', 'higher = larger layer'),

@@ -302,3 +302,20 @@ def test_online_teacher_steps_on_fresh_batches_of_seed_and_step():
   s2, _ = offline.trainer.epoch(offline.state, offline.spec, offline.data, jnp.int32(0),
                                 do_eval=False)
   assert not np.allclose(s2.params['layers'][0]['kernel'], state.params['layers'][0]['kernel'])
+
+
+def test_power_law_and_rotated_teachers():
+  w = teacher.matrix('power_law', 4, 2.0, 0, alpha=0.5)
+  np.testing.assert_allclose(np.diag(w), 2.0 * np.arange(1, 5) ** -0.5, rtol=1e-6)
+  r = teacher.matrix('diagonal', 4, 1.0, 7, rotate=True).astype(np.float64)
+  o = teacher.haar_orthogonal(4, 11)
+  np.testing.assert_allclose(o @ o.T, np.eye(4), atol=1e-12)
+  np.testing.assert_allclose(r, o.T @ np.diag([1.0, 2, 3, 4]) @ o, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.eigvalsh(r), [1, 2, 3, 4], atol=1e-5)
+  c = _teacher_config()
+  with c.unlocked():
+    c.teacher.rotate, c.task = True, 'teacher:power_law'
+  b = experiment.build(c)
+  x, y = (np.asarray(a, np.float64) for a in teacher.split(b.data.test_chunks.reshape(-1, 6)[:20], 3))
+  want = teacher.matrix('power_law', 3, 1.0, runs.expand(c)[0].data_seed, rotate=True)
+  np.testing.assert_allclose(y, x @ want.T, rtol=1e-5, atol=1e-6)
