@@ -102,7 +102,10 @@ def test_scaling_figure_from_a_real_sweep(tmp_path):
   assert sorted((r['p'], r['critical_delta'], r['batch_size']) for r in rows) == [
       (11, 0.0, n[0]), (11, 1.0, n[1])]
   want = sorted((2.7482 - r['critical_delta'], r['final_validation_accuracy']) for r in rows)
-  assert scaling.points(rows) == {11: pytest.approx(want)}
+  got = scaling.points(rows)
+  assert list(got) == [11] and len(got[11]) == len(want)
+  for (x, acc), (wx, wacc) in zip(got[11], want):
+    assert x == pytest.approx(wx) and acc == wacc
   out = str(tmp_path / 'scaling.png')
   assert cli.main(['scaling', '--table', str(tmp_path), '--out', out]) == [out]
   with pytest.raises(ValueError, match="no column 'critical_delta'"):
