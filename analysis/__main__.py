@@ -186,31 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--mode', choices=('online', 'offline'), default='online',
                  help='offline: write wandb/ folders for `wandb sync`, no network')
 
-  p = sub.add_parser('sweep_map', help='where each ordering groks: a sweep\'s results table '
-                     'as a strategy x key grid and every run\'s test curve',
-                     description='python -m analysis sweep_map --table DIR [--column KEY] '
-                                 '[--out FILE]')
-  p.add_argument('--table', required=True, help='a sweep folder or its results.parquet')
-  p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
-                 'sweep_map/sweep_map.png)')
+  def figure(name, source, source_help, help_text, extra=''):
+    """A tool drawing one figure from a sweep: --<source>, --out, --title."""
+    q = sub.add_parser(name, help=help_text, description=f'python -m analysis {name} '
+                       f'--{source} DIR {extra}[--out FILE]')
+    q.add_argument(f'--{source}', required=True, help=source_help)
+    q.add_argument('--out', default='', help=f'the figure (default <{source} dir>/analysis/'
+                   f'{name}/{name}.png)')
+    q.add_argument('--title', default='')
+    return q
+
+  table_help = 'a sweep folder or its results.parquet'
+  p = figure('sweep_map', 'table', table_help, 'where each ordering groks: a sweep\'s results '
+             'table as a strategy x key grid and every run\'s test curve', '[--column KEY] ')
   p.add_argument('--column', default='weight_decay', help='the swept key on the x axis')
-  p.add_argument('--title', default='')
-
-  p = sub.add_parser('scaling', help='Tian\'s scaling law: final test accuracy against the '
-                     'critical multiplier, a line per modulus (configs/tian_scaling.py)',
-                     description='python -m analysis scaling --table DIR [--out FILE]')
-  p.add_argument('--table', required=True, help='a sweep folder or its results.parquet')
-  p.add_argument('--out', default='', help='the figure (default <table dir>/analysis/'
-                 'scaling/scaling.png)')
-  p.add_argument('--title', default='')
-
-  p = sub.add_parser('dln_sgd_gd', help='test loss against optimiser steps per batch size, '
-                     'from a teacher sweep (configs/dln_teacher.py)',
-                     description='python -m analysis dln_sgd_gd --sweep DIR [--out FILE]')
-  p.add_argument('--sweep', required=True, help='the sweep folder (its runs/ are read)')
-  p.add_argument('--out', default='', help='the figure (default <sweep>/analysis/'
-                 'dln_sgd_gd/dln_sgd_gd.png)')
-  p.add_argument('--title', default='')
+  figure('scaling', 'table', table_help, 'Tian\'s scaling law: final test accuracy against the '
+         'critical multiplier, a line per modulus (configs/tian_scaling.py)')
+  figure('dln_sgd_gd', 'sweep', 'the sweep folder (its runs/ are read)', 'test loss against '
+         'optimiser steps per batch size, from a teacher sweep (configs/dln_teacher.py)')
 
   p = sub.add_parser('merge', help='combine sweeps\' results tables into one',
                      description='python -m analysis merge A B ... -o OUT [--keep last|first]: '

@@ -116,6 +116,17 @@ def _ln(z, w, b):
   return (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) * w + b
 
 
+def _numpy_causal_attention(q, k, v, heads):
+  """Multi-head causal softmax attention of [B, T, D] queries, keys and values, in numpy."""
+  b, t, d = q.shape
+  split = lambda a: a.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)  # noqa: E731
+  s = split(q) @ split(k).transpose(0, 1, 3, 2) / math.sqrt(d // heads)
+  s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+  s = np.exp(s - s.max(-1, keepdims=True))
+  s = s / s.sum(-1, keepdims=True)
+  return (s @ split(v)).transpose(0, 2, 1, 3).reshape(b, t, d)
+
+
 def _numpy_power_forward(p, x, cfg):
   """Eval-mode forward of the Power et al. decoder, written out in float64."""
   v, d, heads = cfg.vocab, cfg.embed_dim, cfg.num_heads
@@ -123,19 +134,12 @@ def _numpy_power_forward(p, x, cfg):
   seq = np.empty((b, 2 * k), int)
   seq[:, 0::2], seq[:, 1::2], seq[:, -1] = x, v, v + 1  # [a, op, b, (op, c,) =]
   h = p['embedding.embedding'][seq] * math.sqrt(d) + p['pos_embedding']
-  t = seq.shape[1]
-  mask = np.tril(np.ones((t, t), bool))
   for i in range(cfg.layers):
     pre = f'layers.{i}.'
     z = _ln(h, p[pre + 'norm1.scale'], p[pre + 'norm1.bias'])
     qkv = z @ p[pre + 'attn.qkv.kernel'] + p[pre + 'attn.qkv.bias']
     q, kk, vv = np.split(qkv, 3, axis=-1)
-    split = lambda a: a.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
-    s = split(q) @ split(kk).transpose(0, 1, 3, 2) / math.sqrt(d // heads)
-    s = np.where(mask, s, -np.inf)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s = s / s.sum(-1, keepdims=True)
-    o = (s @ split(vv)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    o = _numpy_causal_attention(q, kk, vv, heads)
     h = h + o @ p[pre + 'attn.out.kernel'] + p[pre + 'attn.out.bias']
     z = _ln(h, p[pre + 'norm2.scale'], p[pre + 'norm2.bias'])
     f = z @ p[pre + 'ff1.kernel'] + p[pre + 'ff1.bias']
@@ -342,8 +346,6 @@ def _numpy_gpt2_forward(p, x, cfg, lams):
   seq = np.empty((b, 2 * k), int)
   seq[:, 0::2], seq[:, 1::2], seq[:, -1] = x, v, v + 1
   h = p['embedding.embedding'][seq] + p['pos_embedding']
-  t = seq.shape[1]
-  split = lambda a: a.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
   v0 = None
   for i in range(cfg.layers):
     pre = f'layers.{i}.'
@@ -357,11 +359,7 @@ def _numpy_gpt2_forward(p, x, cfg, lams):
       if cfg.kind == 'gpt2_resv' and i > 0:
         vv = lams[i] * vv + (1 - lams[i]) * v0
     v0 = vv if i == 0 else v0
-    s = split(q) @ split(kk).transpose(0, 1, 3, 2) / math.sqrt(d // heads)
-    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s = s / s.sum(-1, keepdims=True)
-    o = (s @ split(vv)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    o = _numpy_causal_attention(q, kk, vv, heads)
     h = h + o @ p[pre + 'attn.out.kernel'] + p[pre + 'attn.out.bias']
     z = _ln(h, p[pre + 'norm2.scale'], p[pre + 'norm2.bias'])
     f = z @ p[pre + 'fc1.kernel'] + p[pre + 'fc1.bias']
