@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import math
 import os
+import tempfile
 from typing import Any
 
 from absl import logging
@@ -466,9 +467,9 @@ def check_workdir(workdir: str) -> None:
   """The workdir exists (or can be made) and is writable."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w'):
+    # An anonymous file: several processes of one job (--distributed) check the same
+    # workdir at once, and a shared name would let one remove the other's.
+    with tempfile.TemporaryFile(dir=workdir):
       pass
-    os.remove(probe)
   except OSError as e:
     raise ConfigError('--workdir', f'{workdir!r} is not a writable directory ({e.strerror})') from None

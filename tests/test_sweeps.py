@@ -232,10 +232,32 @@ def test_sharded_runs_equal_unsharded(n, unsharded):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+def test_processes_checking_one_workdir_at_once_do_not_trip_each_other(tmp_path):
+  """Every process of a --distributed job checks that the workdir is writable at the same
+  moment: the check's file is private to each (a shared name made one process remove
+  the other's, fail, and leave its peer waiting at a barrier)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  errors = []
+
+  def check():
+    try:
+      for _ in range(300):
+        runs.check_workdir(str(tmp_path))
+    except runs.ConfigError as e:
+      errors.append(e)
+
+  threads = [threading.Thread(target=check) for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors and not os.listdir(tmp_path)
+
+
 def _free_port() -> int:
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
-    s.bind(('localhost', 0))
+    s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
 
 
@@ -250,7 +272,7 @@ def test_two_processes_run_one_batch_like_one_process(tmp_path):
   env.pop('XLA_FLAGS', None)
   procs = [subprocess.Popen(
       [sys.executable, 'main.py', *flags, f'--workdir={tmp_path / "two"}', '--distributed',
-       f'--coordinator=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+       f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   try:
