@@ -180,7 +180,7 @@ def family_keys(name: str) -> list[str]:
   """The scalar keys of probe ``name`` the catalog lists (no per-parameter, list or dict
   keys), for the report's generic section of that family."""
   from probes import catalog  # pylint: disable=g-import-not-at-top
-  return [f'{name}/{m.key}' for m in catalog.CATALOG[name].metrics
+  return [f"{name}/{m.key}" for m in catalog.entries()[name].metrics
           if '<' not in m.key and '{' not in m.key and not m.direction.startswith('- (a')]
 
 

@@ -1,7 +1,7 @@
 """``python main.py --list``: what can be run (configs, tasks, models, orderings,
 optimisers, schedules), as Rich tables. The names come from the library's own tuples and
-registries; this module adds a line of description to each (the orderings carry their
-own; a test checks none is missing)."""
+registries; this module adds a line of description to each (the orderings and task kinds
+carry their own; a test checks none is missing)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,6 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TASKS = {
-    'add': '(a + b) mod p, the paper\'s task',
-    'sub': '(a - b) mod p',
-    'mul': '(a * b) mod p',
-    'div': 'a / b mod p (b != 0), Power et al.\'s',
-    'add3': '(a + b + c) mod p, three operands',
-    'product': 'product:2x3x4 -- the direct product of cyclic groups Z_2 x Z_3 x Z_4',
-    'sym': 'sym:N -- composition in the symmetric group S_N (N <= 6)',
-    'dihedral': 'dihedral:N -- composition in the dihedral group of order 2N',
-    'poly': 'poly:x^2+x*y+y^2 -- a polynomial in x, y mod p (parsed, never evaluated)',
-    'dicyclic': 'dicyclic:N -- the dicyclic group of order 4N (dicyclic:2 = quaternions Q_8)',
-    'semidirect': 'semidirect:N,M,R -- Z_N x| Z_M, the generator of Z_M acting as x -> R x',
-    'alt': 'alt:N -- composition in the alternating group A_N (3 <= N <= 6)',
-    'sl2': 'sl2:Q -- SL(2, Q), 2 x 2 matrices of determinant 1 mod a prime Q',
-    'gl2': 'gl2:Q -- GL(2, Q), invertible 2 x 2 matrices mod a prime Q',
-    'direct': 'direct:G*H -- the direct product of any of these groups',
-    'collection': 'collection:dk=D -- a sweep: every built-in group of largest irrep degree D',
-    'teacher': 'teacher:diagonal|power_law|random -- regression y = W* x (+ noise) for model=dln, MSE (docs/tasks.md)',
-}
 MODELS = {
     'reference': 'the paper\'s GrokkingTransformer (encoder, mean-pooled, then a decoder to the classes)',
     'power': 'Power et al.\'s decoder-only transformer (causal, GELU, final LayerNorm)',
@@ -71,7 +52,7 @@ def sections() -> list[tuple[str, str, dict[str, str]]]:
   pick = lambda names, text: {n: text.get(n, '') for n in names}  # noqa: E731
   return [
       ('Configs', '--config', configs()),
-      ('Tasks', 'task', pick(tasks.TASK_NAMES, TASKS)),
+      ('Tasks', 'task', {n: k.description for n, k in tasks.KINDS.items()}),
       ('Models', 'model', pick(models.MODEL_KINDS, MODELS)),
       ('Orderings', 'strategy (a name, a comma list or all)',
        {n: cls.description for n, cls in orderings.REGISTRY.items()}),

@@ -480,62 +480,156 @@ def teacher_task(name: str, dim: int) -> Task:
   return Task(name, dim, dim, 2**62, 1.0, (), (), None)
 
 
+# -- the registry of task kinds -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+  """One kind of task: ``parse(arg, name=, spec=, p=, dim=) -> Task`` builds it from its
+  spec's argument (``arg`` after the ':', '' if none; ``name`` the normalised spec; ``p``
+  the config's modulus, ``dim`` a teacher's size), raising ``ValueError('task: ...; got
+  <spec>')`` on a bad one. ``arg``: whether the spec takes ':ARG' (True), must not (False)
+  or may (None)."""
+
+  name: str
+  parse: Callable[..., Task]
+  description: str
+  arg: bool | None = True
+
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register_kind(name: str, parse: Callable[..., Task], description: str,
+                  arg: bool | None = True) -> TaskKind:
+  """Declare a task kind: ``--config.task=<name>[:ARG]`` then builds it, ``--list`` shows
+  its description (docs/extending.md: a new task is one file in
+  ``ordered_jax/task_kinds/``)."""
+  if name in KINDS:
+    raise ValueError(f'task kind {name!r} is registered twice')
+  if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
+    raise ValueError(f'task kind {name!r}: lower-case letters, digits and _ only')
+  KINDS[name] = kind = TaskKind(name, parse, description, arg)
+  return kind
+
+
+def unregister_kind(name: str) -> None:
+  """Remove a task kind (tests)."""
+  KINDS.pop(name, None)
+
+
+def parse_int(text: str, spec: str, what: str) -> int:
+  """A whole number of at most nine digits in a task's argument; else ``ValueError``
+  ('task: <what>; got <spec>')."""
+  return _parse_int(text, spec, what)
+
+
 def parse_task(spec: str, p: int, dim: int = 8) -> Task:
-  """The task a spec names (``TASK_NAMES``); ``p`` is the modulus of the Z_p tasks (add, sub,
-  mul, div, add3, poly) and is ignored by the others; ``dim`` is a teacher's size. Raises ``ValueError`` with one line,
-  ``task: <what is allowed>; got '<spec>'``."""
+  """The task a spec names (a kind of ``KINDS``, with its argument); ``p`` is the modulus
+  of the Z_p tasks (add, sub, mul, div, add3, poly) and is ignored by the others; ``dim``
+  is a teacher's size. Raises ``ValueError`` with one line, ``task: <what is allowed>; got
+  '<spec>'``."""
   if not isinstance(spec, str):
-    raise ValueError(f'task: {_ALLOWED}; got {spec!r}')
+    raise ValueError(f'task: {_allowed()}; got {spec!r}')
   kind, colon, arg = spec.strip().partition(':')
   kind, arg = kind.strip(), arg.strip()
   name = f'{kind}:{arg}' if colon else kind
-  if (kind in ('add', 'sub', 'mul', 'div', 'add3') and not colon) or (kind == 'poly' and colon):
-    return _z_p_task(name, kind, arg, p, spec)
-  if kind == 'product' and colon:
-    what = (f'product:AxB[xC..] needs one or more integer factors >= 2 with order '
-            f'(their product) <= {MAX_ORDER}')
-    factors = tuple(_parse_int(f, spec, what) for f in arg.split('x'))
-    order = math.prod(factors)
-    if min(factors) < 2 or order > MAX_ORDER:
-      raise ValueError(f'task: {what}; got {spec!r}')
-    return Task(name, order, 2, order * order, 1.0, (order, order), (0, 0),
-                functools.partial(_label_product, factors))
-  if kind == 'sym' and colon:
-    what = f'sym:N needs an integer 1 <= N <= {MAX_SYM}'
-    n = _parse_int(arg, spec, what)
-    if not 1 <= n <= MAX_SYM:
-      raise ValueError(f'task: {what}; got {spec!r}')
-    order = math.factorial(n)
-    c = 1.0 if n <= 2 else _SYM_MAX_IRREP[n] / 2  # S_1, S_2 are abelian
-    return Task(name, order, 2, order * order, c, (order, order), (0, 0),
-                functools.partial(_label_table, _sym_table(n)))
-  if kind == 'dihedral' and colon:
-    what = f'dihedral:N needs an integer N >= 3 with order 2N <= {MAX_ORDER}'
-    n = _parse_int(arg, spec, what)
-    if not 3 <= n <= MAX_ORDER // 2:
-      raise ValueError(f'task: {what}; got {spec!r}')
-    order = 2 * n  # largest irrep degree 2: c = 2 / 2
-    return Task(name, order, 2, order * order, 1.0, (order, order), (0, 0),
-                functools.partial(_label_dihedral, n))
-  if kind in TABLE_GROUPS and colon:
-    try:
-      table_MxM = groups.table(name)
-      abelian = groups.is_abelian(name)
-      c = 1.0 if abelian else max(groups.irrep_degrees(name)) / 2
-    except groups.GroupError as e:
-      raise ValueError(f'task: {e}; got {spec!r}') from None
-    order = len(table_MxM)
-    return Task(name, order, 2, order * order, c, (order, order), (0, 0),
-                functools.partial(_label_table, table_MxM))
-  if kind == 'teacher' and colon:
-    if arg not in teacher.TEACHERS:
-      raise ValueError(f'task: teacher:K needs K one of {", ".join(teacher.TEACHERS)}; '
-                       f'got {spec!r}')
-    return teacher_task(name, dim)
-  if kind == 'collection':
-    raise ValueError(f'task: {spec!r} names a set of groups: it runs as a sweep, one run per '
-                     'group (main.py expands it; see docs/tasks.md)')
-  raise ValueError(f'task: {_ALLOWED}; got {spec!r}')
+  k = KINDS.get(kind)
+  if k is None or (k.arg is True and not colon) or (k.arg is False and colon):
+    raise ValueError(f'task: {_allowed()}; got {spec!r}')
+  return k.parse(arg, name=name, spec=spec, p=p, dim=dim)
+
+
+def _allowed() -> str:
+  extra = [k for k in KINDS if k not in _BUILT_IN_KINDS]
+  return _ALLOWED + (f', or {", ".join(extra)}' if extra else '')
+
+
+def _z_p_kind(kind: str):
+  return lambda arg, *, name, spec, p, dim: _z_p_task(name, kind, arg, p, spec)
+
+
+def _product(arg, *, name, spec, p, dim):
+  what = (f'product:AxB[xC..] needs one or more integer factors >= 2 with order '
+          f'(their product) <= {MAX_ORDER}')
+  factors = tuple(_parse_int(f, spec, what) for f in arg.split('x'))
+  order = math.prod(factors)
+  if min(factors) < 2 or order > MAX_ORDER:
+    raise ValueError(f'task: {what}; got {spec!r}')
+  return Task(name, order, 2, order * order, 1.0, (order, order), (0, 0),
+              functools.partial(_label_product, factors))
+
+
+def _sym(arg, *, name, spec, p, dim):
+  what = f'sym:N needs an integer 1 <= N <= {MAX_SYM}'
+  n = _parse_int(arg, spec, what)
+  if not 1 <= n <= MAX_SYM:
+    raise ValueError(f'task: {what}; got {spec!r}')
+  order = math.factorial(n)
+  c = 1.0 if n <= 2 else _SYM_MAX_IRREP[n] / 2  # S_1, S_2 are abelian
+  return Task(name, order, 2, order * order, c, (order, order), (0, 0),
+              functools.partial(_label_table, _sym_table(n)))
+
+
+def _dihedral(arg, *, name, spec, p, dim):
+  what = f'dihedral:N needs an integer N >= 3 with order 2N <= {MAX_ORDER}'
+  n = _parse_int(arg, spec, what)
+  if not 3 <= n <= MAX_ORDER // 2:
+    raise ValueError(f'task: {what}; got {spec!r}')
+  order = 2 * n  # largest irrep degree 2: c = 2 / 2
+  return Task(name, order, 2, order * order, 1.0, (order, order), (0, 0),
+              functools.partial(_label_dihedral, n))
+
+
+def _table_group(arg, *, name, spec, p, dim):
+  try:
+    table_MxM = groups.table(name)
+    abelian = groups.is_abelian(name)
+    c = 1.0 if abelian else max(groups.irrep_degrees(name)) / 2
+  except groups.GroupError as e:
+    raise ValueError(f'task: {e}; got {spec!r}') from None
+  order = len(table_MxM)
+  return Task(name, order, 2, order * order, c, (order, order), (0, 0),
+              functools.partial(_label_table, table_MxM))
+
+
+def _teacher(arg, *, name, spec, p, dim):
+  if arg not in teacher.TEACHERS:
+    raise ValueError(f'task: teacher:K needs K one of {", ".join(teacher.TEACHERS)}; '
+                     f'got {spec!r}')
+  return teacher_task(name, dim)
+
+
+def _collection(arg, *, name, spec, p, dim):
+  raise ValueError(f'task: {spec!r} names a set of groups: it runs as a sweep, one run per '
+                   'group (main.py expands it; see docs/tasks.md)')
+
+
+for _kind, _text in (('add', "(a + b) mod p, the paper's task"), ('sub', '(a - b) mod p'),
+                     ('mul', '(a * b) mod p'), ('div', "a / b mod p (b != 0), Power et al.'s"),
+                     ('add3', '(a + b + c) mod p, three operands')):
+  register_kind(_kind, _z_p_kind(_kind), _text, arg=False)
+register_kind('product', _product,
+              'product:2x3x4 -- the direct product of cyclic groups Z_2 x Z_3 x Z_4')
+register_kind('sym', _sym, 'sym:N -- composition in the symmetric group S_N (N <= 6)')
+register_kind('dihedral', _dihedral, 'dihedral:N -- composition in the dihedral group of '
+              'order 2N')
+register_kind('poly', _z_p_kind('poly'), 'poly:x^2+x*y+y^2 -- a polynomial in x, y mod p '
+              '(parsed, never evaluated)')
+for _kind, _text in (
+    ('dicyclic', 'dicyclic:N -- the dicyclic group of order 4N (dicyclic:2 = quaternions Q_8)'),
+    ('semidirect', 'semidirect:N,M,R -- Z_N x| Z_M, the generator of Z_M acting as x -> R x'),
+    ('alt', 'alt:N -- composition in the alternating group A_N (3 <= N <= 6)'),
+    ('sl2', 'sl2:Q -- SL(2, Q), 2 x 2 matrices of determinant 1 mod a prime Q'),
+    ('gl2', 'gl2:Q -- GL(2, Q), invertible 2 x 2 matrices mod a prime Q'),
+    ('direct', 'direct:G*H -- the direct product of any of these groups')):
+  register_kind(_kind, _table_group, _text)
+register_kind('collection', _collection, 'collection:dk=D -- a sweep: every built-in group of '
+              'largest irrep degree D', arg=None)
+register_kind('teacher', _teacher, 'teacher:diagonal|power_law|random -- regression y = W* x '
+              '(+ noise) for model=dln, MSE (docs/tasks.md)')
+_BUILT_IN_KINDS = tuple(KINDS)
+assert _BUILT_IN_KINDS == TASK_NAMES, (_BUILT_IN_KINDS, TASK_NAMES)
 
 
 def collection(spec: str) -> tuple[str, ...]:
@@ -636,3 +730,16 @@ def fraction_train_size(task: Task, fraction: float) -> int:
       or not 0 < fraction <= 1:
     _fail('train_fraction', f'must be a number in (0, 1]; got {fraction!r}')
   return round(float(fraction) * task.n_codes)
+
+
+# Task kinds beyond the built-ins: every module of ordered_jax/task_kinds registers its own
+# (imported last, so they can use everything above).
+def _import_extensions() -> None:
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from ordered_jax import task_kinds  # pylint: disable=g-import-not-at-top
+  for m in sorted(pkgutil.iter_modules(task_kinds.__path__), key=lambda m: m.name):
+    importlib.import_module(f'{task_kinds.__name__}.{m.name}')
+
+
+_import_extensions()

@@ -4,7 +4,7 @@
 and the tables in docs/probes.md between the GENERATED markers are written from it
 (``python -m probes.catalog --write``; ``tests/test_catalog.py`` fails when they differ),
 so the two cannot drift. Groups and model/task support are read from ``probes`` itself
-(``GROUPS``, ``MODEL_AGNOSTIC``, ...), never restated here.
+(``probes.registry``: each probe's groups and ``Needs``), never restated here.
 """
 
 from __future__ import annotations
@@ -524,32 +524,33 @@ CATALOG = {p.name: p for p in (
 )}
 
 
+def entries() -> dict[str, Probe]:
+  """Every documented probe: the built-in ones above, then those registered with their own
+  ``doc`` (``probes.registry``: a probe in its own module documents itself there)."""
+  from probes import registry  # pylint: disable=g-import-not-at-top  (probes imports JAX)
+  import probes  # pylint: disable=g-import-not-at-top,unused-import  (registers the built-ins)
+  out = dict(CATALOG)
+  for name, e in registry.entries().items():
+    if name not in out and e.doc is not None:
+      out[name] = e.doc
+  return out
+
+
 def groups(name: str) -> str:
-  """The groups that include probe ``name`` (``probes.GROUPS``), or how else it runs."""
-  import probes  # pylint: disable=g-import-not-at-top  (probes imports JAX)
-  out = [g for g in ('observers', 'interventions', 'full') if name in probes.GROUPS[g]]
-  if name in probes.NEEDS_REFERENCE:
-    out = [f'{g} (with reference weights)' for g in ('observers', 'full')]
+  """The groups that include probe ``name`` (as registered), or how else it runs."""
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  e = registry.entries()[name]
+  out = [g for g in ('observers', 'interventions', 'full')
+         if name in registry.group(g, reference=True)]
+  if e.needs.reference_weights:
+    out = [f'{g} (with reference weights)' for g in out]
   return ', '.join(out) if out else 'by name only'
 
 
 def support(name: str) -> str:
-  """Which models, tasks and optimisers probe ``name`` runs with (``probes.unsupported``\'s
-  rules)."""
-  import probes  # pylint: disable=g-import-not-at-top
-  if name in probes.MODEL_AGNOSTIC:
-    text = 'any model, any task'
-  elif name in probes.DLN_ONLY:
-    text = 'model dln; any task (teacher_distance: task teacher)'
-  elif name == 'progress':
-    text = 'model reference; task add'
-  else:
-    text = f'model reference; tasks {", ".join(probes.CYCLIC_TASKS)}'
-  if name == 'adam_dynamics':  # reads Adam's moments (probes.build refuses it otherwise)
-    text += f'; optimizer {" or ".join(probes.ADAM_FAMILY)}'
-  if name in probes.NEEDS_REFERENCE:
-    text += '; probes.reference_weights'
-  return text
+  """Which models, tasks and optimisers probe ``name`` runs with (its ``Needs``)."""
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  return registry.support_text(registry.entries()[name])
 
 
 def _cell(text: str) -> str:
@@ -560,10 +561,11 @@ def markdown() -> str:
   """The generated part of docs/probes.md: the list, then every probe's keys."""
   lines = [BEGIN, '', '### Every probe', '',
            '| probe | what | group | fires | cost | runs with |', '|---|---|---|---|---|---|']
-  for p in CATALOG.values():
+  documented = entries()
+  for p in documented.values():
     lines.append(f'| [`{p.name}`](#{p.name.replace("_", "-")}) | {_cell(p.summary)} | '
                  f'{groups(p.name)} | {_cell(p.cadence)} | {p.cost} | {support(p.name)} |')
-  for p in CATALOG.values():
+  for p in documented.values():
     lines += ['', f'### {p.name.replace("_", "-")}', '', f'{p.summary[0].upper()}{p.summary[1:]}. '
               f'Fires: {p.cadence}. Cost ({p.cost}): {p.cost_detail}.', '',
               f'Definition: {p.definition}', '',
@@ -589,7 +591,7 @@ def list_table():
   t.add_column('probe', no_wrap=True)
   for col in ('what', 'group', 'fires', 'cost', 'runs with'):
     t.add_column(col, overflow='fold')
-  for p in CATALOG.values():
+  for p in entries().values():
     t.add_row(p.name, p.summary, groups(p.name), p.cadence, p.cost, support(p.name))
   return t
 
@@ -597,9 +599,10 @@ def list_table():
 def describe_table(name: str):
   """``--probes_describe=NAME``: every key of one probe (``ValueError`` if unknown)."""
   from rich.table import Table  # pylint: disable=g-import-not-at-top
-  if name not in CATALOG:
-    raise ValueError(f'unknown probe {name!r}; one of {", ".join(CATALOG)}')
-  p = CATALOG[name]
+  documented = entries()
+  if name not in documented:
+    raise ValueError(f'unknown probe {name!r}; one of {", ".join(documented)}')
+  p = documented[name]
   t = Table(title=f'{p.name}: {p.summary}', caption=f'fires {p.cadence}; cost {p.cost} '
             f'({p.cost_detail}); group {groups(name)}; runs with {support(name)}')
   t.add_column(f'{p.name}/...', no_wrap=True)

@@ -184,3 +184,40 @@ class CounterfactualValidator:
                 'k_cossim_to_solution_std': jnp.std(sol),
                 'k_cossim_to_solution_spread': jnp.max(sol) - jnp.min(sol)})
     return state, m, jnp.array(True)
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """config.probes.counterfactual (shared by the validator): K shuffled replays per
+  firing, a window of ``window`` firings, ``parallel`` replays at once (0: all K), every
+  epoch below ``every_epoch_until``."""
+
+  k: int = 3
+  window: int = 20
+  parallel: int = 1
+  every_epoch_until: int = 50
+
+  def __post_init__(self):
+    from probes import registry  # pylint: disable=g-import-not-at-top
+    for field, lo in (('k', 1), ('window', 1), ('parallel', 0), ('every_epoch_until', 0)):
+      registry.check_int(getattr(self, field), field, lo,
+                         note=' (0: all k at once)' if field == 'parallel' else '')
+
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  needs = registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS)
+  registry.register(
+      'counterfactual', lambda ctx, o: Counterfactual(
+          ctx.model, k=o.k, window=o.window, parallel=o.parallel,
+          with_reference=ctx.reference),
+      needs=needs, groups=('interventions',), rank=210, options=Options)
+  registry.register(
+      'counterfactual_validator', lambda ctx, o: CounterfactualValidator(
+          ctx.model, k=o.k, parallel=o.parallel, with_reference=ctx.reference),
+      needs=needs, options=Options, options_key='counterfactual')
+
+
+_register()

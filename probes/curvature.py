@@ -145,3 +145,47 @@ class Curvature:
 
   def to_host(self, m: dict) -> dict:
     return {k: (v.tolist() if k == 'top_eigenvalues' else v) for k, v in m.items()}
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """config.probes.curvature: a fixed probe batch of the first ``batch_size`` training
+  pairs, the top ``k`` eigenvalues from ``lanczos_steps`` Lanczos steps, Hutchinson's
+  trace from ``hutchinson_samples`` probes, at most once per ``every_n_steps`` optimiser
+  steps (0: every probe epoch)."""
+
+  batch_size: int = 512
+  k: int = 3
+  lanczos_steps: int = 20
+  hutchinson_samples: int = 8
+  every_n_steps: int = 1000
+
+  def __post_init__(self):
+    from probes import registry  # pylint: disable=g-import-not-at-top
+    for field in ('batch_size', 'k', 'lanczos_steps', 'hutchinson_samples'):
+      registry.check_int(getattr(self, field), field, 1)
+    if self.k > self.lanczos_steps:
+      from ordered_jax import runs  # pylint: disable=g-import-not-at-top
+      raise runs.ConfigError('k', f'must be <= lanczos_steps ({self.lanczos_steps}); '
+                             f'got {self.k}')
+    registry.check_int(self.every_n_steps, 'every_n_steps', 0,
+                       note=' (0 = every probe epoch)')
+
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  c = lambda ctx: ctx.config  # noqa: E731
+  registry.register(
+      'curvature', lambda ctx, o: Curvature(
+          adam=c(ctx).optimizer in registry.ADAM_FAMILY, batch_size=o.batch_size, k=o.k,
+          lanczos_steps=o.lanczos_steps, hutchinson_samples=o.hutchinson_samples,
+          b1=c(ctx).adam_b1, b2=c(ctx).adam_b2, eps=c(ctx).adam_eps,
+          every_n_steps=o.every_n_steps, steps_per_epoch=ctx.steps_per_epoch,
+          probe_every=c(ctx).probe_every),
+      needs=registry.Needs(fixed_steps=lambda o: bool(o.every_n_steps)),
+      groups=('full',), rank=300, options=Options)
+
+
+_register()

@@ -139,3 +139,48 @@ def gradient_noise(loss_fn, params, rows_NxC, chunk: int = 64, hessian: bool = T
   if hessian:
     m['trace_h_sigma'] = th / n
   return m
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def teacher_matrix(config):
+  """The teacher W* of a teacher task when every run shares it (a diagonal teacher, or
+  one data seed), else None (the dln probe then has no teacher_distance)."""
+  from ordered_jax import runs, teacher  # pylint: disable=g-import-not-at-top
+  if not runs.is_teacher(config):
+    return None
+  kind = config.task.strip().partition(':')[2]
+  seeds = {r.data_seed for r in runs.expand(config)}
+  kw = runs.teacher_kw(config)
+  if (kind == 'random' or kw['rotate']) and len(seeds) != 1:
+    return None
+  t = config.teacher
+  return teacher.matrix(kind, t.dim, t.scale, next(iter(seeds)), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseOptions:
+  """config.probes.gradient_noise: ``chunk`` per-example gradients held at once; also
+  Tr(H Sigma) when ``hessian``."""
+
+  chunk: int = 64
+  hessian: bool = True
+
+  def __post_init__(self):
+    from probes import registry  # pylint: disable=g-import-not-at-top
+    registry.check_int(self.chunk, 'chunk', 1)
+    registry.check_bool(self.hessian, 'hessian')
+
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register('dln', lambda ctx, _: DLN(ctx.model.depth,
+                                              teacher_W=teacher_matrix(ctx.config)),
+                    needs=registry.Needs(models=('dln',)),
+                    support_note='teacher_distance: task teacher')
+  registry.register('gradient_noise',
+                    lambda ctx, o: GradientNoise(chunk=o.chunk, hessian=o.hessian),
+                    options=NoiseOptions)
+
+
+_register()

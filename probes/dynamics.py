@@ -192,3 +192,19 @@ class BatchDynamics:
     m['top1_variance'] = np.max(lam) / np.sum(lam)
     m['effective_rank'] = np.exp(-np.sum(q[q > 0] * np.log(q[q > 0])))
     return {k: v for k, v in m.items() if not (np.ndim(v) == 0 and np.isnan(v))}
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  for name, cls, rank in (('parameter_delta', ParameterDelta, 100),
+                          ('path_length', PathLength, 110),
+                          ('batch_dynamics', BatchDynamics, 120)):
+    registry.register(name, lambda ctx, _, cls=cls: cls(), groups=('observers',), rank=rank)
+  registry.register('training_diagnostics',
+                    lambda ctx, _: TrainingDiagnostics(ctx.steps_per_epoch),
+                    needs=registry.Needs(fixed_steps=True), groups=('observers',), rank=130)
+
+
+_register()

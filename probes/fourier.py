@@ -100,3 +100,15 @@ class Fourier:
     out['freq_powers'] = {str(k): round(float(m['_powers'][k]), 8)
                           for k in np.flatnonzero(m['_tracked'])}
     return out
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register('fourier', lambda ctx, _: Fourier(ctx.model),
+                    needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS),
+                    groups=('observers',), rank=50)
+
+
+_register()

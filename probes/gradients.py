@@ -164,3 +164,18 @@ class Phases:
          'phase_code': jnp.searchsorted(jnp.array([5.0, 20.0, 80.0, 99.0]), a, side='right')}
     new = {'norm': n, 'velocity': velocity, 'embedding': emb, 'count': count + 1}
     return new, m, jnp.array(True)
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  needs = registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS, grad_mean=True)
+  for name, cls, rank in (('norms', Norms, 10), ('consecutive', Consecutive, 20),
+                          ('variance', Variance, 30), ('phases', Phases, 60),
+                          ('token_gradient', TokenGradient, 80)):
+    registry.register(name, lambda ctx, _, cls=cls: cls(ctx.model), needs=needs,
+                      groups=('observers',), rank=rank)
+
+
+_register()

@@ -247,3 +247,44 @@ class ProgressMeasures:
     out = {k: float(v) if np.ndim(v) == 0 else v for k, v in m.items()}
     out['key_freqs'] = [int(k) for k in np.asarray(m['key_freqs']).ravel()]
     return out
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """config.probes.progress: the ``n_key`` key frequencies, ``strip_rows`` rows of the
+  restricted/excluded strips, ``train_pairs`` training pairs for the losses."""
+
+  n_key: int = 5
+  strip_rows: int = 8
+  train_pairs: int = 8192
+
+  def __post_init__(self):
+    from probes import registry  # pylint: disable=g-import-not-at-top
+    for field in ('n_key', 'strip_rows', 'train_pairs'):
+      registry.check_int(getattr(self, field), field, 1)
+
+
+def _check(o: Options, ctx) -> None:
+  """The bounds that depend on p (only when the probe runs)."""
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  from ordered_jax import runs  # pylint: disable=g-import-not-at-top
+  p = ctx.config.p
+  for field, hi in (('n_key', (p - 1) // 2), ('strip_rows', p)):
+    try:
+      registry.check_int(getattr(o, field), field, 1, hi)
+    except runs.ConfigError as e:
+      raise runs.ConfigError(f'probes.progress.{field}', str(e).split(': ', 1)[1]) from None
+
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register(
+      'progress', lambda ctx, o: ProgressMeasures(
+          ctx.model, n_key=o.n_key, strip_rows=o.strip_rows, train_pairs=o.train_pairs),
+      needs=registry.Needs(models=('reference',), tasks=('add',)),
+      groups=('full',), rank=310, options=Options, check=_check)
+
+
+_register()

@@ -141,3 +141,22 @@ class SubspaceGradientInfo:
         if k <= q:
           out[f'top{k}_energy_fraction_toward_solution'] = np.sum(energy[:k]) / total
     return {k: v if isinstance(v, int) else float(v) for k, v in out.items()}
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register(
+      'subspace_gradient_info',
+      lambda ctx, _: SubspaceGradientInfo(ctx.model, with_reference=ctx.reference),
+      needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS),
+      groups=('observers',), rank=90)
+  registry.register(
+      'gradient_projection', lambda ctx, _: GradientProjection(ctx.model),
+      needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS,
+                           reference_weights=True),
+      groups=('observers',), rank=400)
+
+
+_register()

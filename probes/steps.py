@@ -230,3 +230,43 @@ class AdamDynamics(_Burst):
     vals = jax.lax.cond(on, measure,
                         lambda _: {k: jnp.zeros((), jnp.float32) for k in self.keys}, None)
     return {'rec': self._store(state['rec'], s, on, vals)}
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BurstOptions:
+  """config.probes.hessian / adam_dynamics: a burst of ``burst_length`` consecutive steps
+  every ``every_n_steps`` optimiser steps, from step ``warmup`` on (the reference's)."""
+
+  every_n_steps: int = 1000
+  burst_length: int = 11
+  warmup: int = 1000
+
+  def __post_init__(self):
+    from probes import registry  # pylint: disable=g-import-not-at-top
+    for field in ('every_n_steps', 'burst_length', 'warmup'):
+      registry.check_int(getattr(self, field), field, 0 if field == 'warmup' else 1)
+
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register(
+      'hessian', lambda ctx, o: Hessian(
+          ctx.steps_per_epoch, every=o.every_n_steps, burst=o.burst_length, warmup=o.warmup,
+          keys=hessian_keys(ctx.model, ctx.reference), cfg=ctx.model),
+      needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS,
+                           fixed_steps=True),
+      groups=('interventions',), rank=200, options=BurstOptions)
+  c = lambda ctx: ctx.config  # noqa: E731
+  registry.register(
+      'adam_dynamics', lambda ctx, o: AdamDynamics(
+          ctx.steps_per_epoch, every=o.every_n_steps, burst=o.burst_length, warmup=o.warmup,
+          b1=c(ctx).adam_b1, b2=c(ctx).adam_b2, eps=c(ctx).adam_eps,
+          keys=ADAM_KEYS + (ADAM_REFERENCE_KEYS if ctx.reference else ())),
+      needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS,
+                           optimizers=registry.ADAM_FAMILY, fixed_steps=True),
+      groups=('interventions',), rank=220, options=BurstOptions)
+
+
+_register()

@@ -125,3 +125,17 @@ class Attention:
     m.update({'sv_concentration': np.mean(conc), 'effective_rank': np.mean(rank),
               'top5_explained_var': np.mean(top5)})
     return {k: float(v) if np.ndim(v) == 0 else v for k, v in m.items()}
+
+
+# -- declarations (probes.registry) -----------------------------------------------------------
+
+def _register():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  needs = registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS)
+  registry.register('attention', lambda ctx, _: Attention(ctx.model), needs=needs,
+                    groups=('observers',), rank=40)
+  registry.register('weight_tracking', lambda ctx, _: WeightTracking(ctx.model), needs=needs,
+                    groups=('observers',), rank=70)
+
+
+_register()

@@ -1,0 +1,191 @@
+"""The probe registry: each probe module declares its probes here, and nothing else lists them.
+
+A declaration (``register``) says, for one probe name:
+
+* ``make(ctx, options)``: builds the probe object (``ordered_jax.instrument``'s protocol)
+  from a ``Context`` (the config and what is derived from it once) and its options;
+* ``needs``: what it must have to run (``Needs``): a model, a task, an optimiser family,
+  reference weights, a fixed number of optimiser steps per epoch. ``probes.unsupported``,
+  the groups' filtering, ``probes.build``'s refusals and ``--probes_list``'s support column
+  are all read from it;
+* ``groups`` and ``rank``: the groups it joins (``observers``, ``interventions``; ``full``
+  holds both) and its place in them (the reference's hook order: the order of the keys
+  in a row);
+* ``options``: a dataclass built from ``config.probes.<options_key>`` (absent from the
+  config: its defaults), validating itself in ``__post_init__`` by raising
+  ``ConfigError(<field>, ...)``, re-raised here with its full path;
+* ``check(options, ctx)``: validation that depends on the config (bounds in p), run only
+  when the probe is enabled;
+* ``doc``: its ``probes.catalog.Probe`` entry, for a probe whose module documents itself
+  (the built-in ones are documented in ``probes/catalog.py``).
+
+So a new probe is one module that calls ``register`` (and is imported by
+``probes/__init__.py``'s list of modules, or by the user's own code before ``build``):
+docs/extending.md shows one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from ordered_jax import experiment, orderings, runs
+
+ADAM_FAMILY = ('adamw', 'adam')  # optimisers with Adam's moments in their state
+CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
+GROUP_NAMES = ('none', 'minimal', 'observers', 'interventions', 'full')
+# A group holds the probes that declare it, and those of the groups it includes.
+INCLUDES = {'full': ('observers', 'interventions')}
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+  """What a probe must have to run; the defaults mean 'anything'."""
+
+  models: tuple[str, ...] = ()      # model kinds it reads the parameters of; () = any
+  tasks: tuple[str, ...] = ()       # task base names (before ':'); () = any
+  optimizers: tuple[str, ...] = ()  # () = any
+  reference_weights: bool = False   # probes.reference_weights must be set
+  # It counts optimiser steps with one batch size (a bool, or a function of its options).
+  fixed_steps: bool | Callable[[Any], bool] = False
+  grad_mean: bool = False  # informational: the trainer reads the probe object's ``needs``
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What factories read: the config and the values derived from it once."""
+
+  config: Any
+  model: Any                # experiment.model_config(config)
+  steps_per_epoch: int
+  reference: bool           # reference ("solution") weights are configured
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  name: str
+  make: Callable[[Context, Any], Any]
+  needs: Needs = Needs()
+  groups: tuple[str, ...] = ()
+  rank: int = 1000
+  options: type | None = None
+  options_key: str | None = None   # config.probes.<key>; default: the probe's name
+  check: Callable[[Any, Context], None] | None = None
+  doc: Any = None                  # its probes.catalog.Probe (built-in ones: in catalog.py)
+  support_note: str = ''           # added to its support text, in parentheses
+
+
+_ENTRIES: dict[str, Entry] = {}
+
+
+def register(name: str, make: Callable[[Context, Any], Any], **kw) -> Entry:
+  """Declare probe ``name`` (see the module docstring); returns its entry."""
+  if name in _ENTRIES:
+    raise ValueError(f'probe {name!r} is registered twice')
+  for g in kw.get('groups', ()):
+    if g not in GROUP_NAMES:
+      raise ValueError(f'probe {name!r}: unknown group {g!r}; one of {GROUP_NAMES}')
+  entry = Entry(name, make, **kw)
+  _ENTRIES[name] = entry
+  return entry
+
+
+def unregister(name: str) -> None:
+  """Remove probe ``name`` (tests, and a notebook redefining its probe)."""
+  _ENTRIES.pop(name, None)
+
+
+def entries() -> dict[str, Entry]:
+  """Every registered probe, by name, in registration order."""
+  return dict(_ENTRIES)
+
+
+def group(name: str, reference: bool = False) -> tuple[str, ...]:
+  """The probes of group ``name`` in rank order; those needing reference weights only when
+  ``reference`` (they join their groups then, after the others)."""
+  wanted = {name, *INCLUDES.get(name, ())}
+  members = [e for e in _ENTRIES.values() if wanted & set(e.groups)
+             and (reference or not e.needs.reference_weights)]
+  return tuple(e.name for e in sorted(members, key=lambda e: (e.needs.reference_weights,
+                                                               e.rank)))
+
+
+def options_key(entry: Entry) -> str:
+  return entry.options_key or entry.name
+
+
+def options(entry: Entry, config) -> Any:
+  """``entry``'s options from ``config.probes.<key>`` (missing fields: the defaults); a bad
+  value is a ``ConfigError`` naming ``probes.<key>.<field>``."""
+  if entry.options is None:
+    return None
+  key = options_key(entry)
+  section = config.probes.get(key, {}) if 'probes' in config else {}
+  known = {f.name for f in dataclasses.fields(entry.options)}
+  try:
+    return entry.options(**{k: v for k, v in dict(section).items() if k in known})
+  except runs.ConfigError as e:
+    raise runs.ConfigError(f'probes.{key}.{e.field}',
+                           str(e).split(': ', 1)[1]) from None
+
+
+def context(config) -> Context:
+  return Context(config=config, model=experiment.model_config(config),
+                 steps_per_epoch=orderings.steps_per_epoch(runs.sizes(config)[0],
+                                                           config.batch_size),
+                 reference=bool(config.probes.reference_weights))
+
+
+def why_not(entry: Entry, config) -> str | None:
+  """Why ``entry`` cannot run with this config's model and task (None: it can)."""
+  n, model, task = entry.needs, config.model, str(config.task)
+  base = task.split(':')[0]
+  if n.models and model not in n.models:
+    if n.models == ('dln',):
+      return f'reads a deep linear network (model=dln; model is {model!r})'
+    wanted = ' or '.join(n.models)
+    what = "the reference transformer's" if n.models == ('reference',) else f'a {wanted} model\'s'
+    return f'reads {what} parameters (model is {model!r})'
+  if n.tasks and base not in n.tasks:
+    if n.tasks == CYCLIC_TASKS:
+      return f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {task!r}'
+    return f'is defined for task {" or ".join(n.tasks)}; task is {task!r}'
+  return None
+
+
+def support_text(entry: Entry) -> str:
+  """Which models, tasks and optimisers a probe runs with, in words (``--probes_list``)."""
+  n = entry.needs
+  if not n.models and not n.tasks:
+    text = 'any model, any task'
+  else:
+    text = (f'model {" or ".join(n.models)}' if n.models else 'any model') + '; ' + (
+        f'task{"s" if len(n.tasks) > 1 else ""} {", ".join(n.tasks)}' if n.tasks
+        else 'any task')
+  if entry.support_note:
+    text += f' ({entry.support_note})'
+  if n.optimizers:
+    text += f'; optimizer {" or ".join(n.optimizers)}'
+  if n.reference_weights:
+    text += '; probes.reference_weights'
+  return text
+
+
+def fixed_steps(entry: Entry, opts) -> bool:
+  f = entry.needs.fixed_steps
+  return bool(f(opts) if callable(f) else f)
+
+
+# -- validation helpers for options dataclasses ---------------------------------------------
+
+def check_int(value, field: str, lo: int, hi: int | None = None, note: str = '') -> None:
+  """``value`` is an int (not a bool) in [lo, hi]; else ``ConfigError(field, ...)``."""
+  if (not isinstance(value, int) or isinstance(value, bool) or value < lo
+      or (hi is not None and value > hi)):
+    allowed = f'an integer >= {lo}' if hi is None else f'an integer in [{lo}, {hi}]'
+    raise runs.ConfigError(field, f'must be {allowed}{note}; got {value!r}')
+
+
+def check_bool(value, field: str) -> None:
+  if not isinstance(value, bool):
+    raise runs.ConfigError(field, f'must be true or false; got {value!r}')

@@ -1,0 +1,56 @@
+"""The task registry (issue 15 part 1): a task kind is declared once, with its parser and
+description; parse_task, --list and the error text read the registry."""
+
+import os
+import re
+import types
+
+import pytest
+
+from ordered_jax import listing, tasks
+from tests.conftest import ROOT
+
+
+def test_the_built_in_kinds_are_registered_in_order_with_a_description():
+  assert tuple(tasks.KINDS)[:len(tasks.TASK_NAMES)] == tasks.TASK_NAMES
+  rows = {t: r for t, _, r in listing.sections()}
+  assert list(rows['Tasks']) == list(tasks.KINDS)
+  assert all(rows['Tasks'].values())
+
+
+@pytest.mark.parametrize('spec', ['add:3', 'poly', 'sym', 'nope:1', 'Add'])
+def test_a_spec_its_kind_does_not_take_is_one_line(spec):
+  with pytest.raises(ValueError, match=r"^task: must be one of add, .*; got '") as e:
+    tasks.parse_task(spec, 13)
+  assert '\n' not in str(e.value)
+
+
+def test_registering_twice_or_a_bad_name_is_refused():
+  with pytest.raises(ValueError, match='registered twice'):
+    tasks.register_kind('add', lambda arg, **kw: None, 'again')
+  with pytest.raises(ValueError, match='lower-case'):
+    tasks.register_kind('Bad-Name', lambda arg, **kw: None, 'bad')
+
+
+def test_the_extending_pages_task_is_one_working_file():
+  """docs/extending.md's task (its third python block) registers, is listed and named in
+  the error text, and its test (the fourth block) passes; the registry is left as it
+  was."""
+  text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
+  module_src, test_src = re.findall(r'```python\n(.*?)```', text, re.S)[2:4]
+  assert 'def parse(arg' in module_src and 'def test_xor_tables' in test_src
+  try:
+    exec(compile(module_src, 'xor.py', 'exec'),  # pylint: disable=exec-used
+         types.ModuleType('xor').__dict__)
+    assert 'xor' in {n for t, _, r in listing.sections() if t == 'Tasks' for n in r}
+    with pytest.raises(ValueError, match=r', or xor; got'):
+      tasks.parse_task('nope', 13)
+    with pytest.raises(ValueError, match=r'xor:N needs an integer 1 <= N <= 15'):
+      tasks.parse_task('xor:16', 13)
+    scope = {}
+    exec(compile(test_src, 'test_xor.py', 'exec'), scope)  # pylint: disable=exec-used
+    scope['test_xor_tables_against_numpy']()
+    scope['test_xor_builds_a_run']()
+  finally:
+    tasks.unregister_kind('xor')
+  assert 'xor' not in tasks.KINDS
