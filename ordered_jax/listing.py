@@ -19,12 +19,6 @@ MODELS = {
     'gpt2_resv': 'gpt2 with a value residual: ResFormer (mixed with layer 0\'s values) or SVFormer',
     'dln': 'deep linear network (Training-Dynamics): dln.depth bias-free layers, N(0, width^-gamma) init',
 }
-OPTIMIZERS = {
-    'adamw': 'AdamW, decoupled weight decay (the paper\'s)',
-    'adam': 'PyTorch Adam, coupled L2 weight decay',
-    'sgd': 'PyTorch SGD with heavy-ball momentum, coupled L2',
-    'muon': 'optax Muon on 2-D parameters, Adam on the rest',
-}
 SCHEDULES = {
     'cosine': 'cosine from lr to min_lr over epochs, stepped per epoch (the paper\'s)',
     'cosine_step': 'the same, stepped per optimiser step',
@@ -56,7 +50,7 @@ def sections() -> list[tuple[str, str, dict[str, str]]]:
       ('Models', 'model', pick(models.MODEL_KINDS, MODELS)),
       ('Orderings', 'strategy (a name, a comma list or all)',
        {n: cls.description for n, cls in orderings.REGISTRY.items()}),
-      ('Optimizers', 'optimizer', pick(optim.OPTIMIZERS, OPTIMIZERS)),
+      ('Optimizers', 'optimizer', {n: k.description for n, k in optim.REGISTRY.items()}),
       ('Schedules', 'schedule', pick(optim.SCHEDULES, SCHEDULES)),
   ]
 

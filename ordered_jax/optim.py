@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-OPTIMIZERS = ('adamw', 'adam', 'sgd', 'muon')
 GROKFAST_KINDS = ('none', 'ema', 'ma')
 LOSSES = ('ce', 'mse')
 SCHEDULES = ('cosine', 'cosine_step', 'constant', 'step', 'exponential')
@@ -161,6 +160,43 @@ def grokfast_ma(window: int = 100, lamb: float = 5.0) -> optax.GradientTransform
 
 # -- optimisers ------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """The optimiser hyperparameters that are part of the compiled program (static)."""
+
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  momentum: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerKind:
+  """One optimiser: ``make(learning_rate, weight_decay, hyper) -> GradientTransformation``
+  (``learning_rate`` and ``weight_decay`` may be traced: they live in the state)."""
+
+  name: str
+  make: Any
+  description: str
+
+
+REGISTRY: dict[str, OptimizerKind] = {}
+
+
+def register_optimizer(name: str, make, description: str) -> OptimizerKind:
+  """Declare an optimiser: ``--config.optimizer=<name>`` then uses it and ``--list`` shows
+  its description (a new one is one file in ``ordered_jax/optimizer_kinds/``)."""
+  if name in REGISTRY:
+    raise ValueError(f'optimizer {name!r} is registered twice')
+  REGISTRY[name] = kind = OptimizerKind(name, make, description)
+  return kind
+
+
+def names() -> tuple[str, ...]:
+  """The registered optimisers (the built-ins first)."""
+  return tuple(REGISTRY)
+
+
 def _adam_coupled_l2(learning_rate, weight_decay, b1, b2, eps):
   """torch.optim.Adam(weight_decay=wd): the decay is added to the gradient (L2), not decoupled."""
   return optax.chain(optax.add_decayed_weights(weight_decay),
@@ -189,6 +225,17 @@ def _muon(learning_rate, weight_decay, b1, b2, eps):
                             adam_b1=b1, adam_b2=b2, adam_weight_decay=weight_decay)
 
 
+register_optimizer('adamw', lambda lr, wd, h: _adamw(lr, wd, h.b1, h.b2, h.eps),
+                   "AdamW, decoupled weight decay (the paper's)")
+register_optimizer('adam', lambda lr, wd, h: _adam_coupled_l2(lr, wd, h.b1, h.b2, h.eps),
+                   'PyTorch Adam, coupled L2 weight decay')
+register_optimizer('sgd', lambda lr, wd, h: _sgd(lr, wd, h.momentum),
+                   'PyTorch SGD with heavy-ball momentum, coupled L2')
+register_optimizer('muon', lambda lr, wd, h: _muon(lr, wd, h.b1, h.b2, h.eps),
+                   'optax Muon on 2-D parameters, Adam on the rest')
+OPTIMIZERS = names()  # the built-ins
+
+
 def make_optimizer(name: str, *, lr: float, weight_decay: float, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, momentum: float = 0.9,
                    grokfast: str = 'none', grokfast_alpha: float = 0.98,
@@ -198,8 +245,8 @@ def make_optimizer(name: str, *, lr: float, weight_decay: float, b1: float = 0.9
 
   ``grokfast`` (none | ema | ma) filters the raw gradient first (``grokfast_lamb`` is the
   filter's lambda), ``grad_clip`` > 0 then clips it to that global norm."""
-  if name not in OPTIMIZERS:
-    raise ValueError(f'optimizer must be one of {", ".join(OPTIMIZERS)}; got {name!r}')
+  if name not in REGISTRY:
+    raise ValueError(f'optimizer must be one of {", ".join(REGISTRY)}; got {name!r}')
   if grokfast not in GROKFAST_KINDS:
     raise ValueError(f'grokfast must be one of {", ".join(GROKFAST_KINDS)}; got {grokfast!r}')
   if name in ('adamw', 'adam') and grokfast == 'none' and not grad_clip:
@@ -207,13 +254,10 @@ def make_optimizer(name: str, *, lr: float, weight_decay: float, b1: float = 0.9
     inner = _adamw if name == 'adamw' else _adam_coupled_l2
     return optax.inject_hyperparams(inner, static_args=('b1', 'b2', 'eps'))(
         learning_rate=lr, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps)
+  hyper = Hyper(b1=b1, b2=b2, eps=eps, momentum=momentum)
 
   def inner(learning_rate, weight_decay):
-    if name == 'sgd':
-      base = _sgd(learning_rate, weight_decay, momentum)
-    else:
-      base = {'adamw': _adamw, 'adam': _adam_coupled_l2, 'muon': _muon}[name](
-          learning_rate, weight_decay, b1, b2, eps)
+    base = REGISTRY[name].make(learning_rate, weight_decay, hyper)
     pre = []
     if grokfast == 'ema':
       pre.append(grokfast_ema(grokfast_alpha, grokfast_lamb))
@@ -250,3 +294,15 @@ def l1_penalty(params, l1: float):
   PyTorch's abs; JAX's own abs has derivative 1 at 0)."""
   total = sum(jnp.sum(x * jax.lax.stop_gradient(jnp.sign(x))) for x in jax.tree.leaves(params))
   return l1 * total
+
+
+def _import_extensions() -> None:
+  """Optimisers beyond the built-ins: every module of ordered_jax/optimizer_kinds."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from ordered_jax import optimizer_kinds  # pylint: disable=g-import-not-at-top
+  for m in sorted(pkgutil.iter_modules(optimizer_kinds.__path__), key=lambda m: m.name):
+    importlib.import_module(f'{optimizer_kinds.__name__}.{m.name}')
+
+
+_import_extensions()

@@ -152,8 +152,8 @@ def validate(config) -> None:
   _number(config, 'mlp_dim', integer=True, lo=1)
   _number(config, 'dropout', lo=0, hi=0.99)
   _number(config, 'weight_decay', lo=0)
-  _check(config.optimizer in optim.OPTIMIZERS, 'optimizer',
-         f'must be one of {", ".join(optim.OPTIMIZERS)}; got {config.optimizer!r}')
+  _check(config.optimizer in optim.REGISTRY, 'optimizer',
+         f'must be one of {", ".join(optim.REGISTRY)}; got {config.optimizer!r}')
   _number(config, 'adam_b1', lo=0, hi=0.999999)
   _number(config, 'adam_b2', lo=0, hi=0.999999)
   _number(config, 'adam_eps', lo=0, lo_open=True)

@@ -54,3 +54,30 @@ def test_the_extending_pages_task_is_one_working_file():
   finally:
     tasks.unregister_kind('xor')
   assert 'xor' not in tasks.KINDS
+
+
+def test_a_registered_optimizer_is_validated_listed_and_built():
+  """An optimiser declared with optim.register_optimizer (issue 15 part 1) is accepted by
+  the config's validation, listed, and built with the learning rate in its state: sign
+  descent's update is -lr sign(g)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from ordered_jax import optim, runs  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  optim.register_optimizer(
+      'signsgd', lambda lr, wd, h: optax.chain(optax.scale_by_sign(),
+                                               optax.scale_by_learning_rate(lr)),
+      'sign descent')
+  try:
+    runs.validate(micro_config(optimizer='signsgd'))
+    assert {t: r for t, _, r in listing.sections()}['Optimizers']['signsgd'] == 'sign descent'
+    tx = optim.make_optimizer('signsgd', lr=0.25, weight_decay=0.0, grad_clip=1.0)
+    g = {'w': jnp.asarray([0.5, -2.0, 0.0])}
+    update, _ = tx.update(g, tx.init(g), g)
+    np.testing.assert_array_equal(update['w'], [-0.25, 0.25, 0.0])
+  finally:
+    optim.REGISTRY.pop('signsgd')
+  with pytest.raises(runs.ConfigError, match=r"config.optimizer: must be one of adamw, adam, "
+                     r"sgd, muon; got 'signsgd'"):
+    runs.validate(micro_config(optimizer='signsgd'))
