@@ -645,6 +645,86 @@ def _reference_layout(cfg: ModelConfig):
   return rows
 
 
+def _power_layout(cfg: ModelConfig):
+  """The power transformer's parameters in PyTorch-style names and layouts (Linear weights
+  [out, in]), in the order of grokk_model's named_parameters."""
+  rows = [('embedding.weight', ('embedding', 'embedding'), False),
+          ('pos_embedding', ('pos_embedding',), False)]
+  for i in range(cfg.layers):
+    pre, lay = f'layers.{i}.', ('layers', i)
+    rows += [
+        (pre + 'norm1.weight', lay + ('norm1', 'scale'), False),
+        (pre + 'norm1.bias', lay + ('norm1', 'bias'), False),
+        (pre + 'attn.qkv.weight', lay + ('attn', 'qkv', 'kernel'), True),
+        (pre + 'attn.qkv.bias', lay + ('attn', 'qkv', 'bias'), False),
+        (pre + 'attn.out.weight', lay + ('attn', 'out', 'kernel'), True),
+        (pre + 'attn.out.bias', lay + ('attn', 'out', 'bias'), False),
+        (pre + 'norm2.weight', lay + ('norm2', 'scale'), False),
+        (pre + 'norm2.bias', lay + ('norm2', 'bias'), False),
+        (pre + 'ff1.weight', lay + ('ff1', 'kernel'), True),
+        (pre + 'ff1.bias', lay + ('ff1', 'bias'), False),
+        (pre + 'ff2.weight', lay + ('ff2', 'kernel'), True),
+        (pre + 'ff2.bias', lay + ('ff2', 'bias'), False),
+    ]
+  rows += [('norm.weight', ('norm', 'scale'), False), ('norm.bias', ('norm', 'bias'), False),
+           ('head.weight', ('head', 'kernel'), True), ('head.bias', ('head', 'bias'), False)]
+  return rows
+
+
+_LAYOUTS = {'reference': _reference_layout, 'power': _power_layout}
+NAMED_MODELS = tuple(_LAYOUTS)  # the models with named parameters and roles (the probes')
+
+
+def layout(cfg: ModelConfig):
+  """(name, path in our params, transpose) of every parameter of a model with a semantic
+  view (``NAMED_MODELS``): the reference's own names, PyTorch-style names for power."""
+  if cfg.kind not in _LAYOUTS:
+    raise ValueError(f'named parameters exist for models {", ".join(_LAYOUTS)}, got '
+                     f'{cfg.kind!r}; use param_names')
+  return _LAYOUTS[cfg.kind](cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+  """A model's parameters by what they do, as names of ``layout``: probes read roles, not
+  one model's names. Matrices in PyTorch layout: ``token_embedding`` [rows >= vocab, d]
+  (its first vocab rows are the operand tokens: ``operand_rows``), ``unembedding``
+  [vocab, d] (the map into the logits), and per layer ``qkv`` [3d, d] (query, key, value
+  row blocks, heads contiguous inside each), ``attn_out`` [d, d], ``mlp_in`` [f, d],
+  ``mlp_out`` [d, f]."""
+
+  token_embedding: str
+  pos_embedding: str
+  unembedding: str
+  qkv: tuple[str, ...]
+  attn_out: tuple[str, ...]
+  mlp_in: tuple[str, ...]
+  mlp_out: tuple[str, ...]
+
+
+def roles(cfg: ModelConfig) -> Roles:
+  """The semantic view of a ``NAMED_MODELS`` model."""
+  if cfg.kind == 'reference':
+    pre = [f'transformer.layers.{i}.' for i in range(cfg.layers)]
+    return Roles('embedding.weight', 'pos_embedding', 'decoder.weight',
+                 tuple(p + 'self_attn.in_proj_weight' for p in pre),
+                 tuple(p + 'self_attn.out_proj.weight' for p in pre),
+                 tuple(p + 'linear1.weight' for p in pre), tuple(p + 'linear2.weight' for p in pre))
+  if cfg.kind == 'power':
+    pre = [f'layers.{i}.' for i in range(cfg.layers)]
+    return Roles('embedding.weight', 'pos_embedding', 'head.weight',
+                 tuple(p + 'attn.qkv.weight' for p in pre), tuple(p + 'attn.out.weight' for p in pre),
+                 tuple(p + 'ff1.weight' for p in pre), tuple(p + 'ff2.weight' for p in pre))
+  layout(cfg)  # raises the one-line error
+  raise AssertionError(cfg.kind)
+
+
+def operand_rows(e_RxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """The operand tokens' rows [vocab, d] of a token embedding (power's table adds the op
+  and '=' tokens after them; the reference's has exactly these)."""
+  return e_RxD if e_RxD.shape[0] == cfg.vocab else e_RxD[:cfg.vocab]
+
+
 def to_reference(params: Params, cfg: ModelConfig) -> dict[str, jax.Array]:
   """Our params as the reference's ``state_dict``: {name: array in PyTorch layout}."""
   out = {}

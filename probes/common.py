@@ -9,16 +9,23 @@ from ordered_jax import models
 
 
 def reference_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
-  """{reference parameter name: array in PyTorch layout} (e.g. 'embedding.weight')."""
-  return models.to_reference(tree, cfg)
+  """{parameter name: array in PyTorch layout} (``models.layout``: the reference's own
+  names, e.g. 'embedding.weight'; PyTorch-style names for the power model)."""
+  out = {}
+  for name, path, transpose in models.layout(cfg):
+    x = tree
+    for k in path:
+      x = x[k]
+    out[name] = x.T if transpose else x
+  return out
 
 
 def raw_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
-  """{reference parameter name: array in OUR layout} (no transposes): for norms, dot
+  """{parameter name: array in OUR layout} (no transposes): for norms, dot
   products and cosines, which a transpose leaves unchanged. Inside the training step this
   keeps XLA's layout choices for the gradient, and so the trajectory, as without probes."""
   out = {}
-  for name, path, _ in models._reference_layout(cfg):  # pylint: disable=protected-access
+  for name, path, _ in models.layout(cfg):
     x = tree
     for k in path:
       x = x[k]
@@ -28,7 +35,7 @@ def raw_view(tree, cfg: models.ModelConfig) -> dict[str, jax.Array]:
 
 def non_bias_names(cfg: models.ModelConfig) -> list[str]:
   """Sorted reference names without 'bias': what the reference's flat() concatenates."""
-  names = [n for n, _, _ in models._reference_layout(cfg)]  # pylint: disable=protected-access
+  names = [n for n, _, _ in models.layout(cfg)]
   return sorted(n for n in names if 'bias' not in n)
 
 

@@ -60,7 +60,9 @@ class Fourier:
   def on_epoch(self, state, info):
     p = self.cfg.vocab
     view = common.reference_view(info.params, self.cfg)
-    ph = spectrum(view['embedding.weight'])
+    roles = models.roles(self.cfg)
+    emb_PxD = models.operand_rows(view[roles.token_embedding], self.cfg)
+    ph = spectrum(emb_PxD)
     tau = SIGNIFICANCE / p
     s = math.isqrt(p)
     peak, peak_power = self._peak(ph)
@@ -76,13 +78,13 @@ class Fourier:
                                       jnp.zeros(())),
          'n_tracked_freqs': jnp.sum(tracked),
          '_newly': newly, '_tracked': tracked, '_powers': half}
-    dec = spectrum(view['decoder.weight'])
+    dec = spectrum(view[roles.unembedding])
     m.update({'decoder_spectral_entropy': _entropy(dec, p),
               'decoder_peak_frequency': self._peak(dec)[0],
               'decoder_n_significant_freqs': jnp.sum(dec > tau)})
     top1, ent = [], []
     for i in range(self.cfg.layers):
-      r_NxP = view[f'transformer.layers.{i}.linear1.weight'] @ view['embedding.weight'].T
+      r_NxP = view[roles.mlp_in[i]] @ emb_PxD.T
       pw = jnp.abs(jnp.fft.fft(r_NxP, axis=1))[:, 1:p // 2 + 1] ** 2
       q = pw / (jnp.sum(pw, axis=1, keepdims=True) + 1e-8)
       top1.append(jnp.mean(jnp.max(q, axis=1)))
@@ -107,7 +109,8 @@ class Fourier:
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
   registry.register('fourier', lambda ctx, _: Fourier(ctx.model),
-                    needs=registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS),
+                    needs=registry.Needs(models=registry.NAMED_MODELS,
+                                         tasks=registry.CYCLIC_TASKS),
                     groups=('observers',), rank=50)
 
 

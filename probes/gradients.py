@@ -110,8 +110,8 @@ class TokenGradient:
   def on_epoch(self, state, info):
     p = self.cfg.vocab
     s = math.isqrt(p)
-    r = jnp.linalg.norm(common.reference_view(info.grad_mean, self.cfg)['embedding.weight'],
-                        axis=1)
+    g_E = common.reference_view(info.grad_mean, self.cfg)[models.roles(self.cfg).token_embedding]
+    r = jnp.linalg.norm(models.operand_rows(g_E, self.cfg), axis=1)
     asc = jnp.sort(r)
     gini = (2 * jnp.sum(jnp.arange(1, p + 1) * asc) - (p + 1) * jnp.sum(r)) / (
         p * jnp.sum(r) + 1e-8)
@@ -142,14 +142,14 @@ class Phases:
   needs: frozenset = frozenset({'grad_mean'})
 
   def init(self, params):
-    emb = common.reference_view(params, self.cfg)['embedding.weight']
+    emb = common.reference_view(params, self.cfg)[models.roles(self.cfg).token_embedding]
     z = jnp.zeros((), jnp.float32)
     return {'norm': z, 'velocity': z, 'embedding': jnp.zeros_like(emb),
             'count': jnp.zeros((), jnp.int32)}
 
   def on_epoch(self, state, info):
     n = jnp.linalg.norm(common.flat_non_bias(info.grad_mean, self.cfg))
-    emb = common.reference_view(info.params, self.cfg)['embedding.weight']
+    emb = common.reference_view(info.params, self.cfg)[models.roles(self.cfg).token_embedding]
     count = state['count']
     velocity = jnp.where(count >= 1, n - state['norm'], 0.0)
     change = jnp.where(count >= 1, jnp.linalg.norm(emb - state['embedding']), 0.0)
@@ -170,7 +170,8 @@ class Phases:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS, grad_mean=True)
+  needs = registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS,
+                         grad_mean=True)
   for name, cls, rank in (('norms', Norms, 10), ('consecutive', Consecutive, 20),
                           ('variance', Variance, 30), ('phases', Phases, 60),
                           ('token_gradient', TokenGradient, 80)):

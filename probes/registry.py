@@ -29,10 +29,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ordered_jax import experiment, orderings, runs
+from ordered_jax import experiment, models, orderings, runs
 
 ADAM_FAMILY = ('adamw', 'adam')  # optimisers with Adam's moments in their state
 CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
+NAMED_MODELS = models.NAMED_MODELS  # transformers with named parameters and roles
 GROUP_NAMES = ('none', 'minimal', 'observers', 'interventions', 'full')
 # A group holds the probes that declare it, and those of the groups it includes.
 INCLUDES = {'full': ('observers', 'interventions')}
@@ -143,9 +144,10 @@ def why_not(entry: Entry, config) -> str | None:
   if n.models and model not in n.models:
     if n.models == ('dln',):
       return f'reads a deep linear network (model=dln; model is {model!r})'
-    wanted = ' or '.join(n.models)
-    what = "the reference transformer's" if n.models == ('reference',) else f'a {wanted} model\'s'
-    return f'reads {what} parameters (model is {model!r})'
+    if n.models == ('reference',):
+      return f"reads the reference transformer's parameters (model is {model!r})"
+    return (f"reads a model's named parameters (model {' or '.join(n.models)}; model is "
+            f'{model!r})')
   if n.tasks and base not in n.tasks:
     if n.tasks == CYCLIC_TASKS:
       return f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {task!r}'

@@ -99,10 +99,11 @@ class Attention:
     w = common.reference_view(info.params, self.cfg)
     m = {}
     for layer in range(self.cfg.layers):
-      qkv = w[f'transformer.layers.{layer}.self_attn.in_proj_weight']
+      qkv = w[models.roles(self.cfg).qkv[layer]]
       for block in range(3):
         m[f'{spectra.GRAM}/{layer}.{block}'] = spectra.gram(qkv[block * d:(block + 1) * d])
-    _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_BxC[:, :2], return_attn=True)
+    _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_BxC[:, :self.cfg.n_ops],
+                                     return_attn=True)
     ent = -jnp.sum(attn_LxBxHxTxT * jnp.log(attn_LxBxHxTxT + 1e-12), axis=-1) / math.log(2)
     ent_L = jnp.mean(ent, axis=(1, 2, 3))
     var_L = jnp.mean(jnp.var(attn_LxBxHxTxT, axis=1, ddof=1), axis=(1, 2, 3))
@@ -131,7 +132,7 @@ class Attention:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(models=('reference',), tasks=registry.CYCLIC_TASKS)
+  needs = registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS)
   registry.register('attention', lambda ctx, _: Attention(ctx.model), needs=needs,
                     groups=('observers',), rank=40)
   registry.register('weight_tracking', lambda ctx, _: WeightTracking(ctx.model), needs=needs,

@@ -27,7 +27,10 @@ def test_groups_keep_the_reference_hook_order():
 
 
 @pytest.mark.parametrize('model,task,probe,why', [
-    ('mlp', 'add', 'fourier', "reads the reference transformer's parameters (model is 'mlp')"),
+    ('mlp', 'add', 'fourier', "reads a model's named parameters (model reference or power; "
+                              "model is 'mlp')"),
+    ('power', 'add', 'progress', "reads the reference transformer's parameters (model is "
+                                 "'power')"),
     ('reference', 'sym:3', 'norms', 'needs a two-operand task over Z_p'),
     ('reference', 'sub', 'progress', "is defined for task add; task is 'sub'"),
     ('reference', 'add', 'dln', "reads a deep linear network (model=dln; model is 'reference')"),
@@ -62,7 +65,7 @@ def test_a_declared_probe_is_refused_where_its_needs_are_not_met():
       registry.register('only_mlp_sgd', lambda ctx, o: None)
     c = micro_config()
     c.probes.names = 'only_mlp_sgd'
-    with pytest.raises(runs.ConfigError, match="reads a mlp model's parameters"):
+    with pytest.raises(runs.ConfigError, match=r"named parameters \(model mlp; model is"):
       probes.build(c)
     c = micro_config(model='mlp')
     c.probes.names = 'only_mlp_sgd'

@@ -26,13 +26,18 @@ def test_tian_sqr_mlp_reaches_100_percent_on_add_mod_23(tmp_path):
 ])
 def test_models_and_tasks_train_and_probe(overrides, tmp_path):
   """Two epochs train (finite accuracies, the task's own sizes); the full probe group keeps
-  only the model-agnostic probes (which run, on the MLP) and naming another one stops."""
+  what the model and task can run: on power over Z_p every probe but the progress measures
+  (defined for the reference on add), elsewhere only the model-agnostic probes (which run,
+  on the MLP), and naming another one stops."""
   c = micro_config(epochs=2, probe_every=1, **overrides)
   with c.unlocked():
     c.probes.group = 'full'
   built = probes.build(c)
-  assert {p.name for p in built} == set(probes.MODEL_AGNOSTIC) & set(probes.GROUPS['full'])  # the others need the
-  # reference on Z_p; the model-agnostic probes run on one of the models (compile time).
+  if overrides['model'] == 'power':
+    assert [p.name for p in built] == [n for n in probes.GROUPS['full'] if n != 'progress']
+  else:
+    assert {p.name for p in built} == set(probes.MODEL_AGNOSTIC) & set(probes.GROUPS['full'])
+  # The model-agnostic probes run on one of the models (compile time).
   (s,) = experiment.run(c, str(tmp_path), quiet=True,
                         probes=built if overrides['model'] == 'mlp' else [])
   assert s['training']['epochs_trained'] == 2
@@ -40,6 +45,6 @@ def test_models_and_tasks_train_and_probe(overrides, tmp_path):
   n_train, _ = runs.sizes(c)
   assert s['training']['steps_per_epoch'] == -(-n_train // c.batch_size)
   with c.unlocked():
-    c.probes.names = 'fourier'
-  with pytest.raises(runs.ConfigError, match="probe 'fourier'"):
+    c.probes.names = 'fourier' if overrides['model'] != 'power' else 'progress'
+  with pytest.raises(runs.ConfigError, match="probe '(fourier|progress)'"):
     probes.build(c)
