@@ -645,9 +645,12 @@ def _reference_layout(cfg: ModelConfig):
   return rows
 
 
-def _power_layout(cfg: ModelConfig):
-  """The power transformer's parameters in PyTorch-style names and layouts (Linear weights
-  [out, in]), in the order of grokk_model's named_parameters."""
+def _decoder_layout(cfg: ModelConfig):
+  """The decoder-only transformers' (power, gpt2, gpt2_resv) parameters in PyTorch-style
+  names and layouts (Linear weights [out, in]). gpt2's MLP is fc1/fc2, its head has no
+  bias and is absent when tied to the token embedding; gpt2_resv's later layers add the
+  scalar ``attn.lam``."""
+  ff = ('ff1', 'ff2') if cfg.kind == 'power' else ('fc1', 'fc2')
   rows = [('embedding.weight', ('embedding', 'embedding'), False),
           ('pos_embedding', ('pos_embedding',), False)]
   for i in range(cfg.layers):
@@ -659,25 +662,34 @@ def _power_layout(cfg: ModelConfig):
         (pre + 'attn.qkv.bias', lay + ('attn', 'qkv', 'bias'), False),
         (pre + 'attn.out.weight', lay + ('attn', 'out', 'kernel'), True),
         (pre + 'attn.out.bias', lay + ('attn', 'out', 'bias'), False),
+    ]
+    if cfg.kind == 'gpt2_resv' and i > 0 and cfg.value_mode == 'resformer':
+      rows.append((pre + 'attn.lam', lay + ('attn', 'lam'), False))
+    rows += [
         (pre + 'norm2.weight', lay + ('norm2', 'scale'), False),
         (pre + 'norm2.bias', lay + ('norm2', 'bias'), False),
-        (pre + 'ff1.weight', lay + ('ff1', 'kernel'), True),
-        (pre + 'ff1.bias', lay + ('ff1', 'bias'), False),
-        (pre + 'ff2.weight', lay + ('ff2', 'kernel'), True),
-        (pre + 'ff2.bias', lay + ('ff2', 'bias'), False),
+        (pre + f'{ff[0]}.weight', lay + (ff[0], 'kernel'), True),
+        (pre + f'{ff[0]}.bias', lay + (ff[0], 'bias'), False),
+        (pre + f'{ff[1]}.weight', lay + (ff[1], 'kernel'), True),
+        (pre + f'{ff[1]}.bias', lay + (ff[1], 'bias'), False),
     ]
-  rows += [('norm.weight', ('norm', 'scale'), False), ('norm.bias', ('norm', 'bias'), False),
-           ('head.weight', ('head', 'kernel'), True), ('head.bias', ('head', 'bias'), False)]
+  rows += [('norm.weight', ('norm', 'scale'), False), ('norm.bias', ('norm', 'bias'), False)]
+  if cfg.kind == 'power':
+    rows += [('head.weight', ('head', 'kernel'), True), ('head.bias', ('head', 'bias'), False)]
+  elif not cfg.tied_head:
+    rows.append(('head.weight', ('head', 'kernel'), True))
   return rows
 
 
-_LAYOUTS = {'reference': _reference_layout, 'power': _power_layout}
+_LAYOUTS = {'reference': _reference_layout, 'power': _decoder_layout,
+            'gpt2': _decoder_layout, 'gpt2_resv': _decoder_layout}
 NAMED_MODELS = tuple(_LAYOUTS)  # the models with named parameters and roles (the probes')
 
 
 def layout(cfg: ModelConfig):
   """(name, path in our params, transpose) of every parameter of a model with a semantic
-  view (``NAMED_MODELS``): the reference's own names, PyTorch-style names for power."""
+  view (``NAMED_MODELS``): the reference's own names, PyTorch-style names for the
+  decoder-only transformers."""
   if cfg.kind not in _LAYOUTS:
     raise ValueError(f'named parameters exist for models {", ".join(_LAYOUTS)}, got '
                      f'{cfg.kind!r}; use param_names')
@@ -691,7 +703,8 @@ class Roles:
   (its first vocab rows are the operand tokens: ``operand_rows``), ``unembedding``
   [vocab, d] (the map into the logits), and per layer ``qkv`` [3d, d] (query, key, value
   row blocks, heads contiguous inside each), ``attn_out`` [d, d], ``mlp_in`` [f, d],
-  ``mlp_out`` [d, f]."""
+  ``mlp_out`` [d, f]. A tied head (gpt2) is the token embedding: ``unembedding`` names it
+  (take its ``operand_rows``)."""
 
   token_embedding: str
   pos_embedding: str
@@ -710,11 +723,14 @@ def roles(cfg: ModelConfig) -> Roles:
                  tuple(p + 'self_attn.in_proj_weight' for p in pre),
                  tuple(p + 'self_attn.out_proj.weight' for p in pre),
                  tuple(p + 'linear1.weight' for p in pre), tuple(p + 'linear2.weight' for p in pre))
-  if cfg.kind == 'power':
+  if cfg.kind in ('power', 'gpt2', 'gpt2_resv'):
     pre = [f'layers.{i}.' for i in range(cfg.layers)]
-    return Roles('embedding.weight', 'pos_embedding', 'head.weight',
+    ff = ('ff1', 'ff2') if cfg.kind == 'power' else ('fc1', 'fc2')
+    tied = cfg.kind != 'power' and cfg.tied_head  # the head is the embedding's first rows
+    return Roles('embedding.weight', 'pos_embedding',
+                 'embedding.weight' if tied else 'head.weight',
                  tuple(p + 'attn.qkv.weight' for p in pre), tuple(p + 'attn.out.weight' for p in pre),
-                 tuple(p + 'ff1.weight' for p in pre), tuple(p + 'ff2.weight' for p in pre))
+                 tuple(p + f'{ff[0]}.weight' for p in pre), tuple(p + f'{ff[1]}.weight' for p in pre))
   layout(cfg)  # raises the one-line error
   raise AssertionError(cfg.kind)
 

@@ -78,7 +78,7 @@ class Fourier:
                                       jnp.zeros(())),
          'n_tracked_freqs': jnp.sum(tracked),
          '_newly': newly, '_tracked': tracked, '_powers': half}
-    dec = spectrum(view[roles.unembedding])
+    dec = spectrum(models.operand_rows(view[roles.unembedding], self.cfg))
     m.update({'decoder_spectral_entropy': _entropy(dec, p),
               'decoder_peak_frequency': self._peak(dec)[0],
               'decoder_n_significant_freqs': jnp.sum(dec > tau)})

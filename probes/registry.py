@@ -146,13 +146,18 @@ def why_not(entry: Entry, config) -> str | None:
       return f'reads a deep linear network (model=dln; model is {model!r})'
     if n.models == ('reference',):
       return f"reads the reference transformer's parameters (model is {model!r})"
-    return (f"reads a model's named parameters (model {' or '.join(n.models)}; model is "
-            f'{model!r})')
+    return f"reads a model's named parameters (model {_or(n.models)}; model is {model!r})"
   if n.tasks and base not in n.tasks:
     if n.tasks == CYCLIC_TASKS:
       return f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {task!r}'
     return f'is defined for task {" or ".join(n.tasks)}; task is {task!r}'
   return None
+
+
+def _or(names) -> str:
+  """'a', 'a or b', 'a, b or c'."""
+  names = list(names)
+  return names[0] if len(names) == 1 else f'{", ".join(names[:-1])} or {names[-1]}'
 
 
 def support_text(entry: Entry) -> str:
@@ -161,7 +166,7 @@ def support_text(entry: Entry) -> str:
   if not n.models and not n.tasks:
     text = 'any model, any task'
   else:
-    text = (f'model {" or ".join(n.models)}' if n.models else 'any model') + '; ' + (
+    text = (f'model {_or(n.models)}' if n.models else 'any model') + '; ' + (
         f'task{"s" if len(n.tasks) > 1 else ""} {", ".join(n.tasks)}' if n.tasks
         else 'any task')
   if entry.support_note:

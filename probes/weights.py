@@ -100,7 +100,7 @@ class Attention:
     m = {}
     for layer in range(self.cfg.layers):
       qkv = w[models.roles(self.cfg).qkv[layer]]
-      for block in range(3):
+      for block in range(qkv.shape[0] // d):  # Q, K, V (svformer's later layers: Q, K)
         m[f'{spectra.GRAM}/{layer}.{block}'] = spectra.gram(qkv[block * d:(block + 1) * d])
     _, attn_LxBxHxTxT = info.apply(info.params, info.first_batch_BxC[:, :self.cfg.n_ops],
                                      return_attn=True)

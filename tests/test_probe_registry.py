@@ -27,8 +27,8 @@ def test_groups_keep_the_reference_hook_order():
 
 
 @pytest.mark.parametrize('model,task,probe,why', [
-    ('mlp', 'add', 'fourier', "reads a model's named parameters (model reference or power; "
-                              "model is 'mlp')"),
+    ('mlp', 'add', 'fourier', "reads a model's named parameters (model reference, power, "
+                              "gpt2 or gpt2_resv; model is 'mlp')"),
     ('power', 'add', 'progress', "reads the reference transformer's parameters (model is "
                                  "'power')"),
     ('reference', 'sym:3', 'norms', 'needs a two-operand task over Z_p'),

@@ -19,6 +19,24 @@ PROBED = ('norms', 'consecutive', 'variance', 'attention', 'fourier', 'phases',
           'counterfactual', 'adam_dynamics')
 
 
+@pytest.mark.parametrize('kind,tied,mode', [('gpt2', True, 'resformer'),
+                                            ('gpt2_resv', False, 'resformer'),
+                                            ('gpt2_resv', True, 'svformer')])
+def test_the_gpt2_layouts_name_every_parameter_once(kind, tied, mode):
+  cfg = models.ModelConfig(vocab=13, embed_dim=16, num_heads=2, layers=2, mlp_dim=32,
+                           kind=kind, tied_head=tied, value_mode=mode)
+  params = models.Model(cfg).init(jax.random.key(0))
+  view = common.reference_view(params, cfg)
+  assert len(view) == len(jax.tree.leaves(params))
+  assert sum(v.size for v in view.values()) == models.param_count(params)
+  r = models.roles(cfg)
+  assert r.unembedding == ('embedding.weight' if tied else 'head.weight')
+  assert models.operand_rows(view[r.unembedding], cfg).shape == (13, 16)
+  assert view[r.qkv[1]].shape == ((2 if mode == 'svformer' and kind == 'gpt2_resv' else 3)
+                                  * 16, 16)
+  assert view[r.mlp_in[0]].shape == (32, 16)
+
+
 def test_the_power_layout_names_every_parameter_once_in_pytorch_layout():
   params = models.Model(POWER).init(jax.random.key(0))
   view = common.reference_view(params, POWER)
@@ -40,7 +58,8 @@ def test_the_power_layout_names_every_parameter_once_in_pytorch_layout():
       x @ np.asarray(view['layers.0.attn.qkv.weight']).T + np.asarray(view['layers.0.attn.qkv.bias']),
       x @ np.asarray(params['layers'][0]['attn']['qkv']['kernel'])
       + np.asarray(params['layers'][0]['attn']['qkv']['bias']), rtol=1e-5)
-  with pytest.raises(ValueError, match="named parameters exist for models reference, power"):
+  with pytest.raises(ValueError, match="named parameters exist for models reference, power, "
+                     "gpt2, gpt2_resv"):
     models.roles(models.ModelConfig(vocab=13, kind='mlp'))
 
 
@@ -62,10 +81,13 @@ def test_fourier_on_power_reads_the_operand_rows():
                              / math.log(POWER.vocab), rtol=1e-5)
 
 
-def test_the_transformer_probes_run_on_power(tmp_path):
-  """Two probed epochs of the power transformer with every probe the issue names (the
-  step bursts made to fire): each writes its keys, finite, under the power model's names."""
-  c = micro_config(model='power', epochs=2, probe_every=1)
+@pytest.mark.parametrize('model,tied,mode', [('power', True, 'resformer'),
+                                             ('gpt2_resv', False, 'svformer')])
+def test_the_transformer_probes_run_on_decoders(model, tied, mode, tmp_path):
+  """Two probed epochs of a decoder-only transformer with every probe the issue names (the
+  step bursts made to fire): each writes its keys, finite, under the model's names."""
+  c = micro_config(model=model, epochs=2, probe_every=1)
+  c.gpt2.tied_head, c.gpt2.value_mode = tied, mode
   c.probes.names = ','.join(PROBED)
   for burst in (c.probes.hessian, c.probes.adam_dynamics):
     burst.every_n_steps, burst.burst_length, burst.warmup = 2, 2, 0
@@ -76,8 +98,9 @@ def test_the_transformer_probes_run_on_power(tmp_path):
   keys = set().union(*rows)
   for name in PROBED:
     assert any(k.startswith(name + '/') for k in keys), name
-  assert 'norms/norm_layers.0.attn.qkv.weight' in keys
+  assert 'norms/norm_layers.1.attn.qkv.weight' in keys
   assert 'weight_tracking/weight_norm/head.weight' in keys
+  assert f'norms/norm_layers.0.{"ff1" if model == "power" else "fc1"}.weight' in keys
   for row in rows:
     for k, v in row.items():
       if k.split('/')[0] in PROBED and isinstance(v, float):
