@@ -59,7 +59,11 @@ def param_count(config) -> int:
     if config.model == 'gpt2_resv' and layers > 1:  # per later layer: lam, or no V (d x d + d)
       n += (layers - 1) * (1 if config.gpt2.value_mode == 'resformer' else -(d * d + d))
     return n
-  return v * d + k * d + _count_layers(d, f, layers) + d * v + v
+  if config.model == 'reference':
+    return v * d + k * d + _count_layers(d, f, layers) + d * v + v
+  # A registered model: its shapes, traced without allocating them.
+  from ordered_jax import experiment  # pylint: disable=g-import-not-at-top
+  return models.param_count(models.Model(experiment.model_config(config)).abstract_params())
 
 
 def _state_copies(config) -> int:
@@ -98,7 +102,7 @@ def estimate(config, n_runs: int = 1) -> dict[str, int]:
   ``host_data`` (generating the tables)."""
   t = runs.task(config)
   n_train, n_test = runs.sizes(config)
-  tokens = 2 * t.n_ops if config.model in models.SEQUENCE_MODELS else t.n_ops
+  tokens = 2 * t.n_ops if models.is_sequence(config.model) else t.n_ops
   width = 6 * config.embed_dim + config.mlp_dim
   acts = _largest_batch(config) * (tokens * width * config.layers + 2 * t.order) * 3
   evals = min(config.eval_batch_size, n_train + n_test) * (tokens * width + t.order)

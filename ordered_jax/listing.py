@@ -1,7 +1,7 @@
 """``python main.py --list``: what can be run (configs, tasks, models, orderings,
 optimisers, schedules), as Rich tables. The names come from the library's own tuples and
-registries; this module adds a line of description to each (the orderings and task kinds
-carry their own; a test checks none is missing)."""
+registries; this module adds a line of description to each (the orderings, task kinds,
+models and optimisers carry their own; a test checks none is missing)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MODELS = {
-    'reference': 'the paper\'s GrokkingTransformer (encoder, mean-pooled, then a decoder to the classes)',
-    'power': 'Power et al.\'s decoder-only transformer (causal, GELU, final LayerNorm)',
-    'mlp': 'Tian\'s two-layer network (sqr, relu, silu or relusqr)',
-    'gpt2': 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, tied or untied head)',
-    'gpt2_resv': 'gpt2 with a value residual: ResFormer (mixed with layer 0\'s values) or SVFormer',
-    'dln': 'deep linear network (Training-Dynamics): dln.depth bias-free layers, N(0, width^-gamma) init',
-}
 SCHEDULES = {
     'cosine': 'cosine from lr to min_lr over epochs, stepped per epoch (the paper\'s)',
     'cosine_step': 'the same, stepped per optimiser step',
@@ -47,7 +39,7 @@ def sections() -> list[tuple[str, str, dict[str, str]]]:
   return [
       ('Configs', '--config', configs()),
       ('Tasks', 'task', {n: k.description for n, k in tasks.KINDS.items()}),
-      ('Models', 'model', pick(models.MODEL_KINDS, MODELS)),
+      ('Models', 'model', {n: k.description for n, k in models.REGISTRY.items()}),
       ('Orderings', 'strategy (a name, a comma list or all)',
        {n: cls.description for n, cls in orderings.REGISTRY.items()}),
       ('Optimizers', 'optimizer', {n: k.description for n, k in optim.REGISTRY.items()}),

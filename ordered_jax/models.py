@@ -36,6 +36,7 @@ Params = Any  # nested dict of arrays, as produced by nnx.State.to_pure_dict()
 MODEL_KINDS = ('reference', 'power', 'mlp', 'gpt2', 'gpt2_resv', 'dln')
 VALUE_MODES = ('resformer', 'svformer')  # gpt2_resv's value path
 SEQUENCE_MODELS = ('power', 'gpt2', 'gpt2_resv')  # [a, op, b, =]: 2K positions
+BUILT_IN_ATTENTION = ('reference', 'power', 'gpt2', 'gpt2_resv')  # embed_dim % num_heads == 0
 ACTIVATIONS = ('sqr', 'relu', 'silu', 'relusqr')
 
 
@@ -536,8 +537,48 @@ def dln_product(params: Params) -> jax.Array:
   return out
 
 
-_MODULES = {'reference': Transformer, 'power': PowerTransformer, 'mlp': TwoLayerMLP,
-            'gpt2': GPT2, 'gpt2_resv': GPT2ResV, 'dln': DeepLinearNetwork}
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  """One model: ``module(cfg, rngs=)`` an NNX module whose ``__call__(x_BxK, key=None,
+  return_attn=False)`` gives logits [B, vocab] (and the attention probabilities [L, B, H,
+  T, T], or None, when asked); ``sequence``: it reads the sequence [a, op, b, =] (2K
+  positions, for the memory estimate); ``layout`` and ``roles`` (functions of the
+  ModelConfig, see ``layout`` and ``Roles``): its semantic view, which the transformer
+  probes read (None: only the model-agnostic probes run on it)."""
+
+  name: str
+  module: type
+  description: str
+  sequence: bool = False
+  layout: Any = None
+  roles: Any = None
+
+
+REGISTRY: dict[str, ModelKind] = {}
+
+
+def register_model(name: str, module: type, description: str, *, sequence: bool = False,
+                   layout=None, roles=None) -> ModelKind:
+  """Declare a model: ``--config.model=<name>`` builds it (sized by the config's
+  embed_dim, num_heads, layers, mlp_dim, dropout and the task's vocabulary and operands)
+  and ``--list`` shows its description; a new one is one file in
+  ``ordered_jax/model_kinds/`` (docs/extending.md)."""
+  if name in REGISTRY:
+    raise ValueError(f'model {name!r} is registered twice')
+  if (layout is None) != (roles is None):
+    raise ValueError(f'model {name!r}: give both layout and roles, or neither')
+  REGISTRY[name] = kind = ModelKind(name, module, description, sequence, layout, roles)
+  return kind
+
+
+def is_sequence(kind: str) -> bool:
+  """Whether model ``kind`` reads [a, op, b, =] (2K positions) rather than K operands."""
+  return kind in REGISTRY and REGISTRY[kind].sequence
+
+
+def named_models() -> tuple[str, ...]:
+  """The models with a semantic view (``layout`` and ``roles``), the built-ins first."""
+  return tuple(n for n, k in REGISTRY.items() if k.layout is not None)
 
 
 class Model:
@@ -545,19 +586,19 @@ class Model:
   ``apply(params, x)``. Params are a plain nested dict (``nnx.to_pure_dict``)."""
 
   def __init__(self, cfg: ModelConfig):
-    if cfg.kind not in MODEL_KINDS:
-      raise ValueError(f'kind must be one of {MODEL_KINDS}, got {cfg.kind!r}')
+    if cfg.kind not in REGISTRY:
+      raise ValueError(f'kind must be one of {tuple(REGISTRY)}, got {cfg.kind!r}')
     if cfg.activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {cfg.activation!r}')
     if cfg.n_ops < 1:
       raise ValueError(f'n_ops must be >= 1, got {cfg.n_ops}')
     if cfg.kind == 'dln' and min(cfg.depth, cfg.width) < 1:
       raise ValueError(f'dln depth and width must be >= 1, got {cfg.depth}, {cfg.width}')
-    if cfg.kind not in ('mlp', 'dln') and cfg.embed_dim % cfg.num_heads:
+    if cfg.kind in BUILT_IN_ATTENTION and cfg.embed_dim % cfg.num_heads:
       raise ValueError(f'embed_dim ({cfg.embed_dim}) must be divisible by num_heads '
                        f'({cfg.num_heads})')
     self.cfg = cfg
-    self._module = _MODULES[cfg.kind]
+    self._module = REGISTRY[cfg.kind].module
     abstract = nnx.eval_shape(lambda: self._module(cfg, rngs=nnx.Rngs(0)))
     self.graphdef, self._abstract_state = nnx.split(abstract)
 
@@ -681,19 +722,15 @@ def _decoder_layout(cfg: ModelConfig):
   return rows
 
 
-_LAYOUTS = {'reference': _reference_layout, 'power': _decoder_layout,
-            'gpt2': _decoder_layout, 'gpt2_resv': _decoder_layout}
-NAMED_MODELS = tuple(_LAYOUTS)  # the models with named parameters and roles (the probes')
-
-
 def layout(cfg: ModelConfig):
   """(name, path in our params, transpose) of every parameter of a model with a semantic
-  view (``NAMED_MODELS``): the reference's own names, PyTorch-style names for the
+  view (``named_models()``): the reference's own names, PyTorch-style names for the
   decoder-only transformers."""
-  if cfg.kind not in _LAYOUTS:
-    raise ValueError(f'named parameters exist for models {", ".join(_LAYOUTS)}, got '
+  kind = REGISTRY.get(cfg.kind)
+  if kind is None or kind.layout is None:
+    raise ValueError(f'named parameters exist for models {", ".join(named_models())}, got '
                      f'{cfg.kind!r}; use param_names')
-  return _LAYOUTS[cfg.kind](cfg)
+  return kind.layout(cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -716,23 +753,26 @@ class Roles:
 
 
 def roles(cfg: ModelConfig) -> Roles:
-  """The semantic view of a ``NAMED_MODELS`` model."""
-  if cfg.kind == 'reference':
-    pre = [f'transformer.layers.{i}.' for i in range(cfg.layers)]
-    return Roles('embedding.weight', 'pos_embedding', 'decoder.weight',
-                 tuple(p + 'self_attn.in_proj_weight' for p in pre),
-                 tuple(p + 'self_attn.out_proj.weight' for p in pre),
-                 tuple(p + 'linear1.weight' for p in pre), tuple(p + 'linear2.weight' for p in pre))
-  if cfg.kind in ('power', 'gpt2', 'gpt2_resv'):
-    pre = [f'layers.{i}.' for i in range(cfg.layers)]
-    ff = ('ff1', 'ff2') if cfg.kind == 'power' else ('fc1', 'fc2')
-    tied = cfg.kind != 'power' and cfg.tied_head  # the head is the embedding's first rows
-    return Roles('embedding.weight', 'pos_embedding',
-                 'embedding.weight' if tied else 'head.weight',
-                 tuple(p + 'attn.qkv.weight' for p in pre), tuple(p + 'attn.out.weight' for p in pre),
-                 tuple(p + f'{ff[0]}.weight' for p in pre), tuple(p + f'{ff[1]}.weight' for p in pre))
-  layout(cfg)  # raises the one-line error
-  raise AssertionError(cfg.kind)
+  """The semantic view of a ``named_models()`` model."""
+  layout(cfg)  # the one-line error for a model without a view
+  return REGISTRY[cfg.kind].roles(cfg)
+
+
+def _reference_roles(cfg: ModelConfig) -> Roles:
+  pre = [f'transformer.layers.{i}.' for i in range(cfg.layers)]
+  return Roles('embedding.weight', 'pos_embedding', 'decoder.weight',
+               tuple(p + 'self_attn.in_proj_weight' for p in pre),
+               tuple(p + 'self_attn.out_proj.weight' for p in pre),
+               tuple(p + 'linear1.weight' for p in pre), tuple(p + 'linear2.weight' for p in pre))
+
+
+def _decoder_roles(cfg: ModelConfig) -> Roles:
+  pre = [f'layers.{i}.' for i in range(cfg.layers)]
+  ff = ('ff1', 'ff2') if cfg.kind == 'power' else ('fc1', 'fc2')
+  tied = cfg.kind != 'power' and cfg.tied_head  # the head is the embedding's first rows
+  return Roles('embedding.weight', 'pos_embedding', 'embedding.weight' if tied else 'head.weight',
+               tuple(p + 'attn.qkv.weight' for p in pre), tuple(p + 'attn.out.weight' for p in pre),
+               tuple(p + f'{ff[0]}.weight' for p in pre), tuple(p + f'{ff[1]}.weight' for p in pre))
 
 
 def operand_rows(e_RxD: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -762,3 +802,36 @@ def from_reference(state_dict: dict[str, Any], cfg: ModelConfig) -> Params:
       node = node.setdefault(k, {})
     node[path[-1]] = x.T if transpose else x
   return params
+
+
+# -- the built-in models, then ordered_jax/model_kinds/ ----------------------------------------
+
+register_model('reference', Transformer, "the paper's GrokkingTransformer (encoder, "
+               'mean-pooled, then a decoder to the classes)', layout=_reference_layout,
+               roles=_reference_roles)
+register_model('power', PowerTransformer, "Power et al.'s decoder-only transformer (causal, "
+               'GELU, final LayerNorm)', sequence=True, layout=_decoder_layout,
+               roles=_decoder_roles)
+register_model('mlp', TwoLayerMLP, "Tian's two-layer network (sqr, relu, silu or relusqr)")
+register_model('gpt2', GPT2, 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, '
+               'tied or untied head)', sequence=True, layout=_decoder_layout,
+               roles=_decoder_roles)
+register_model('gpt2_resv', GPT2ResV, "gpt2 with a value residual: ResFormer (mixed with "
+               "layer 0's values) or SVFormer", sequence=True, layout=_decoder_layout,
+               roles=_decoder_roles)
+register_model('dln', DeepLinearNetwork, 'deep linear network (Training-Dynamics): dln.depth '
+               'bias-free layers, N(0, width^-gamma) init')
+assert tuple(REGISTRY) == MODEL_KINDS
+NAMED_MODELS = named_models()  # the built-ins with a semantic view
+
+
+def _import_extensions() -> None:
+  """Models beyond the built-ins: every module of ordered_jax/model_kinds."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from ordered_jax import model_kinds  # pylint: disable=g-import-not-at-top
+  for m in sorted(pkgutil.iter_modules(model_kinds.__path__), key=lambda m: m.name):
+    importlib.import_module(f'{model_kinds.__name__}.{m.name}')
+
+
+_import_extensions()

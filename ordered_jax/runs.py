@@ -123,7 +123,7 @@ def validate(config) -> None:
     _number(config, 'stop_after', integer=True, lo=0, hi=max(epochs, 0),
             what=' (and <= epochs; 0 = train to epochs)')
   _validate_interventions(config, train)
-  _one_of(config, 'model', models.MODEL_KINDS)
+  _one_of(config, 'model', tuple(models.REGISTRY))
   _one_of(config, 'mlp.activation', models.ACTIVATIONS)
   for field in ('mlp.embed_trainable', 'mlp.inner_product'):
     _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')

@@ -103,7 +103,7 @@ def run_bytes(config) -> int:
   n = budget.param_count(config)  # from the shapes: a huge config does not hang here
   copies = 4 + (1 if config.grokfast.kind == 'ema' else 0) + (
       config.grokfast.window if config.grokfast.kind == 'ma' else 0)
-  tokens = 2 * cfg.n_ops if config.model in models.SEQUENCE_MODELS else cfg.n_ops
+  tokens = 2 * cfg.n_ops if models.is_sequence(config.model) else cfg.n_ops
   width = 6 * config.embed_dim + config.mlp_dim
   acts = config.batch_size * (tokens * width * config.layers + 2 * cfg.vocab) * 3
   evals = min(config.eval_batch_size, sum(runs.sizes(config))) * (tokens * width + cfg.vocab)

@@ -34,7 +34,7 @@ GROUPS = {g: registry.group(g) for g in registry.GROUP_NAMES}
 OBSERVERS, INTERVENTIONS = GROUPS['observers'], GROUPS['interventions']
 # Probes that see the model only through its parameter vector and loss: any model, any task.
 MODEL_AGNOSTIC = tuple(n for n, e in registry.entries().items()
-                       if not e.needs.models and not e.needs.tasks)
+                       if not e.needs.models and not e.needs.named and not e.needs.tasks)
 
 
 def unsupported(config) -> dict[str, str]:

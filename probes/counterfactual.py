@@ -208,7 +208,7 @@ class Options:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS)
+  needs = registry.Needs(named=True, tasks=registry.CYCLIC_TASKS)
   registry.register(
       'counterfactual', lambda ctx, o: Counterfactual(
           ctx.model, k=o.k, window=o.window, parallel=o.parallel,

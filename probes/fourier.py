@@ -109,7 +109,7 @@ class Fourier:
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
   registry.register('fourier', lambda ctx, _: Fourier(ctx.model),
-                    needs=registry.Needs(models=registry.NAMED_MODELS,
+                    needs=registry.Needs(named=True,
                                          tasks=registry.CYCLIC_TASKS),
                     groups=('observers',), rank=50)
 

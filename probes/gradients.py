@@ -170,7 +170,7 @@ class Phases:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS,
+  needs = registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,
                          grad_mean=True)
   for name, cls, rank in (('norms', Norms, 10), ('consecutive', Consecutive, 20),
                           ('variance', Variance, 30), ('phases', Phases, 60),

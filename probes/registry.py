@@ -33,7 +33,6 @@ from ordered_jax import experiment, models, orderings, runs
 
 ADAM_FAMILY = ('adamw', 'adam')  # optimisers with Adam's moments in their state
 CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
-NAMED_MODELS = models.NAMED_MODELS  # transformers with named parameters and roles
 GROUP_NAMES = ('none', 'minimal', 'observers', 'interventions', 'full')
 # A group holds the probes that declare it, and those of the groups it includes.
 INCLUDES = {'full': ('observers', 'interventions')}
@@ -44,6 +43,8 @@ class Needs:
   """What a probe must have to run; the defaults mean 'anything'."""
 
   models: tuple[str, ...] = ()      # model kinds it reads the parameters of; () = any
+  named: bool = False               # it reads the model's semantic view (models.roles):
+                                    # any model registered with one
   tasks: tuple[str, ...] = ()       # task base names (before ':'); () = any
   optimizers: tuple[str, ...] = ()  # () = any
   reference_weights: bool = False   # probes.reference_weights must be set
@@ -141,12 +142,15 @@ def why_not(entry: Entry, config) -> str | None:
   """Why ``entry`` cannot run with this config's model and task (None: it can)."""
   n, model, task = entry.needs, config.model, str(config.task)
   base = task.split(':')[0]
+  if n.named and model not in models.named_models():
+    return (f"reads a model's named parameters (model {_or(models.named_models())}; model "
+            f'is {model!r})')
   if n.models and model not in n.models:
     if n.models == ('dln',):
       return f'reads a deep linear network (model=dln; model is {model!r})'
     if n.models == ('reference',):
       return f"reads the reference transformer's parameters (model is {model!r})"
-    return f"reads a model's named parameters (model {_or(n.models)}; model is {model!r})"
+    return f"reads the parameters of model {_or(n.models)} (model is {model!r})"
   if n.tasks and base not in n.tasks:
     if n.tasks == CYCLIC_TASKS:
       return f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {task!r}'
@@ -163,10 +167,11 @@ def _or(names) -> str:
 def support_text(entry: Entry) -> str:
   """Which models, tasks and optimisers a probe runs with, in words (``--probes_list``)."""
   n = entry.needs
-  if not n.models and not n.tasks:
+  kinds = n.models or (models.named_models() if n.named else ())
+  if not kinds and not n.tasks:
     text = 'any model, any task'
   else:
-    text = (f'model {_or(n.models)}' if n.models else 'any model') + '; ' + (
+    text = (f'model {_or(kinds)}' if kinds else 'any model') + '; ' + (
         f'task{"s" if len(n.tasks) > 1 else ""} {", ".join(n.tasks)}' if n.tasks
         else 'any task')
   if entry.support_note:

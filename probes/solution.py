@@ -150,11 +150,11 @@ def _register():
   registry.register(
       'subspace_gradient_info',
       lambda ctx, _: SubspaceGradientInfo(ctx.model, with_reference=ctx.reference),
-      needs=registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS),
+      needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS),
       groups=('observers',), rank=90)
   registry.register(
       'gradient_projection', lambda ctx, _: GradientProjection(ctx.model),
-      needs=registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS,
+      needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,
                            reference_weights=True),
       groups=('observers',), rank=400)
 

@@ -255,7 +255,7 @@ def _register():
       'hessian', lambda ctx, o: Hessian(
           ctx.steps_per_epoch, every=o.every_n_steps, burst=o.burst_length, warmup=o.warmup,
           keys=hessian_keys(ctx.model, ctx.reference), cfg=ctx.model),
-      needs=registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS,
+      needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,
                            fixed_steps=True),
       groups=('interventions',), rank=200, options=BurstOptions)
   c = lambda ctx: ctx.config  # noqa: E731
@@ -264,7 +264,7 @@ def _register():
           ctx.steps_per_epoch, every=o.every_n_steps, burst=o.burst_length, warmup=o.warmup,
           b1=c(ctx).adam_b1, b2=c(ctx).adam_b2, eps=c(ctx).adam_eps,
           keys=ADAM_KEYS + (ADAM_REFERENCE_KEYS if ctx.reference else ())),
-      needs=registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS,
+      needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,
                            optimizers=registry.ADAM_FAMILY, fixed_steps=True),
       groups=('interventions',), rank=220, options=BurstOptions)
 

@@ -132,7 +132,7 @@ class Attention:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(models=registry.NAMED_MODELS, tasks=registry.CYCLIC_TASKS)
+  needs = registry.Needs(named=True, tasks=registry.CYCLIC_TASKS)
   registry.register('attention', lambda ctx, _: Attention(ctx.model), needs=needs,
                     groups=('observers',), rank=40)
   registry.register('weight_tracking', lambda ctx, _: WeightTracking(ctx.model), needs=needs,

@@ -65,7 +65,7 @@ def test_a_declared_probe_is_refused_where_its_needs_are_not_met():
       registry.register('only_mlp_sgd', lambda ctx, o: None)
     c = micro_config()
     c.probes.names = 'only_mlp_sgd'
-    with pytest.raises(runs.ConfigError, match=r"named parameters \(model mlp; model is"):
+    with pytest.raises(runs.ConfigError, match=r"reads the parameters of model mlp \(model is "):
       probes.build(c)
     c = micro_config(model='mlp')
     c.probes.names = 'only_mlp_sgd'
