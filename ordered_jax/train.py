@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,16 @@ def make_data(train_NxC: np.ndarray, test_MxC: np.ndarray, eval_batch_size: int)
   return jax.device_put(Data(np.asarray(train_NxC, np.int32), train_chunks, train_valid,
                              test_chunks, test_valid, n_train=len(train_NxC),
                              n_test=len(test_MxC)))
+
+
+class ScanOut(NamedTuple):
+  """What ``Trainer._scan_epoch`` returns for one run."""
+
+  params: Any
+  opt_state: Any
+  probes: dict
+  loss_S: jax.Array     # each step's batch loss
+  grad_mean: Any        # the mean batch gradient, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,21 +332,55 @@ class Trainer:
     ``key``) from the run's state before ``epoch`` over the rows in ``order_N``; the run
     itself is untouched. The counterfactual probes' intervention."""
     idx_SxB, mask_SxB = orderings.batch_indices(order_N, self.hyper.batch_size)
+    return self._scan_epoch(state.params, state.opt_state, spec, data, epoch, idx_SxB,
+                            mask_SxB, lambda i: jax.random.fold_in(key, i),
+                            grad_mean=True).grad_mean
+
+  def _scan_epoch(self, params, opt_state, spec: RunSpec, data: Data, epoch, idx_SxB,
+                  mask_SxB, key_of, *, update: bool = True, grad_mean: bool = False,
+                  probes: dict | None = None, record: bool = False, active=True,
+                  online_root=None) -> 'ScanOut':
+    """The one scan over an epoch's batches (rows ``idx_SxB``, ``mask_SxB``; step i's
+    dropout key ``key_of(i)``), shared by training, the counterfactual replay and the
+    weight-only probes: with ``update`` an optimiser step per batch (the epoch's schedule
+    and the run's weight decay), else gradients at fixed ``params``; ``grad_mean``: also
+    the mean batch gradient; ``probes``: the step probes' states, advanced by ``on_step``
+    (``record``: a probe epoch); ``online_root``: draw an online teacher's batches."""
     steps = idx_SxB.shape[0]
-    opt_state, lr0 = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
+    lr0 = None
+    if update:
+      opt_state, lr0 = self._epoch_opt_state(opt_state, spec, epoch, steps)
+    probes = {} if probes is None else probes
+    grad_sum = jax.tree.map(jnp.zeros_like, params) if grad_mean else None
 
     def step(carry, xs):
-      params, opt_state, grad_sum = carry
+      params, opt_state, probes, grad_sum = carry
       i, idx_B, mask_B = xs
-      opt_state, _ = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
-      _, grads, params, opt_state = self._step(params, opt_state, data.train_NxC[idx_B],
-                                               mask_B, jax.random.fold_in(key, i))
-      return (params, opt_state, jax.tree.map(jnp.add, grad_sum, grads)), None
+      batch_BxC, step_key = data.train_NxC[idx_B], key_of(i)
+      if online_root is not None:
+        batch_BxC = self._online_batch(online_root, spec, epoch * steps + i, idx_B.shape[0])
+      if update:
+        opt_state, lr = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
+        loss, grads, new_params, opt_state = self._step(params, opt_state, batch_BxC, mask_B,
+                                                        step_key)
+      else:
+        loss, grads = jax.value_and_grad(self.loss)(params, batch_BxC, mask_B, step_key)
+        new_params, lr = params, lr0
+      if probes:
+        info = instrument.StepInfo(
+            step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
+            learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_BxC=batch_BxC,
+            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference,
+            steps=steps, record=record, active=active)
+        probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
+      if grad_sum is not None:
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (new_params, opt_state, probes, grad_sum), loss
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (_, _, grad_sum), _ = jax.lax.scan(step, (state.params, opt_state, zeros),
-                                       (jnp.arange(steps), idx_SxB, mask_SxB))
-    return jax.tree.map(lambda g: g / steps, grad_sum)
+    (params, opt_state, probes, grad_sum), loss_S = jax.lax.scan(
+        step, (params, opt_state, probes, grad_sum), (jnp.arange(steps), idx_SxB, mask_SxB))
+    return ScanOut(params, opt_state, probes, loss_S,
+                   None if grad_sum is None else jax.tree.map(lambda g: g / steps, grad_sum))
 
   def _train_epoch(self, state: RunState, spec: RunSpec, data: Data, epoch, grad_mean: bool,
                    record: bool = False):
@@ -348,36 +392,13 @@ class Trainer:
     root = jax.random.wrap_key_data(state.key)
     idx_SxB, mask_SxB = orderings.batch_indices(
         self.epoch_order(root, spec, epoch, n, self._losses(state)), h.batch_size)
-    steps = idx_SxB.shape[0]
-    opt_state, lr0 = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
-    probes = {p.name: state.probes[p.name] for p in self._step_probes}
-    grad_sum = jax.tree.map(jnp.zeros_like, state.params) if grad_mean else None
-
-    def step(carry, xs):
-      params, opt_state, probes, grad_sum = carry
-      i, idx_B, mask_B = xs
-      opt_state, lr = self._step_lr(opt_state, spec, epoch, i, steps, lr0)
-      batch_BxC, step_key = data.train_NxC[idx_B], jax.random.fold_in(epoch_key, i)
-      if h.online_teacher:
-        batch_BxC = self._online_batch(root, spec, epoch * steps + i, idx_B.shape[0])
-      loss, grads, new_params, opt_state = self._step(params, opt_state, batch_BxC, mask_B,
-                                                      step_key)
-      if self._step_probes:
-        info = instrument.StepInfo(
-            step=i, params_before=params, params_after=new_params, grads=grads, loss=loss,
-            learning_rate=lr, epoch=epoch, opt_state=opt_state, batch_BxC=batch_BxC,
-            mask_B=mask_B, dropout_key=step_key, loss_fn=self.loss, reference=spec.reference,
-            steps=steps, record=record, active=state.active)
-        probes = {p.name: p.on_step(probes[p.name], info) for p in self._step_probes}
-      if grad_sum is not None:
-        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return (new_params, opt_state, probes, grad_sum), loss
-
-    (params, opt_state, probes, grad_sum), loss_S = jax.lax.scan(
-        step, (state.params, opt_state, probes, grad_sum),
-        (jnp.arange(steps), idx_SxB, mask_SxB))
-    grad_mean = None if grad_sum is None else jax.tree.map(lambda g: g / steps, grad_sum)
+    out = self._scan_epoch(
+        state.params, state.opt_state, spec, data, epoch, idx_SxB, mask_SxB,
+        lambda i: jax.random.fold_in(epoch_key, i), grad_mean=grad_mean,
+        probes={p.name: state.probes[p.name] for p in self._step_probes}, record=record,
+        active=state.active, online_root=root if h.online_teacher else None)
+    params, opt_state, probes, loss_S, grad_mean = out
     # The reference averages batch means (its last, smaller batch weighs like the others).
     return (params, opt_state, jnp.mean(loss_S), {**state.probes, **probes}, grad_mean,
             data.train_NxC[idx_SxB[0]])
@@ -423,25 +444,17 @@ class Trainer:
     idx_SxB, mask_SxB = orderings.batch_indices(self.epoch_order(root, spec, epoch, n, losses),
                                                 self.hyper.batch_size)
     epoch_key = jax.random.fold_in(jax.random.fold_in(root, DROPOUT_STREAM), epoch)
-
-    def body(carry, xs):
-      loss_sum, grad_sum = carry
-      i, idx_B, mask_B = xs
-      loss, grads = jax.value_and_grad(self.loss)(state.params, data.train_NxC[idx_B], mask_B,
-                                                  jax.random.fold_in(epoch_key, i))
-      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
+    out = self._scan_epoch(state.params, state.opt_state, spec, data, epoch, idx_SxB, mask_SxB,
+                           lambda i: jax.random.fold_in(epoch_key, i), update=False,
+                           grad_mean=True)
     steps = idx_SxB.shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(body, (jnp.zeros(()), zeros),
-                                           (jnp.arange(steps), idx_SxB, mask_SxB))
     counts = self._evaluate(state.params, data)
     val_acc = 100.0 * counts['validation_correct'] / jnp.sum(data.test_valid)
     opt_state, _ = self._epoch_opt_state(state.opt_state, spec, epoch, steps)
     _, metrics, present = self._run_probes(
-        state, spec, state.probes, state.params, opt_state, loss_sum / steps,
-        jax.tree.map(lambda g: g / steps, grad_sum), data.train_NxC[idx_SxB[0]], data, epoch,
-        val_acc, only=self.weight_probes)
+        state, spec, state.probes, state.params, opt_state, jnp.mean(out.loss_S),
+        out.grad_mean, data.train_NxC[idx_SxB[0]], data, epoch, val_acc,
+        only=self.weight_probes)
     return metrics, present, counts
 
   def _run_probes(self, state: RunState, spec: RunSpec, probes: dict, params, opt_state, loss,
