@@ -292,7 +292,7 @@ def _validate_teacher(config, names) -> None:
            'with a random teacher needs one data_seed for the batch (W* is compiled in)')
   _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
          f'inputs); got {config.model!r}')
-  reads_tokens = ('stride', 'target', 'alternating', 'resonant')  # operands and labels
+  reads_tokens = [n for n, o in orderings.REGISTRY.items() if o.reads_tokens]
   bad = [n for n in names if str(n).split(':')[0] in reads_tokens]
   _check(not bad, 'strategy', f'task {config.task!r} has no operands or labels to order by '
          f'({", ".join(reads_tokens)} read them); got {", ".join(bad)}')

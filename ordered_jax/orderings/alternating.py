@@ -13,6 +13,7 @@ class Alternating(base.Ordering):
 
   name = 'alternating'
   description = 'stride on even epochs, target on odd ones'
+  reads_tokens = True
 
   def prepare(self, train_NxC, config):
     from ordered_jax import runs  # pylint: disable=g-import-not-at-top  (runs imports us)

@@ -69,6 +69,7 @@ class Ordering:
   name: ClassVar[str] = ''
   description: ClassVar[str] = ''   # one line for ``--list``
   uses_losses: ClassVar[bool] = False  # ``run.losses_N`` is needed (kept in RunState)
+  reads_tokens: ClassVar[bool] = False  # orders by the operands or labels (no teacher task)
 
   @classmethod
   def from_config(cls, config) -> Ordering:

@@ -21,6 +21,7 @@ class Resonant(base.Ordering):
 
   name = 'resonant'
   description = 'the reference HEAD\'s own ordered data set (task add, alone)'
+  reads_tokens = True
 
   @classmethod
   def validate(cls, config, names):

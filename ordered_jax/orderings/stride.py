@@ -23,6 +23,7 @@ class Stride(base.Ordering):
   name = 'stride'
   description = ('rows sorted by (a mod s, a), a the first operand (s = stride, default '
                  'floor(sqrt p))')
+  reads_tokens = True
 
   def prepare(self, train_NxC, config):
     from ordered_jax import runs  # pylint: disable=g-import-not-at-top  (runs imports us)

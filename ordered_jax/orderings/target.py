@@ -18,6 +18,7 @@ class Target(base.Ordering):
 
   name = 'target'
   description = 'rows sorted by label: the labels come in blocks (stable)'
+  reads_tokens = True
 
   def prepare(self, train_NxC, config):
     return target_order(train_NxC)
