@@ -33,23 +33,29 @@ def test_registering_twice_or_a_bad_name_is_refused():
     tasks.register_kind('Bad-Name', lambda arg, **kw: None, 'bad')
 
 
+def _example(first: int, name: str):
+  """docs/extending.md's python blocks ``first`` (a module, executed as ``name``.py, which
+  registers itself) and ``first + 1`` (its test file): returns the test file's scope."""
+  text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
+  module_src, test_src = re.findall(r'```python\n(.*?)```', text, re.S)[first:first + 2]
+  exec(compile(module_src, f'{name}.py', 'exec'),  # pylint: disable=exec-used
+       types.ModuleType(name).__dict__)
+  scope = {}
+  exec(compile(test_src, f'test_{name}.py', 'exec'), scope)  # pylint: disable=exec-used
+  return scope
+
+
 def test_the_extending_pages_task_is_one_working_file():
   """docs/extending.md's task (its third python block) registers, is listed and named in
   the error text, and its test (the fourth block) passes; the registry is left as it
   was."""
-  text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
-  module_src, test_src = re.findall(r'```python\n(.*?)```', text, re.S)[2:4]
-  assert 'def parse(arg' in module_src and 'def test_xor_tables' in test_src
   try:
-    exec(compile(module_src, 'xor.py', 'exec'),  # pylint: disable=exec-used
-         types.ModuleType('xor').__dict__)
+    scope = _example(2, 'xor')
     assert 'xor' in {n for t, _, r in listing.sections() if t == 'Tasks' for n in r}
     with pytest.raises(ValueError, match=r', or xor; got'):
       tasks.parse_task('nope', 13)
     with pytest.raises(ValueError, match=r'xor:N needs an integer 1 <= N <= 15'):
       tasks.parse_task('xor:16', 13)
-    scope = {}
-    exec(compile(test_src, 'test_xor.py', 'exec'), scope)  # pylint: disable=exec-used
     scope['test_xor_tables_against_numpy']()
     scope['test_xor_builds_a_run']()
   finally:
@@ -90,15 +96,9 @@ def test_the_extending_pages_model_is_one_working_file(tmp_path):
   registry is left as it was."""
   from ordered_jax import models, runs  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
-  text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
-  module_src, test_src = re.findall(r'```python\n(.*?)```', text, re.S)[6:8]
-  assert 'register_model' in module_src and 'def test_embed_mlp_trains' in test_src
   try:
-    exec(compile(module_src, 'embed_mlp.py', 'exec'),  # pylint: disable=exec-used
-         types.ModuleType('embed_mlp').__dict__)
+    scope = _example(6, 'embed_mlp')
     assert 'embed_mlp' in {n for t, _, r in listing.sections() if t == 'Models' for n in r}
-    scope = {}
-    exec(compile(test_src, 'test_embed_mlp.py', 'exec'), scope)  # pylint: disable=exec-used
     scope['test_embed_mlp_against_numpy']()
     scope['test_embed_mlp_trains'](tmp_path)
   finally:
