@@ -53,7 +53,7 @@ _VALIDATE = flags.DEFINE_bool(
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
-  if 'jax' in sys.modules and _DISTRIBUTED.value:
+  if 'jax' in sys.modules and flags.FLAGS.is_parsed() and _DISTRIBUTED.value:
     # Exit at once: JAX's exit handler would wait at the job's shutdown barrier for peers
     # that wait for this process elsewhere; they see it gone at the next heartbeat.
     sys.stderr.flush()
