@@ -310,6 +310,7 @@ def test_a_second_process_is_refused_until_the_holder_dies(tmp_path):
   assert not os.path.exists(workdir / '.stride.lock')
 
 
+@pytest.mark.slow
 def test_two_real_runs_into_one_workdir(tmp_path):
   """Item 1 end to end: a second main.py started while the first trains is refused;
   after the first is killed with SIGKILL, --resume continues it."""
@@ -374,6 +375,7 @@ def _can_mount() -> bool:
 
 @pytest.mark.parametrize('size,kept', [('100k', 'no checkpoint was written'),
                                        ('400k', r'the checkpoint after epoch \d+ is kept')])
+@pytest.mark.slow
 def test_a_real_full_disk_is_one_line(size, kept, tmp_path):
   """Item 10 on a real disk (a tiny tmpfs): one line naming the path, the space needed and
   free, and what is kept; exit code 1; no partial checkpoint left. With room made,

@@ -29,6 +29,7 @@ def _one_line_error(proc, *needles):
     assert n in line, line
 
 
+@pytest.mark.slow
 def test_tiny_preset_end_to_end_then_refuse_then_resume(tmp_path):
   workdir = str(tmp_path)
   args = ['--config=configs/tiny.py', f'--workdir={workdir}', '--quiet', *MICRO_FLAGS,

@@ -455,6 +455,7 @@ RUN = [(where, b, cmd) for b, (where, cmds) in enumerate(BLOCKS) for cmd in cmds
 
 
 @pytest.mark.parametrize('where,block,cmd', RUN, ids=[f'{w}:{c[:60]}' for w, _, c in RUN])
+@pytest.mark.slow
 def test_command_runs(where, block, cmd, executed):
   why = _skip_reason(cmd)
   if why:

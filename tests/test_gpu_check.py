@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 SECTIONS = ('paper_r1', 'paper_r4', 'determinism', 'probes', 'paper_r16', 'precision')
@@ -22,6 +24,7 @@ def _positive(*xs):
   return all(isinstance(x, (int, float)) and x > 0 for x in xs)
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
   proc = _script('gpu_check.py', f'--out={tmp_path}', '--dry_run', timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -68,6 +68,7 @@ def test_identity_reads_the_schema_and_the_defaults():
   assert identity.identity(no_curv)['probes']['curvature']['every_n_steps'] == 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_field_was_added(tmp_path, monkeypatch):
   """A run written before the field existed resumes under the new code (to the same end
   as an uninterrupted run); one that sets the field off its default is refused."""

@@ -42,6 +42,7 @@ def test_batch_size_change_needs_a_per_epoch_schedule_and_fits_the_data():
       runs.validate(c)
 
 
+@pytest.mark.slow
 def test_batch_size_and_lr_changes_in_a_run(tmp_path):
   """The first epochs equal the plain run; later ones take the new batches and rate."""
   plain = micro_config(epochs=4, schedule='constant')

@@ -364,6 +364,7 @@ def e2e_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', list(E2E))
+@pytest.mark.slow
 def test_each_optimizer_trains_end_to_end(e2e_runs, name):
   config, workdir, (summary,) = e2e_runs[name]
   assert summary['training']['optimizer'] == name
@@ -377,6 +378,7 @@ def test_each_optimizer_trains_end_to_end(e2e_runs, name):
   assert ('training_metrics/l1_penalty' in rows[0]) == (config.l1 > 0)
 
 
+@pytest.mark.slow
 def test_grokfast_buffers_survive_a_crash_and_resume(e2e_runs, tmp_path, monkeypatch):
   """Muon + Grokfast MA (window 5, not a multiple of the 4 steps per epoch): a run that
   crashes after epoch 3 and resumes from the checkpoint after epoch 2 ends bit-identical."""

@@ -192,6 +192,7 @@ def test_curriculum_trains_by_numpy_argsort_of_independent_losses(mixed):
                              _numpy_losses(b.trainer, last, table), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_curriculum_resumes_as_if_uninterrupted(tmp_path):
   """The losses live in the checkpoint: a resume between refreshes keeps the old order."""
   kw = dict(strategy='curriculum', epochs=3,

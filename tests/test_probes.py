@@ -291,6 +291,7 @@ def probed(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_probes_never_change_the_trajectory(probed):
   (c, plain), (_, full) = probed['plain'], probed['full']
   model = models.Model(experiment.model_config(c))
@@ -316,6 +317,7 @@ def test_probes_never_change_the_trajectory(probed):
                if isinstance(v, float))
 
 
+@pytest.mark.slow
 def test_every_written_key_is_in_the_catalog(probed):
   """--probes_describe and docs/probes.md list every key a probe writes, and every key
   the catalog says is written at each firing is there."""
@@ -341,6 +343,7 @@ def test_every_written_key_is_in_the_catalog(probed):
         assert f'{name}/{m.key}' in written, f'{name}/{m.key}'
 
 
+@pytest.mark.slow
 def test_resume_keeps_probe_state(probed, tmp_path):
   """The full-probe batch, cut back to its checkpoint after epoch 4 (as a crash in epoch 5
   leaves it), resumes to the same metric rows as the uninterrupted run."""
@@ -363,6 +366,7 @@ def test_resume_keeps_probe_state(probed, tmp_path):
 STEP_PROBES = 'hessian,adam_dynamics,training_diagnostics,batch_dynamics,path_length'
 
 
+@pytest.mark.slow
 def test_step_probes_between_probe_epochs_match_probing_every_epoch(tmp_path):
   """Thinned out (probes.every > 1), step probes measure only in probe epochs; what they
   carry across the others (the FIFO, the path, hessian's previous gradient and boundary
@@ -741,6 +745,7 @@ def test_subspace_gradient_info_matches_numpy_svd():
       s[0] ** 2 * proj[0] ** 2 / total, rel=1e-3, abs=1e-8)  # a fraction: abs is enough
 
 
+@pytest.mark.slow
 def test_reference_weights_auto_and_missing(tmp_path):
   c = micro_config(epochs=2)
   c.probes.names = 'gradient_projection'

@@ -83,6 +83,7 @@ def test_fourier_on_power_reads_the_operand_rows():
 
 @pytest.mark.parametrize('model,tied,mode', [('power', True, 'resformer'),
                                              ('gpt2_resv', False, 'svformer')])
+@pytest.mark.slow
 def test_the_transformer_probes_run_on_decoders(model, tied, mode, tmp_path):
   """Two probed epochs of a decoder-only transformer with every probe the issue names (the
   step bursts made to fire): each writes its keys, finite, under the model's names."""

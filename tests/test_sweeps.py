@@ -79,6 +79,7 @@ def _table(path):
   return {r['run_id']: r for r in t}
 
 
+@pytest.mark.slow
 def test_table_has_a_row_per_run_with_keys_metrics_and_curves(finished_sweep):
   c, workdir, path = finished_sweep
   rows = _table(path)
@@ -90,6 +91,7 @@ def test_table_has_a_row_per_run_with_keys_metrics_and_curves(finished_sweep):
     assert len(r['validation_accuracy']) == 3 and r['seed'] in (0, 1, 2)
 
 
+@pytest.mark.slow
 def test_sweep_map_draws_the_table(finished_sweep, tmp_path):
   from analysis import sweep_map  # pylint: disable=g-import-not-at-top
   _, workdir, _ = finished_sweep
@@ -104,6 +106,7 @@ def test_sweep_map_draws_the_table(finished_sweep, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path):
   c, original, _ = finished_sweep
   workdir = str(tmp_path / 'sweep')  # a copy: a rerun batch has other runs beside it, so
@@ -120,6 +123,7 @@ def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path)
   assert len(rows) == 6
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, monkeypatch):
   c, _, path = finished_sweep
   with crash_after_epoch(monkeypatch, 1):
@@ -174,6 +178,7 @@ def test_killed_between_the_runs_checkpoints_resumes_to_the_same_table(
   assert {k: drop(v) for k, v in got.items()} == {k: drop(v) for k, v in want.items()}
 
 
+@pytest.mark.slow
 def test_a_changed_base_config_needs_another_workdir(finished_sweep):
   c, workdir, _ = finished_sweep
   other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3,
@@ -219,6 +224,7 @@ def unsharded():
 
 
 @pytest.mark.parametrize('n', [2, 4])
+@pytest.mark.slow
 def test_sharded_runs_equal_unsharded(n, unsharded):
   """Three runs over n devices (padded to a multiple of n) end equal to the same batch on
   one device: the same predictions, weights to float32 rounding (each device's XLA program
@@ -261,6 +267,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_run_one_batch_like_one_process(tmp_path):
   """main.py --distributed: two processes (one CPU device each) share a three-run batch on
   one mesh; process 0 writes the files, which match an in-process run to float rounding."""

@@ -93,6 +93,7 @@ def test_epoch_equals_a_plain_python_loop_over_batches():
   assert int(new.epoch[0]) == epoch + 1
 
 
+@pytest.mark.slow
 def test_vmapped_runs_equal_runs_alone():
   config, trainer, data, tr = _setup()
   lrs, wds = [1e-3, 3e-3, 1e-3, 2e-3], [0.1, 0.1, 1.0, 0.0]
