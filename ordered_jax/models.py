@@ -552,22 +552,26 @@ class ModelKind:
   sequence: bool = False
   layout: Any = None
   roles: Any = None
+  validate: Any = None  # validate(config): its config section (runs.check/number/one_of)
 
 
 REGISTRY: dict[str, ModelKind] = {}
 
 
 def register_model(name: str, module: type, description: str, *, sequence: bool = False,
-                   layout=None, roles=None) -> ModelKind:
+                   layout=None, roles=None, validate=None) -> ModelKind:
   """Declare a model: ``--config.model=<name>`` builds it (sized by the config's
   embed_dim, num_heads, layers, mlp_dim, dropout and the task's vocabulary and operands)
   and ``--list`` shows its description; a new one is one file in
-  ``ordered_jax/model_kinds/`` (docs/extending.md)."""
+  ``ordered_jax/model_kinds/`` (docs/extending.md). ``validate(config)`` checks the
+  model's own config section (every config's, since a sweep may switch models), raising
+  ``runs.ConfigError`` through ``runs.check`` / ``number`` / ``one_of``."""
   if name in REGISTRY:
     raise ValueError(f'model {name!r} is registered twice')
   if (layout is None) != (roles is None):
     raise ValueError(f'model {name!r}: give both layout and roles, or neither')
-  REGISTRY[name] = kind = ModelKind(name, module, description, sequence, layout, roles)
+  REGISTRY[name] = kind = ModelKind(name, module, description, sequence, layout, roles,
+                                    validate)
   return kind
 
 
@@ -806,21 +810,60 @@ def from_reference(state_dict: dict[str, Any], cfg: ModelConfig) -> Params:
 
 # -- the built-in models, then ordered_jax/model_kinds/ ----------------------------------------
 
+def _validate_mlp(config) -> None:
+  """config.mlp: Tian's network (read whatever the model, as a sweep may switch to it)."""
+  from ordered_jax import runs  # pylint: disable=g-import-not-at-top  (runs imports models)
+  runs.one_of(config, 'mlp.activation', ACTIVATIONS)
+  for field in ('mlp.embed_trainable', 'mlp.inner_product'):
+    runs.check(isinstance(config[field], bool), field,
+               f'must be true or false; got {config[field]!r}')
+  if 'other_layers' in config.mlp:
+    runs.number(config, 'mlp.other_layers', integer=True, lo=0, hi=runs.MAX_LAYERS)
+    lam = runs.number(config, 'mlp.set_weight_reg', lo=0)
+    if lam:
+      runs.check(config.model == 'mlp', 'mlp.set_weight_reg',
+                 f'needs model=mlp; got {config.model!r}')
+      runs.check(config.loss == 'mse', 'mlp.set_weight_reg', 'needs loss=mse (a least-squares '
+                 f"top layer, as in Tian's code); got loss={config.loss!r}")
+      runs.check(config.mlp.other_layers == 0, 'mlp.set_weight_reg', 'needs '
+                 'mlp.other_layers=0 (Tian fits V on the features before his other layers, '
+                 'which V does not read)')
+
+
+def _validate_gpt2(config) -> None:
+  """config.gpt2 (gpt2 and gpt2_resv)."""
+  from ordered_jax import runs  # pylint: disable=g-import-not-at-top
+  if 'gpt2' in config:
+    runs.check(isinstance(config.gpt2.tied_head, bool), 'gpt2.tied_head',
+               f'must be true or false; got {config.gpt2.tied_head!r}')
+    runs.one_of(config, 'gpt2.value_mode', VALUE_MODES)
+
+
+def _validate_dln(config) -> None:
+  """config.dln: depth, width, init scale exponent."""
+  from ordered_jax import runs  # pylint: disable=g-import-not-at-top
+  if 'dln' in config:
+    runs.number(config, 'dln.depth', integer=True, lo=1, hi=runs.MAX_LAYERS)
+    runs.number(config, 'dln.width', integer=True, lo=1)
+    runs.number(config, 'dln.gamma', lo=0)
+
+
 register_model('reference', Transformer, "the paper's GrokkingTransformer (encoder, "
                'mean-pooled, then a decoder to the classes)', layout=_reference_layout,
                roles=_reference_roles)
 register_model('power', PowerTransformer, "Power et al.'s decoder-only transformer (causal, "
                'GELU, final LayerNorm)', sequence=True, layout=_decoder_layout,
                roles=_decoder_roles)
-register_model('mlp', TwoLayerMLP, "Tian's two-layer network (sqr, relu, silu or relusqr)")
+register_model('mlp', TwoLayerMLP, "Tian's two-layer network (sqr, relu, silu or relusqr)",
+               validate=_validate_mlp)
 register_model('gpt2', GPT2, 'GPT-2 style decoder (pre-LN, tanh GELU, learned positions, '
                'tied or untied head)', sequence=True, layout=_decoder_layout,
-               roles=_decoder_roles)
+               roles=_decoder_roles, validate=_validate_gpt2)
 register_model('gpt2_resv', GPT2ResV, "gpt2 with a value residual: ResFormer (mixed with "
                "layer 0's values) or SVFormer", sequence=True, layout=_decoder_layout,
                roles=_decoder_roles)
 register_model('dln', DeepLinearNetwork, 'deep linear network (Training-Dynamics): dln.depth '
-               'bias-free layers, N(0, width^-gamma) init')
+               'bias-free layers, N(0, width^-gamma) init', validate=_validate_dln)
 assert tuple(REGISTRY) == MODEL_KINDS
 NAMED_MODELS = named_models()  # the built-ins with a semantic view
 

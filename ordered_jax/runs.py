@@ -124,26 +124,9 @@ def validate(config) -> None:
             what=' (and <= epochs; 0 = train to epochs)')
   _validate_interventions(config, train)
   _one_of(config, 'model', tuple(models.REGISTRY))
-  _one_of(config, 'mlp.activation', models.ACTIVATIONS)
-  for field in ('mlp.embed_trainable', 'mlp.inner_product'):
-    _check(isinstance(config[field], bool), field, f'must be true or false; got {config[field]!r}')
-  if 'gpt2' in config:
-    _check(isinstance(config.gpt2.tied_head, bool), 'gpt2.tied_head',
-           f'must be true or false; got {config.gpt2.tied_head!r}')
-    _one_of(config, 'gpt2.value_mode', models.VALUE_MODES)
-  if 'dln' in config:
-    _number(config, 'dln.depth', integer=True, lo=1, hi=MAX_LAYERS)
-    _number(config, 'dln.width', integer=True, lo=1)
-    _number(config, 'dln.gamma', lo=0)
-  if 'other_layers' in config.mlp:
-    _number(config, 'mlp.other_layers', integer=True, lo=0, hi=MAX_LAYERS)
-    lam = _number(config, 'mlp.set_weight_reg', lo=0)
-    if lam:
-      _check(config.model == 'mlp', 'mlp.set_weight_reg', f'needs model=mlp; got {config.model!r}')
-      _check(config.loss == 'mse', 'mlp.set_weight_reg', 'needs loss=mse (a least-squares top '
-             f'layer, as in Tian\'s code); got loss={config.loss!r}')
-      _check(config.mlp.other_layers == 0, 'mlp.set_weight_reg', 'needs mlp.other_layers=0 '
-             '(Tian fits V on the features before his other layers, which V does not read)')
+  for kind in models.REGISTRY.values():  # each model checks its own config section
+    if kind.validate is not None:
+      kind.validate(config)
   d = _number(config, 'embed_dim', integer=True, lo=1)
   h = _number(config, 'num_heads', integer=True, lo=1)
   _check(d % h == 0, 'embed_dim', f'must be divisible by num_heads ({h}); got {d}')
@@ -229,6 +212,10 @@ def _one_of(config, field, allowed):
   v = config[field]
   _check(v in allowed, field, f'must be one of {", ".join(allowed)}; got {v!r}')
   return v
+
+
+# For the extensions' own validation (a model's config section, ...): one-line ConfigErrors.
+check, number, one_of = _check, _number, _one_of
 
 
 def _validate_optimisation(config) -> None:

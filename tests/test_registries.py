@@ -106,3 +106,28 @@ def test_the_extending_pages_model_is_one_working_file(tmp_path):
   with pytest.raises(runs.ConfigError, match=r"config.model: must be one of .*; got "
                      r"'embed_mlp'"):
     runs.validate(micro_config(model='embed_mlp'))
+
+
+def test_each_model_validates_its_own_config_section():
+  """runs.validate calls every registered model's validate (the built-ins check config.mlp,
+  config.gpt2, config.dln there), whatever the config's model, since a sweep may switch."""
+  from ordered_jax import models, runs  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def validate(config):
+    seen.append(config.model)
+    runs.check(config.mlp_dim <= 64, 'mlp_dim', 'must be <= 64 for model strict')
+
+  models.register_model('strict', models.TwoLayerMLP, 'a test model', validate=validate)
+  try:
+    runs.validate(micro_config())
+    assert seen == ['reference']
+    with pytest.raises(runs.ConfigError, match=r'^config.mlp_dim: must be <= 64 for model '):
+      runs.validate(micro_config(mlp_dim=65))
+  finally:
+    models.REGISTRY.pop('strict')
+  c = micro_config()
+  c.gpt2.value_mode = 'nope'
+  with pytest.raises(runs.ConfigError, match=r'^config.gpt2.value_mode: must be one of '):
+    runs.validate(c)
