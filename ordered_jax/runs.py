@@ -105,8 +105,9 @@ def validate(config) -> None:
            f'got {v!r}')
   _check(config.data_generator in GENERATORS, 'data_generator',
          f'must be one of {", ".join(GENERATORS)}; got {config.data_generator!r}')
-  if is_teacher(config):
-    _validate_teacher(config, names)
+  kind = tasks.KINDS.get(t.kind)
+  if kind is not None and kind.validate is not None:  # the task's own section (teacher.*)
+    kind.validate(config, names)
   train, test = _validate_sizes(config, t)
   _number(config, 'batch_size', integer=True, lo=1, hi=train,
           what=f' (and <= the {train} training examples)')
@@ -261,34 +262,6 @@ def teacher_kw(config) -> dict:
   """``teacher.matrix``'s alpha and rotate from ``config.teacher`` (defaults where absent)."""
   t = config.teacher
   return {'alpha': t.get('alpha', 1.0), 'rotate': t.get('rotate', False)}
-
-
-def _validate_teacher(config, names) -> None:
-  """The teacher task's fields and what it cannot combine with (one line each)."""
-  _number(config, 'teacher.dim', integer=True, lo=1, hi=4096)
-  _number(config, 'teacher.scale', lo=0)
-  _number(config, 'teacher.noise_std', lo=0)
-  if 'alpha' in config.teacher:
-    _number(config, 'teacher.alpha', lo=0)
-  rotate = config.teacher.get('rotate', False)
-  _check(isinstance(rotate, bool), 'teacher.rotate', f'must be true or false; got {rotate!r}')
-  online = config.teacher.get('online', False)
-  _check(isinstance(online, bool), 'teacher.online', f'must be true or false; got {online!r}')
-  if online and (config.task.strip() == 'teacher:random' or rotate):
-    _check(len({r.data_seed for r in expand(config)}) == 1, 'teacher.online',
-           'with a random teacher needs one data_seed for the batch (W* is compiled in)')
-  _check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
-         f'inputs); got {config.model!r}')
-  reads_tokens = [n for n, o in orderings.REGISTRY.items() if o.reads_tokens]
-  bad = [n for n in names if str(n).split(':')[0] in reads_tokens]
-  _check(not bad, 'strategy', f'task {config.task!r} has no operands or labels to order by '
-         f'({", ".join(reads_tokens)} read them); got {", ".join(bad)}')
-  _check(config.test_size >= 1, 'test_size', f'must be >= 1 for task {config.task!r} (its '
-         'test set is drawn, not the rest of a finite set)')
-  _check(config.data_generator in ('auto', 'fast'), 'data_generator',
-         f"must be auto or fast for task {config.task!r}; got {config.data_generator!r}")
-  _check(not config.train_fraction and config.train_size != CRITICAL, 'train_size',
-         f'must be an integer (no train_fraction, no critical) for task {config.task!r}')
 
 
 def sizes(config) -> tuple[int, int]:

@@ -495,21 +495,24 @@ class TaskKind:
   parse: Callable[..., Task]
   description: str
   arg: bool | None = True
+  validate: Callable | None = None  # validate(config, strategies): its own config section
 
 
 KINDS: dict[str, TaskKind] = {}
 
 
 def register_kind(name: str, parse: Callable[..., Task], description: str,
-                  arg: bool | None = True) -> TaskKind:
+                  arg: bool | None = True, validate: Callable | None = None) -> TaskKind:
   """Declare a task kind: ``--config.task=<name>[:ARG]`` then builds it, ``--list`` shows
   its description (docs/extending.md: a new task is one file in
-  ``ordered_jax/task_kinds/``)."""
+  ``ordered_jax/task_kinds/``). ``validate(config, strategies)`` checks the task's own
+  config section and what it cannot combine with, raising ``runs.ConfigError`` (through
+  ``runs.check`` / ``number`` / ``one_of``), when the config's task is of this kind."""
   if name in KINDS:
     raise ValueError(f'task kind {name!r} is registered twice')
   if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
     raise ValueError(f'task kind {name!r}: lower-case letters, digits and _ only')
-  KINDS[name] = kind = TaskKind(name, parse, description, arg)
+  KINDS[name] = kind = TaskKind(name, parse, description, arg, validate)
   return kind
 
 
@@ -605,6 +608,36 @@ def _collection(arg, *, name, spec, p, dim):
                    'group (main.py expands it; see docs/tasks.md)')
 
 
+def _validate_teacher(config, names) -> None:
+  """The teacher task's fields (config.teacher) and what it cannot combine with (one line
+  each); ``names``: the batch's strategies."""
+  from ordered_jax import orderings, runs  # pylint: disable=g-import-not-at-top  (they import tasks)
+  for field, kw in (('teacher.dim', dict(integer=True, lo=1, hi=4096)),
+                    ('teacher.scale', dict(lo=0)), ('teacher.noise_std', dict(lo=0))):
+    runs.number(config, field, **kw)
+  if 'alpha' in config.teacher:
+    runs.number(config, 'teacher.alpha', lo=0)
+  rotate = config.teacher.get('rotate', False)
+  runs.check(isinstance(rotate, bool), 'teacher.rotate', f'must be true or false; got {rotate!r}')
+  online = config.teacher.get('online', False)
+  runs.check(isinstance(online, bool), 'teacher.online', f'must be true or false; got {online!r}')
+  if online and (config.task.strip() == 'teacher:random' or rotate):
+    runs.check(len({r.data_seed for r in runs.expand(config)}) == 1, 'teacher.online',
+               'with a random teacher needs one data_seed for the batch (W* is compiled in)')
+  runs.check(config.model == 'dln', 'model', f'task {config.task!r} needs model=dln (float '
+             f'inputs); got {config.model!r}')
+  reads_tokens = [n for n, o in orderings.REGISTRY.items() if o.reads_tokens]
+  bad = [n for n in names if str(n).split(':')[0] in reads_tokens]
+  runs.check(not bad, 'strategy', f'task {config.task!r} has no operands or labels to order '
+             f'by ({", ".join(reads_tokens)} read them); got {", ".join(bad)}')
+  runs.check(config.test_size >= 1, 'test_size', f'must be >= 1 for task {config.task!r} (its '
+             'test set is drawn, not the rest of a finite set)')
+  runs.check(config.data_generator in ('auto', 'fast'), 'data_generator',
+             f"must be auto or fast for task {config.task!r}; got {config.data_generator!r}")
+  runs.check(not config.train_fraction and config.train_size != runs.CRITICAL, 'train_size',
+             f'must be an integer (no train_fraction, no critical) for task {config.task!r}')
+
+
 for _kind, _text in (('add', "(a + b) mod p, the paper's task"), ('sub', '(a - b) mod p'),
                      ('mul', '(a * b) mod p'), ('div', "a / b mod p (b != 0), Power et al.'s"),
                      ('add3', '(a + b + c) mod p, three operands')):
@@ -627,7 +660,7 @@ for _kind, _text in (
 register_kind('collection', _collection, 'collection:dk=D -- a sweep: every built-in group of '
               'largest irrep degree D', arg=None)
 register_kind('teacher', _teacher, 'teacher:diagonal|power_law|random -- regression y = W* x '
-              '(+ noise) for model=dln, MSE (docs/tasks.md)')
+              '(+ noise) for model=dln, MSE (docs/tasks.md)', validate=_validate_teacher)
 _BUILT_IN_KINDS = tuple(KINDS)
 assert _BUILT_IN_KINDS == TASK_NAMES, (_BUILT_IN_KINDS, TASK_NAMES)
 
