@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ordered_jax import extensions
+
 Params = Any  # nested dict of arrays, as produced by nnx.State.to_pure_dict()
 
 
@@ -865,16 +867,6 @@ register_model('gpt2_resv', GPT2ResV, "gpt2 with a value residual: ResFormer (mi
 register_model('dln', DeepLinearNetwork, 'deep linear network (Training-Dynamics): dln.depth '
                'bias-free layers, N(0, width^-gamma) init', validate=_validate_dln)
 assert tuple(REGISTRY) == MODEL_KINDS
-NAMED_MODELS = named_models()  # the built-ins with a semantic view
 
 
-def _import_extensions() -> None:
-  """Models beyond the built-ins: every module of ordered_jax/model_kinds."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  import pkgutil  # pylint: disable=g-import-not-at-top
-  from ordered_jax import model_kinds  # pylint: disable=g-import-not-at-top
-  for m in sorted(pkgutil.iter_modules(model_kinds.__path__), key=lambda m: m.name):
-    importlib.import_module(f'{model_kinds.__name__}.{m.name}')
-
-
-_import_extensions()
+extensions.import_all('ordered_jax.model_kinds')  # models beyond the built-ins

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ordered_jax import extensions
+
 GROKFAST_KINDS = ('none', 'ema', 'ma')
 LOSSES = ('ce', 'mse')
 SCHEDULES = ('cosine', 'cosine_step', 'constant', 'step', 'exponential')
@@ -296,13 +298,4 @@ def l1_penalty(params, l1: float):
   return l1 * total
 
 
-def _import_extensions() -> None:
-  """Optimisers beyond the built-ins: every module of ordered_jax/optimizer_kinds."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  import pkgutil  # pylint: disable=g-import-not-at-top
-  from ordered_jax import optimizer_kinds  # pylint: disable=g-import-not-at-top
-  for m in sorted(pkgutil.iter_modules(optimizer_kinds.__path__), key=lambda m: m.name):
-    importlib.import_module(f'{optimizer_kinds.__name__}.{m.name}')
-
-
-_import_extensions()
+extensions.import_all('ordered_jax.optimizer_kinds')  # optimizers beyond the built-ins

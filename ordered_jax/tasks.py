@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ordered_jax import groups, teacher
+from ordered_jax import extensions, groups, teacher
 
 GENERATORS = ('reference', 'fast')
 
@@ -767,12 +767,4 @@ def fraction_train_size(task: Task, fraction: float) -> int:
 
 # Task kinds beyond the built-ins: every module of ordered_jax/task_kinds registers its own
 # (imported last, so they can use everything above).
-def _import_extensions() -> None:
-  import importlib  # pylint: disable=g-import-not-at-top
-  import pkgutil  # pylint: disable=g-import-not-at-top
-  from ordered_jax import task_kinds  # pylint: disable=g-import-not-at-top
-  for m in sorted(pkgutil.iter_modules(task_kinds.__path__), key=lambda m: m.name):
-    importlib.import_module(f'{task_kinds.__name__}.{m.name}')
-
-
-_import_extensions()
+extensions.import_all('ordered_jax.task_kinds')  # tasks beyond the built-ins

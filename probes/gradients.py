@@ -170,8 +170,7 @@ class Phases:
 
 def _register():
   from probes import registry  # pylint: disable=g-import-not-at-top
-  needs = registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,
-                         grad_mean=True)
+  needs = registry.Needs(named=True, tasks=registry.CYCLIC_TASKS)
   for name, cls, rank in (('norms', Norms, 10), ('consecutive', Consecutive, 20),
                           ('variance', Variance, 30), ('phases', Phases, 60),
                           ('token_gradient', TokenGradient, 80)):

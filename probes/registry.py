@@ -50,7 +50,6 @@ class Needs:
   reference_weights: bool = False   # probes.reference_weights must be set
   # It counts optimiser steps with one batch size (a bool, or a function of its options).
   fixed_steps: bool | Callable[[Any], bool] = False
-  grad_mean: bool = False  # informational: the trainer reads the probe object's ``needs``
 
 
 @dataclasses.dataclass(frozen=True)
