@@ -64,7 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
       embed_trainable=False,   # one-hot embeddings fixed (identity) or trainable
       inner_product=False,     # hidden = prod_k W_k e_k instead of act(W [e_1; e_2])
       other_layers=0,          # extra H x H layers before V, h <- act(h + U h) (Tian)
-      set_weight_reg=0.0))     # > 0: V solved as ridge regression (this lambda) each step
+      set_weight_reg=0.0,      # > 0: V solved as ridge regression (this lambda) each step
+      complex_weights=False,   # complex W and V, logits = real part (Tian's option)
+      imag_init=0.0))          # complex: imaginary init, times the real parts' U(+-1/sqrt(fan_in))
   c.gpt2 = ml_collections.ConfigDict(dict(  # model=gpt2 | gpt2_resv (docs/models.md)
       tied_head=True,          # logits from the token embedding (false: a head of its own)
       value_mode='resformer'))  # gpt2_resv: resformer (v mixed with layer 0's) | svformer

@@ -46,7 +46,8 @@ def param_count(config) -> int:
   d, f, layers = config.embed_dim, config.mlp_dim, config.layers
   if config.model == 'mlp':
     embed = v * v if config.mlp.embed_trainable else 0
-    return embed + k * v * f + f * v + config.mlp.get('other_layers', 0) * f * f
+    weights = k * v * f + f * v + config.mlp.get('other_layers', 0) * f * f
+    return embed + weights * (2 if config.mlp.get('complex_weights', False) else 1)
   if config.model == 'dln':
     d_in = v if runs.is_teacher(config) else k * v  # a teacher's x has dim = order entries
     dims = [d_in] + [config.dln.width] * (config.dln.depth - 1) + [v]

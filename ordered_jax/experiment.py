@@ -85,6 +85,8 @@ def model_config(config) -> models.ModelConfig:
                             embed_trainable=config.mlp.embed_trainable,
                             inner_product=config.mlp.inner_product,
                             other_layers=config.mlp.get('other_layers', 0),
+                            complex_weights=config.mlp.get('complex_weights', False),
+                            imag_init=config.mlp.get('imag_init', 0.0),
                             tied_head=config.gpt2.tied_head if 'gpt2' in config else True,
                             value_mode=(config.gpt2.value_mode if 'gpt2' in config
                                         else 'resformer'),

@@ -60,6 +60,8 @@ class ModelConfig:
   embed_trainable: bool = False  # one-hot embedding fixed (no parameter) or trainable
   inner_product: bool = False  # hidden = prod_k (W_k e_k) instead of act(W [e_1; ...; e_K])
   other_layers: int = 0  # mlp: Tian's extra H x H layers, h <- act(h + U_l h), before V
+  complex_weights: bool = False  # mlp: complex W, U_l, V (Tian's use_complex_weights)
+  imag_init: float = 0.0  # mlp, complex: imaginary parts' init, this times the real parts' law
   tied_head: bool = True  # gpt2: the head is the token embedding's first vocab rows
   value_mode: str = 'resformer'  # gpt2_resv: one of VALUE_MODES
   # dln (deep linear network): depth weight matrices, hidden width, init N(0, width^-gamma)
@@ -439,6 +441,12 @@ class TwoLayerMLP(nnx.Module):
   V get nn.Linear's default U(+-1/sqrt(fan_in)). W applied to a one-hot is a row of its
   kernel, so the forward pass gathers rows (cost B x H per operand) instead of multiplying
   [B, K*M] by [K*M, H]. Dropout does not exist here: ``key`` is accepted and ignored.
+
+  With ``complex_weights`` (Tian's ``use_complex_weights``) every weight is complex, kept as
+  two real parameters, ``kernel`` (real part) and ``imag``, so each optimiser treats the
+  parts as PyTorch's optimisers treat a complex parameter (Adam's moments per part); the
+  forward pass is complex and the logits are its real part. ``imag_init`` = 0 is Tian's
+  initialisation (real weights cast to complex); docs/models.md says what follows from it.
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -458,13 +466,30 @@ class TwoLayerMLP(nnx.Module):
     if cfg.other_layers:  # created after V, so W and V draw the same weights either way
       self.others = nnx.List([_linear(h, h, rngs, use_bias=False)
                               for _ in range(cfg.other_layers)])
+    self.complex = cfg.complex_weights
+    if cfg.complex_weights:  # drawn last, so the real parts equal the real network's
+      for layer in self._linears():
+        fan_in = layer.kernel.shape[0]
+        layer.imag = nnx.Param(cfg.imag_init * _uniform(1 / math.sqrt(fan_in))(
+            rngs.params(), layer.kernel.shape))
+
+  def _linears(self) -> list[nnx.Linear]:
+    """W (or the W_k), the U_l and V, in that order."""
+    first = list(self.Ws) if self.inner_product else [self.W]
+    return first + list(self.others if self.n_other else ()) + [self.V]
+
+  def _kernel(self, layer: nnx.Linear) -> jax.Array:
+    """A layer's weight [in, out]: its kernel, or kernel + i imag with complex weights."""
+    if self.complex:
+      return jax.lax.complex(layer.kernel[...], layer.imag[...])
+    return layer.kernel[...]
 
   def tables(self) -> list[jax.Array]:
     """Per operand k, [M, H]: row j is W_k e_j (W_k = W's k-th block of input rows)."""
     if self.inner_product:
-      blocks = [w.kernel[...] for w in self.Ws]
+      blocks = [self._kernel(w) for w in self.Ws]
     else:
-      kernel = self.W.kernel[...]
+      kernel = self._kernel(self.W)
       blocks = [kernel[i * self.m:(i + 1) * self.m] for i in range(self.n_ops)]
     if self.embed_trainable:
       e_MxM = self.embedding.embedding[...]
@@ -482,12 +507,14 @@ class TwoLayerMLP(nnx.Module):
     """What V reads [B, H]: ``hidden``, then each of Tian's other layers, h <- act(h + U h)."""
     h_BxH = self.hidden(x_BxK)
     for layer in (self.others if self.n_other else ()):
-      h_BxH = _ACTIVATION_FNS[self.activation](h_BxH + layer(h_BxH))
+      h_BxH = _ACTIVATION_FNS[self.activation](h_BxH + h_BxH @ self._kernel(layer))
     return h_BxH
 
   def __call__(self, x_BxK, key=None, return_attn=False):
     del key  # no dropout in this model
-    logits_BxM = self.V(self.features(x_BxK))
+    logits_BxM = self.features(x_BxK) @ self._kernel(self.V)
+    if self.complex:
+      logits_BxM = logits_BxM.real  # Tian: loss and argmax read the real part
     if return_attn:
       return logits_BxM, None  # no attention
     return logits_BxM
@@ -637,12 +664,15 @@ def ridge_top(model: 'Model', params: Params, x_BxK, y_B, mask_B, lam: float) ->
   """Tian's ``set_weight_reg``: the mlp's top layer V solved as ridge regression of the
   centred one-hot targets Y = onehot(y) - 1/M on the features F [B, H] of the batch's real
   rows, V = (F^T F + lam I)^-1 F^T Y, through the SVD F = U S W^T as V = W diag(S / (S^2 +
-  lam)) U^T Y. Returns ``params`` with that V (no gradient flows through the solve)."""
+  lam)) U^T Y (U^H, W^H for complex weights). Returns ``params`` with that V (no gradient
+  flows through the solve)."""
   mask = mask_B.astype(jnp.float32)[:, None]
   f_BxH = jax.lax.stop_gradient(model.module(params).features(x_BxK)) * mask
   y_BxM = (jax.nn.one_hot(y_B, model.cfg.vocab) - 1.0 / model.cfg.vocab) * mask
   u, s, wt = jnp.linalg.svd(f_BxH, full_matrices=False)
-  kernel_HxM = wt.T @ ((u.T @ y_BxM) * (s / (s * s + lam))[:, None])
+  kernel_HxM = wt.conj().T @ ((u.conj().T @ y_BxM) * (s / (s * s + lam))[:, None])
+  if model.cfg.complex_weights:  # the complex least-squares fit, as Tian's complex branch
+    return {**params, 'V': {**params['V'], 'kernel': kernel_HxM.real, 'imag': kernel_HxM.imag}}
   return {**params, 'V': {**params['V'], 'kernel': kernel_HxM}}
 
 
@@ -830,6 +860,18 @@ def _validate_mlp(config) -> None:
       runs.check(config.mlp.other_layers == 0, 'mlp.set_weight_reg', 'needs '
                  'mlp.other_layers=0 (Tian fits V on the features before his other layers, '
                  'which V does not read)')
+  if 'complex_weights' in config.mlp:
+    on = config.mlp.complex_weights
+    runs.check(isinstance(on, bool), 'mlp.complex_weights', f'must be true or false; got {on!r}')
+    imag = runs.number(config, 'mlp.imag_init', lo=0, hi=1e3)
+    runs.check(on or not imag, 'mlp.imag_init', 'needs mlp.complex_weights=true')
+    if on and config.model == 'mlp':
+      runs.check(config.mlp.activation in ('sqr', 'silu'), 'mlp.complex_weights',
+                 'needs mlp.activation sqr or silu (relu is not defined on complex numbers); '
+                 f'got {config.mlp.activation!r}')
+      runs.check(config.optimizer != 'muon', 'mlp.complex_weights', 'is not defined with '
+                 'optimizer=muon (its orthogonalisation of a complex matrix is not the one of '
+                 'its real and imaginary parts); use adam, adamw or sgd')
 
 
 def _validate_gpt2(config) -> None:

@@ -20,7 +20,8 @@ def test_param_count_equals_the_built_model(overrides):
     ('gpt2', 'gpt2', {'tied_head': True}), ('gpt2', 'gpt2', {'tied_head': False}),
     ('gpt2_resv', 'gpt2', {'value_mode': 'resformer'}),
     ('gpt2_resv', 'gpt2', {'value_mode': 'svformer', 'tied_head': False}),
-    ('mlp', 'mlp', {'other_layers': 2})])
+    ('mlp', 'mlp', {'other_layers': 2}),
+    ('mlp', 'mlp', {'other_layers': 1, 'complex_weights': True})])
 def test_param_count_of_the_other_models(model, group, values):
   c = micro_config(model=model, layers=3)
   with c.unlocked():
