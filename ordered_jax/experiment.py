@@ -708,6 +708,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   if not primary and resume:  # the others read the primary's checkpoints
     mgrs = [checkpoint.manager(d, read_only=True) for d in dirs]
 
+  pending_init = None  # (counts, data) of the initial evaluation until read
   if resume:
     errors = []
     restored = checkpoint.restore_latest(mgrs, [train.run_slice(state, i)
@@ -731,9 +732,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
         h.update(steps=cont.step, epochs_trained=start, last_epoch=start - 1)
     for d, c in zip(dirs, run_cfgs if primary else []):
       sinks.write_json(os.path.join(d, 'experiment_config.json'), c)
-    init_eval = train.accuracies(trainer.evaluate(state.params, data), data)
-    for i, h in enumerate(host):
-      h['init_eval'] = {k: float(v[i]) for k, v in init_eval.items()}
+    # Dispatched, read later (``resolve_init``): it computes while the epoch compiles.
+    pending_init = (trainer.evaluate(state.params, data), data)
 
   # Over every device: the runs axis split over a mesh (padded with inactive copies).
   state, spec, data = sharding.place(state, spec, data, mesh, n_pad,
@@ -784,10 +784,20 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
         h['compile_seconds'] = h.get('compile_seconds', 0.0) + time.perf_counter() - t
     return executables[variant]
 
+  def resolve_init():
+    """The initial evaluation's accuracies into the host records (before they are saved)."""
+    nonlocal pending_init
+    if pending_init is not None:
+      init_eval = train.accuracies(*pending_init)
+      for i, h in enumerate(host):
+        h['init_eval'] = {k: float(v[i]) for k, v in init_eval.items()}
+      pending_init = None
+
   ckpt_bytes = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + len(batch) * 2**18
 
   def save_all(step):
     nonlocal last_saved
+    resolve_init()
     if primary:  # refuse before Orbax starts a save that cannot fit
       workdir_lib.check_space(dirs[0], ckpt_bytes, f'the checkpoint after epoch {step - 1}')
     saved = sharding.fetch(state) if sharding.multiprocess() else state
@@ -813,6 +823,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
         now_before = time.perf_counter()
         if variant not in executables:
           compiled(variant)
+          resolve_init()
           if bar is not None:  # the ETA counts training only
             bar.exclude(time.perf_counter() - now_before)
           t0 = time.perf_counter()
@@ -866,6 +877,7 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
                ([record.close] if record is not None else []) +
                ([bar.close] if bar is not None else []))
 
+  resolve_init()
   # The last epoch evaluated the final weights of every run: no second pass (unless a run
   # turned non-finite then, whose state kept the weights before it).
   final_eval = last_eval
