@@ -8,7 +8,8 @@ from tests.conftest import ROOT
 
 def _requirements():
   with open(os.path.join(ROOT, 'requirements.txt')) as f:
-    return [l.strip() for l in f if l.strip() and not l.startswith('#')]
+    lines = [l.split(' #')[0].strip() for l in f if not l.startswith('#')]  # pip's comments
+  return [l for l in lines if l]
 
 
 def test_pyproject_lists_requirements_and_packages():
