@@ -46,6 +46,20 @@ def test_split_orders_and_codes():
   np.testing.assert_array_equal(t.decode(t.encode(train[:, :-1])), train[:, :-1])
 
 
+def test_a_changed_file_is_read_again(tmp_path):
+  path = tmp_path / 'prog.csv'
+  lines = ['a=1,b=a,b=1', 'a=2,b=a,b=2', 'a=3,b=a,b=3']
+  path.write_text('\n'.join(lines) + '\n')
+  old = tasks.parse_task(f'varbinding:{path}', 97)
+  first = old.rows(np.arange(3))[:, :-1]
+  assert list(old.encode(first)) == [0, 1, 2]
+  path.write_text('\n'.join(lines[::-1]) + '\n')
+  os.utime(path, ns=(1, 1))                                  # a new stamp, whatever the clock
+  new = tasks.parse_task(f'varbinding:{path}', 97)
+  assert list(new.encode(first)) == [2, 1, 0]                # the new file's line numbers
+  assert list(old.encode(first)) == [0, 1, 2]                # the old task keeps its own
+
+
 @pytest.mark.parametrize('text,match', [
     ('', 'at least one line'),
     ('a=1,b=a,b=1\na=1,b=2\n', 'line 2: every line needs the same number'),

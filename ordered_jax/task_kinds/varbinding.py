@@ -48,16 +48,16 @@ class VarBindingTask(tasks.Task):
 
   def encode(self, ops_NxK: np.ndarray) -> np.ndarray:
     ops_NxK = self._operands(ops_NxK)
-    index = _line_index(self)
     try:
+      index = self._line_index
       return np.array([index[row.tobytes()] for row in ops_NxK.astype(np.int32)], np.int64)
     except KeyError:
       raise ValueError(f'operands: not a line of task {self.name!r}') from None
 
-
-@functools.lru_cache(maxsize=4)
-def _line_index(task: VarBindingTask) -> dict:
-  return {row.tobytes(): i for i, row in enumerate(task.tokens_NxK)}
+  @functools.cached_property
+  def _line_index(self) -> dict:
+    """Line number of each row of tokens; kept on this task, whose tokens are its file's."""
+    return {row.tobytes(): i for i, row in enumerate(self.tokens_NxK)}
 
 
 def execute(ops_NxK: np.ndarray, n_vars: int) -> np.ndarray:
