@@ -1,6 +1,7 @@
 """The benchmark scripts that CI can run without their hardware: benchmarks/gpu_check.py's
 --dry_run (the GPU check's code paths at tiny sizes on the CPU, so it cannot rot) and
-benchmarks/vs_reference.py's clean skip without the reference and torch."""
+benchmarks/vs_reference.py's and parts_vs_reference.py's clean skip without the reference and
+torch (and the latter's own half, which needs neither)."""
 
 import json
 import os
@@ -128,3 +129,24 @@ def test_vs_reference_runs_both_sides_with_the_same_values():
     assert flags['--output-dir'] == 'R' and '--no-console-output' in ref
     assert '--config.mlp_dim=2048' in ours and '--config.epochs=20' in ours
     assert '--workdir=O' in ours and 'mlp 2048' in what
+
+
+def test_parts_vs_reference_skips_cleanly_and_refuses_bad_flags(tmp_path):
+  proc = _script('parts_vs_reference.py', f'--out={tmp_path}/p.json', timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip().splitlines() == [
+      'parts_vs_reference: skipped: --reference_dir and --torch_python not given']
+  assert not os.path.exists(tmp_path / 'p.json')
+  proc = _script('parts_vs_reference.py', '--rounds=0', timeout=60)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines() == ['error: --rounds and --reps must be at least 1']
+
+
+@pytest.mark.slow
+def test_parts_vs_reference_our_side_measures():
+  """Our half of the comparison runs (the torch half needs the reference and torch)."""
+  proc = _script('parts_vs_reference.py', '--worker', '--reps=1', timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert _positive(row['step_ms'], row['eval_us_per_pair']), row
+  assert row['eval_chunk'] == 1024  # the reference model's CPU chunk (experiment.eval_chunk)
