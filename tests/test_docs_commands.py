@@ -135,6 +135,7 @@ SKIP = {
 # Arguments appended to a script's command (argparse keeps an option's last value).
 SHORTEN = {
     'benchmarks/vs_reference.py': ['--epochs', '1', '--repeats', '1'],
+    'benchmarks/parts_vs_reference.py': ['--rounds', '1', '--reps', '2'],
     'analysis dataset_dft': ['--p', '31', '--train-size', '300'],
 }
 SIZES = ('p', 'train_size', 'test_size', 'batch_size', 'eval_batch_size', 'embed_dim',
