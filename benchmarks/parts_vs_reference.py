@@ -117,11 +117,22 @@ def our_worker(reps: int) -> dict:
 
 
 def _run(argv: list[str], cwd: str, timeout: float) -> dict:
-  proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  """One worker's figures; RuntimeError (one line) when it fails, times out or prints none."""
+  try:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    raise RuntimeError(f'{argv[0]} ran past --timeout={timeout:g} s') from None
+  except OSError as e:
+    raise RuntimeError(f'{argv[0]}: {e.strerror or e}') from None
   if proc.returncode:
     tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
     raise RuntimeError(f'{argv[0]} exited {proc.returncode}: {tail}')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  try:
+    row = json.loads((proc.stdout.strip().splitlines() or [''])[-1])
+    float(row['step_ms']), float(row['eval_us_per_pair'])
+  except (ValueError, KeyError, TypeError):
+    raise RuntimeError(f'{argv[0]} printed no figures') from None
+  return row
 
 
 def main(argv=None) -> int:
@@ -137,6 +148,10 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.rounds < 1 or args.reps < 1:
     ap.error('--rounds and --reps must be at least 1')
+  if not args.timeout > 0:
+    ap.error('--timeout must be a positive number of seconds')
+  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+    ap.error(f'--out={args.out}: its folder does not exist')
   if args.worker:
     print(json.dumps(our_worker(args.reps)))
     return 0
@@ -145,7 +160,8 @@ def main(argv=None) -> int:
   except vs_reference.Unusable as e:
     print(f'parts_vs_reference: skipped: {e}')
     return 0
-  ref_argv = [args.torch_python, '-c', f'import sys; sys.path.insert(0, {args.reference_dir!r})'
+  ref_dir = ref_info['dir']  # absolute: the worker runs in it
+  ref_argv = [args.torch_python, '-c', f'import sys; sys.path.insert(0, {ref_dir!r})'
               f'\n{TORCH_WORKER}', *map(str, (P, BATCH, EVAL_PAIRS, REF_EVAL_BATCH, args.reps))]
   ours_argv = [sys.executable, os.path.abspath(__file__), '--worker', f'--reps={args.reps}']
   rows = {'reference': [], 'ours': []}
@@ -154,8 +170,12 @@ def main(argv=None) -> int:
   for r in range(args.rounds):
     order = ('reference', 'ours') if r % 2 == 0 else ('ours', 'reference')
     for side in order:
-      row = _run(ref_argv if side == 'reference' else ours_argv,
-                 args.reference_dir if side == 'reference' else ROOT, args.timeout)
+      try:
+        row = _run(ref_argv if side == 'reference' else ours_argv,
+                   ref_dir if side == 'reference' else ROOT, args.timeout)
+      except RuntimeError as e:
+        print(f'parts_vs_reference: {side}: {e}', file=sys.stderr)
+        return 1
       rows[side].append(row)
       print(f"  {r + 1}/{args.rounds} {side:9s} step {row['step_ms']:7.1f} ms   eval "
             f"{row['eval_us_per_pair']:6.1f} us/pair", flush=True)
@@ -168,9 +188,13 @@ def main(argv=None) -> int:
   print(f"{'ref / ours':10s} {ratio['step_ms']:8.2f}x {ratio['eval_us_per_pair']:12.2f}x   "
         f'(medians of {args.rounds} rounds; load {os.getloadavg()[0]:.2f})')
   if args.out:
-    with open(args.out, 'w') as f:
-      json.dump({'reference': ref_info, 'rows': rows, 'medians': med, 'ratios': ratio}, f,
-                indent=1)
+    try:
+      with open(args.out, 'w') as f:
+        json.dump({'reference': ref_info, 'rows': rows, 'medians': med, 'ratios': ratio}, f,
+                  indent=1)
+    except OSError as e:
+      print(f'parts_vs_reference: --out={args.out}: {e.strerror or e}', file=sys.stderr)
+      return 1
   return 0
 
 

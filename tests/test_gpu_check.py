@@ -142,6 +142,26 @@ def test_parts_vs_reference_skips_cleanly_and_refuses_bad_flags(tmp_path):
   assert proc.stderr.strip().splitlines() == ['error: --rounds and --reps must be at least 1']
 
 
+def test_parts_vs_reference_names_a_failing_worker_in_one_line(tmp_path):
+  """A reference whose worker dies: one line naming the side, exit 1, no JSON written."""
+  ref = tmp_path / 'ref'
+  (ref / 'experiments' / 'mod_arithmetic').mkdir(parents=True)
+  (ref / 'run_experiment.py').write_text('')
+  fake = tmp_path / 'python'
+  fake.write_text('#!/bin/sh\ncase "$2" in *__version__*) echo "9.9 2";; '
+                  '*) echo "ModuleNotFoundError: no model" >&2; exit 3;; esac\n')
+  fake.chmod(0o755)
+  proc = _script('parts_vs_reference.py', f'--reference_dir={ref}', f'--torch_python={fake}',
+                 f'--out={tmp_path}/p.json', timeout=60)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f'parts_vs_reference: reference: {fake} exited 3: ModuleNotFoundError: no model']
+  assert not os.path.exists(tmp_path / 'p.json')
+  proc = _script('parts_vs_reference.py', f'--out={tmp_path}/no/p.json', timeout=60)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f'error: --out={tmp_path}/no/p.json: its folder does not exist']
+
+
 @pytest.mark.slow
 def test_parts_vs_reference_our_side_measures():
   """Our half of the comparison runs (the torch half needs the reference and torch)."""
