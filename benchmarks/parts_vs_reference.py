@@ -10,8 +10,9 @@ weight decay 0.1) it times, per side:
 
   step ms       one optimizer step on 256 pairs in training mode (forward with dropout,
                 backward, AdamW): the reference's ``GrokkingTransformer`` (imported from
-                its checkout) with ``torch.optim.AdamW``; ours a jitted step of the same
-                loss and optimizer ``experiment.build`` makes for ``configs/default.py``
+                its checkout) with ``torch.optim.AdamW``; ours the trainer's own step
+                (``Trainer._step``, jitted alone) as ``experiment.build`` makes it for
+                ``configs/default.py``
   eval us/pair  the evaluation forward pass (no dropout, argmax) over 8,192 pairs: the
                 reference's in ``model.eval()`` and ``torch.no_grad()`` in batches of its
                 ``eval_batch_size`` (2,048); ours ``Trainer.evaluate`` (chunks of
@@ -73,25 +74,17 @@ def our_worker(reps: int) -> dict:
   environment.configure(deterministic=True, matmul_precision='highest')
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from ordered_jax import experiment  # pylint: disable=g-import-not-at-top
+  from ordered_jax import train  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.update(p=P, train_size=EVAL_PAIRS // 2, test_size=EVAL_PAIRS // 2, batch_size=BATCH,
            strategy='stride', data_generator='fast')
   b = experiment.build(c)
   tr = b.trainer
-  params = jax.tree.map(lambda a: a[0], b.state.params)
-  opt = jax.tree.map(lambda a: a[0], b.state.opt_state)
   table = b.data.train_NxC if tr.shared_data else b.data.train_NxC[0]
   abc, mask = table[:BATCH], jnp.ones((BATCH,), bool)
-
-  @jax.jit
-  def step(params, opt, key):
-    g = jax.grad(tr.loss)(params, abc, mask, key)
-    upd, opt = tr.tx.update(g, opt, params)
-    return optax.apply_updates(params, upd), opt
-
+  step = jax.jit(tr._step)  # pylint: disable=protected-access  # the epoch's own step
   keys = [jax.random.key(i) for i in range(reps + 2)]
 
   def timed(f):
@@ -104,11 +97,12 @@ def our_worker(reps: int) -> dict:
       ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
-  state = {'p': params, 'o': opt}
+  one_run = train.run_slice(b.state, 0)
+  state = [one_run.params, one_run.opt_state]
 
   def one_step(i):
-    state['p'], state['o'] = step(state['p'], state['o'], keys[i])
-    return state['p']
+    _, _, state[0], state[1] = step(*state, abc, mask, keys[i])
+    return state[0]
 
   pairs = b.data.n_train + b.data.n_test
   return {'step_ms': 1e3 * timed(one_step),
