@@ -200,7 +200,9 @@ def _main(argv):
       listing.show('all' if _LIST.value else 'probes' if _PROBES_LIST.value else 'probe',
                    _PROBES_DESCRIBE.value or '')
     except ValueError as e:
-      _fail(f'--probes_describe: {e}')
+      flag = ('--list' if _LIST.value else '--probes_list' if _PROBES_LIST.value else
+              '--probes_describe')  # a broken registration shows in every listing
+      _fail(f'{flag}: {e}')
     return
   if _CONFIG.value is None and _config_path(sys.argv) is None:
     _fail('--config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
@@ -250,7 +252,8 @@ def _main(argv):
       return
     if sweeper.is_sweep(config):
       if _RESUME.value:
-        _fail('--resume: a sweep continues by itself; run the same command again')
+        _fail('--resume: a sweep continues by itself; run the same command again without it '
+              '(a sweep capped by config.stop_after: with a larger or no cap)')
       table = sweeper.run(config, _WORKDIR.value, probes=probes.build, rerun=_RERUN.value,
                           overwrite=_OVERWRITE.value, **progress)
       logging.info('sweep results: %s', table)

@@ -273,15 +273,16 @@ def render(runs: list[Run], *, title='Ordered-learning report', sources=(),
                 html_table(final_values(with_rows, present)),
                 _img(probe_figure(with_rows, present))]
   from probes import catalog  # pylint: disable=g-import-not-at-top
-  for name in catalog.CATALOG:  # every other probe family present: its own section
+  documented = catalog.entries()  # the built-in probes and those registered with a doc
+  for name in documented:  # every other probe family present: its own section
     present = [k for k in _present(with_rows, family_keys(name)) if k not in shown]
     present = [k for k in present if any(r.series(k)[0].size for r in with_rows)]
     if not present or any(k.startswith(f'{name}/') for k in shown):
       continue
     present = present[:PER_FAMILY]
     shown += present
-    parts += [f'<h2>{html.escape(name)}: {html.escape(catalog.CATALOG[name].summary)}</h2>',
-              f'<p class="note">Fires {html.escape(catalog.CATALOG[name].cadence)}; values '
+    parts += [f'<h2>{html.escape(name)}: {html.escape(documented[name].summary)}</h2>',
+              f'<p class="note">Fires {html.escape(documented[name].cadence)}; values '
               'at the run\'s last firing; `python main.py --probes_describe='
               f'{name}` lists every key.</p>',
               html_table(final_values(with_rows, present)),

@@ -208,7 +208,10 @@ def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
   """The workdir holds this sweep (same base config) or nothing; --overwrite clears it.
   A damaged ``sweep.json`` or results table stops here, before anything trains."""
   path = os.path.join(workdir, SWEEP_FILE)
-  base = {k: v for k, v in config.to_dict().items() if k != 'sweep'}
+  # The fields a --resume may change (stop_after, checkpoint cadence, sinks) may change
+  # between two invocations of one sweep too: a capped sweep continues with a larger cap.
+  skip = ('sweep',) + experiment.RESUME_SAFE
+  base = {k: v for k, v in config.to_dict().items() if k not in skip}
   base = json.loads(json.dumps(base, default=str))
   if overwrite:
     for name in (RUNS_DIR, results.TABLE, results.PARTS):
@@ -223,6 +226,7 @@ def _check_sweep_dir(config, workdir: str, overwrite: bool) -> None:
         old = json.load(f)['base']
       if not isinstance(old, dict):
         raise TypeError
+      old = {k: v for k, v in old.items() if k not in skip}  # older files kept them
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
       raise experiment.WorkdirError(
           f'{path} cannot be read (not the JSON a sweep writes); restore it, or pass '

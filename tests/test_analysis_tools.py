@@ -543,3 +543,32 @@ def test_errors_are_one_line(data, capsys, tmp_path):
   _write(str(corrupt / 'stride_final.pt'), 'not a zip')
   assert 'not a torch zip archive' in _fails(capsys, 'weight_compare', '--workdir',
                                              str(corrupt), *out)
+
+
+def test_report_has_a_section_for_a_registered_probe(data, capsys, tmp_path):
+  """A probe registered in its own module with a ``doc`` (docs/extending.md) gets its own
+  report section, like the built-in families."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from probes import catalog, registry  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'w' / 'stride'
+  shutil.copytree(os.path.join(data['ours'], 'stride'), run)
+  path = run / 'stride.jsonl'
+  rows = [json.loads(line) for line in open(path)]
+  for i, r in enumerate(rows):
+    r['my_norm/value'] = 10.0 + i
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  registry.register('my_norm', lambda ctx, options: None, doc=catalog.Probe(
+      'my_norm', 'a norm of my own', cadence='every epoch', cost='cheap',
+      cost_detail='one pass', definition='value = |theta|',
+      metrics=(catalog.Metric('value', '|theta|', 'higher = larger'),)))
+  try:
+    report_path, = _cli(capsys, 'report', '--workdir', str(tmp_path / 'w'), '--output-dir',
+                        str(tmp_path / 'rep'))
+  finally:
+    registry.unregister('my_norm')
+  text = open(report_path).read()
+  assert '<h2>my_norm: a norm of my own</h2>' in text
+  parser = _Tables()
+  parser.feed(text)
+  [table] = [t for t in parser.tables if t[0] == ['run', 'value']]
+  assert table[1] == ['stride', f'{10.0 + len(rows) - 1:.4g}']

@@ -179,6 +179,21 @@ def test_killed_between_the_runs_checkpoints_resumes_to_the_same_table(
 
 
 @pytest.mark.slow
+def test_a_capped_sweep_continues_with_a_larger_cap(finished_sweep, tmp_path):
+  """stop_after may change between invocations, as on a plain --resume: the runs capped at
+  epoch 2 continue to the full length, the table then equals an uncapped sweep's."""
+  c, _, path = finished_sweep
+  capped = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3,
+                        stop_after=2)
+  sweeper.run(capped, str(tmp_path), quiet=True)
+  rows = _table(os.path.join(str(tmp_path), results.TABLE))
+  assert {len(r['validation_accuracy']) for r in rows.values()} == {2}
+  got = _table(sweeper.run(c, str(tmp_path), quiet=True))
+  drop = lambda r: {k: v for k, v in r.items() if k != 'duration_seconds'}
+  assert {k: drop(v) for k, v in got.items()} == {k: drop(v) for k, v in _table(path).items()}
+
+
+@pytest.mark.slow
 def test_a_changed_base_config_needs_another_workdir(finished_sweep):
   c, workdir, _ = finished_sweep
   other = sweep_config(grid={'strategy': 'stride,random', 'seed': '0..3'}, max_runs=3,
