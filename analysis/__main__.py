@@ -408,6 +408,10 @@ def _dataset_dft(args):
   seed = int(pick(args.seed, 'seed', 199))
   stride = int(pick(args.stride, 'stride', 0) or 0)
   generator = pick(args.generator, 'data_generator', 'reference')
+  task = str(cfg.get('task', 'add') or 'add')
+  if task != 'add':  # its pairs and labels are (a + b) mod p's: another task's would differ
+    raise InputError(f'dataset_dft --workdir: the run trains task {task!r}; the tool '
+                     'regenerates the training set of (a + b) mod p only')
   for flag, ok, allowed in (
       ('--p', 3 <= p < dataset_dft.MAX_P, f'3 <= p < {dataset_dft.MAX_P} (as a run\'s config.p)'),
       ('--train-size', 2 <= n <= p * p, '2 <= train_size <= p*p'),

@@ -109,6 +109,5 @@ def build(config) -> list:
                              'or the workdir of a finished run')
   ctx = registry.context(config)
   for n in selected:
-    if entries[n].check is not None:
-      entries[n].check(opts[n], ctx)
+    registry.check(entries[n], opts[n], ctx)
   return [entries[n].make(ctx, opts[n]) for n in selected]

@@ -130,6 +130,22 @@ def options(entry: Entry, config) -> Any:
                            str(e).split(': ', 1)[1]) from None
 
 
+def check(entry: Entry, opts, ctx: Context) -> None:
+  """``entry.check(opts, ctx)``; a ``ConfigError`` naming one of its options (``field``)
+  is raised again naming ``probes.<key>.<field>``, as ``options`` does (a field that
+  already starts with ``probes.`` or names another part of the config stays)."""
+  if entry.check is None:
+    return
+  try:
+    entry.check(opts, ctx)
+  except runs.ConfigError as e:
+    known = {f.name for f in dataclasses.fields(entry.options)} if entry.options else set()
+    if e.field.split('.')[0] not in known:
+      raise
+    raise runs.ConfigError(f'probes.{options_key(entry)}.{e.field}',
+                           str(e).split(': ', 1)[1]) from None
+
+
 def context(config) -> Context:
   return Context(config=config, model=experiment.model_config(config),
                  steps_per_epoch=orderings.steps_per_epoch(runs.sizes(config)[0],

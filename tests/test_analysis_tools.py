@@ -217,6 +217,19 @@ def test_dataset_dft_cli_and_stats(data, capsys):
   assert 'p11_n40_b8_seed3' in png2
 
 
+def test_dataset_dft_refuses_a_run_of_another_task(data, capsys, tmp_path):
+  """It regenerates (a + b) mod p's training set: for a run of another task it would draw
+  the spectra of data the run never saw."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'w' / 'stride'
+  shutil.copytree(os.path.join(data['ours'], 'stride'), run)
+  cfg = json.loads((run / 'experiment_config.json').read_text())
+  (run / 'experiment_config.json').write_text(json.dumps({**cfg, 'task': 'sub'}))
+  err = _fails(capsys, 'dataset_dft', '--workdir', str(tmp_path / 'w'), '--output-dir',
+               str(tmp_path / 'out'))
+  assert "the run trains task 'sub'" in err
+
+
 def test_dataset_dft_functions():
   sets = dataset_dft.ordered_sets(13, 60, 2, names=('stride', 'random'))
   assert sorted(map(tuple, sets['stride'])) == sorted(map(tuple, sets['random']))

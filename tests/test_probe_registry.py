@@ -56,6 +56,42 @@ def test_options_are_validated_with_their_full_path():
     probes.build(c)
 
 
+def test_check_errors_name_the_options_full_path():
+  """A ``check`` raising ``ConfigError`` on one of its options reads like a
+  ``__post_init__`` error (``config.probes.<name>.<field>``); other fields stay."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    param: str = 'embedding'
+
+  def check(o, ctx):
+    if o.param == 'nope':
+      raise runs.ConfigError('param', f'{o.param!r} is not a parameter')
+    if o.param == 'p':
+      raise runs.ConfigError('p', f'too small for this probe; got {ctx.config.p}')
+
+  registry.register('param_check', lambda ctx, o: object(), options=Options, check=check)
+  try:
+    for value, want in (('nope', "config.probes.param_check.param: 'nope' is not a "
+                                 'parameter'),
+                        ('p', 'config.p: too small for this probe; got ')):
+      c = micro_config()
+      c.probes.names = 'param_check'
+      with c.unlocked():
+        c.probes.param_check = {'param': value}
+      with pytest.raises(runs.ConfigError, match=re.escape(want)):
+        probes.build(c)
+  finally:
+    registry.unregister('param_check')
+  c = micro_config(p=11)
+  c.probes.names = 'progress'
+  c.probes.progress.n_key = 6
+  with pytest.raises(runs.ConfigError, match=re.escape(
+      'config.probes.progress.n_key: must be an integer in [1, 5]; got 6')):
+    probes.build(c)
+
+
 def test_a_declared_probe_is_refused_where_its_needs_are_not_met():
   made = []
   registry.register('only_mlp_sgd', lambda ctx, o: made.append(ctx) or object(),
