@@ -538,7 +538,12 @@ def parse_task(spec: str, p: int, dim: int = 8) -> Task:
   kind, arg = kind.strip(), arg.strip()
   name = f'{kind}:{arg}' if colon else kind
   k = KINDS.get(kind)
-  if k is None or (k.arg is True and not colon) or (k.arg is False and colon):
+  if k is not None and k.arg is True and not colon:
+    raise ValueError(f'task: {kind} needs an argument, {kind}:<arg> ({k.description}); got '
+                     f'{spec!r}')
+  if k is not None and k.arg is False and colon:
+    raise ValueError(f'task: {kind} takes no argument ({k.description}); got {spec!r}')
+  if k is None:
     raise ValueError(f'task: {_allowed()}; got {spec!r}')
   return k.parse(arg, name=name, spec=spec, p=p, dim=dim)
 

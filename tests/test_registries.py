@@ -19,9 +19,14 @@ def test_the_built_in_kinds_are_registered_in_order_with_a_description():
   assert all(rows['Tasks'].values())
 
 
-@pytest.mark.parametrize('spec', ['add:3', 'poly', 'sym', 'nope:1', 'Add'])
-def test_a_spec_its_kind_does_not_take_is_one_line(spec):
-  with pytest.raises(ValueError, match=r"^task: must be one of add, .*; got '") as e:
+@pytest.mark.parametrize('spec, want', [
+    ('add:3', r"^task: add takes no argument \(.*\); got 'add:3'$"),
+    ('poly', r"^task: poly needs an argument, poly:<arg> \(poly:.*\); got 'poly'$"),
+    ('sym', r"^task: sym needs an argument, sym:<arg> \(sym:N .*\); got 'sym'$"),
+    ('nope:1', r"^task: must be one of add, .*; got 'nope:1'$"),
+    ('Add', r"^task: must be one of add, .*; got 'Add'$")])
+def test_a_spec_its_kind_does_not_take_is_one_line(spec, want):
+  with pytest.raises(ValueError, match=want) as e:
     tasks.parse_task(spec, 13)
   assert '\n' not in str(e.value)
 
