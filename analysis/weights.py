@@ -29,6 +29,10 @@ def model_config(run: Run, sd: dict | None = None):
   c = run.config
   if sd is not None:
     return torch_import.model_config(sd, num_heads=int(c.get('num_heads', 4)))
+  kind = c.get('model', 'reference') or 'reference'
+  if kind != 'reference':  # the views name the reference transformer's matrices
+    raise InputError(f'run {run.name}: model {kind!r}; the weight tools read the reference '
+                     "transformer (model 'reference') only")
   need = ('p', 'embed_dim', 'num_heads', 'layers')
   if not all(k in c for k in need):
     raise InputError(f'run {run.name}: experiment_config.json lacks the model shape '

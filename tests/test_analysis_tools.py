@@ -230,6 +230,18 @@ def test_dataset_dft_refuses_a_run_of_another_task(data, capsys, tmp_path):
   assert "the run trains task 'sub'" in err
 
 
+def test_weight_tools_refuse_a_run_of_another_model(data, capsys, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'w' / 'stride'
+  shutil.copytree(os.path.join(data['ours'], 'stride'), run)
+  cfg = json.loads((run / 'experiment_config.json').read_text())
+  (run / 'experiment_config.json').write_text(json.dumps({**cfg, 'model': 'mlp'}))
+  for tool in ('weight_compare', 'weight_heatmap'):
+    err = _fails(capsys, tool, '--workdir', str(tmp_path / 'w'), '--output-dir',
+                 str(tmp_path / 'out'))
+    assert "run stride: model 'mlp'; the weight tools read the reference" in err, err
+
+
 def test_dataset_dft_functions():
   sets = dataset_dft.ordered_sets(13, 60, 2, names=('stride', 'random'))
   assert sorted(map(tuple, sets['stride'])) == sorted(map(tuple, sets['random']))
