@@ -172,8 +172,28 @@ def _validate(config, probes) -> None:
     sys.exit(1)
 
 
+def _failed_run(e: Exception) -> None:
+  """Anything else that stopped a run (a write Orbax could not do, memory the estimate
+  missed, a bug): one line, the traceback in a file, exit 1 at once (Orbax's threads,
+  left waiting on the failed save, would hold the interpreter's shutdown forever). The
+  checkpoints already committed are whole (each is written aside, then renamed)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  fd, path = tempfile.mkstemp(prefix='ordered_jax_error_', suffix='.txt')
+  with os.fdopen(fd, 'w') as f:
+    traceback.print_exception(e, file=f)
+  first = (str(e).strip().splitlines() or [''])[0][:300]
+  what = ('out of memory (the memory estimate missed this config; lower its sizes)'
+          if 'Out of memory' in str(e) or isinstance(e, MemoryError) else
+          f'{type(e).__name__}: {first}')
+  print(f'error: {what}; the last complete checkpoint is kept (continue with --resume once '
+        f'the cause is fixed); traceback in {path}', file=sys.stderr)
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def main(argv):
-  """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk (with
+  """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk or another failure (with
   --validate_checkpoints: a checkpoint that differs), 130/143 interrupted
   (a second Ctrl-C aborts at once, also with one line)."""
   try:
@@ -275,6 +295,8 @@ def _main(argv):
   except experiment.Interrupted as e:
     print(f'{e}', file=sys.stderr)
     sys.exit(128 + e.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    _failed_run(e)
   for s in summaries:
     g = s['grokking']
     if 'validation_loss' in s['final_eval']:  # a regression (task teacher:...)

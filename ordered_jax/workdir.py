@@ -140,6 +140,8 @@ def disk_full(e: BaseException) -> tuple[str] | None:
     if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
       return (x.filename or '',)
     text = str(x) if isinstance(x, (ValueError, RuntimeError)) else ''
+    if 'Out of memory' in text:  # XLA's RESOURCE_EXHAUSTED for host or device memory
+      return None
     if 'RESOURCE_EXHAUSTED' in text or 'No space left' in text:
       files = _FILE.findall(text)
       return (files[-1] if files else '',)

@@ -116,3 +116,35 @@ def test_expand_names_runs_by_what_varies():
   assert len(names) == 16 and names[0] == 'stride_seed1_wd0.1' and names[-1] == 'target_seed2_wd1'
   assert [r.name for r in runs.expand(micro_config(strategy='stride, target'))] == [
       'stride', 'target']
+
+
+def test_a_failed_save_is_one_line_and_exits(tmp_path):
+  """A checkpoint write failing for another reason than a full disk (here: its folder
+  replaced by a file) stops with one line naming it and the traceback's file, exit 1, at
+  once (no wait on Orbax's threads)."""
+  script = (
+      'import runpy, sys\n'
+      f'sys.path.insert(0, {ROOT!r})\n'
+      'from ordered_jax import checkpoint\n'
+      'def save(*a, **k):\n'
+      "  raise NotADirectoryError(20, 'Not a directory', '/w/stride/checkpoints/1.tmp')\n"
+      'checkpoint.save = save\n'
+      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}', "
+      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--silent']\n"
+      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr
+  _one_line_error(proc, 'NotADirectoryError', '/w/stride/checkpoints/1.tmp', 'traceback in ')
+  path = proc.stderr.strip().splitlines()[-1].rsplit('traceback in ', 1)[1]
+  assert 'NotADirectoryError' in open(path).read()
+  os.remove(path)
+
+
+def test_out_of_memory_is_not_a_full_disk():
+  from ordered_jax import workdir  # pylint: disable=g-import-not-at-top
+  assert workdir.disk_full(RuntimeError(
+      'RESOURCE_EXHAUSTED: Out of memory allocating 68729668612 bytes.')) is None
+  assert workdir.disk_full(ValueError(
+      'RESOURCE_EXHAUSTED: Error writing local file "/d/x": No space left on device')) == (
+          '/d/x',)
