@@ -41,10 +41,11 @@ def plot(runs: dict[str, list[dict]], out: str, title: str = '') -> str:
   for (name, rows), color in zip(runs.items(), colors * 4):
     ev = [r for r in rows if ACC_TEST in r]
     epochs = [r['epoch'] for r in ev]
-    ax_acc.plot(epochs, [r[ACC_TRAIN] for r in ev], color=color, ls='--', lw=1.2)
+    nan = float('nan')  # a missing or NaN value (null in the JSONL) is a gap in the line
+    ax_acc.plot(epochs, [r.get(ACC_TRAIN, nan) for r in ev], color=color, ls='--', lw=1.2)
     ax_acc.plot(epochs, [r[ACC_TEST] for r in ev], color=color, lw=1.8, label=name)
-    ax_loss.semilogy([r['epoch'] for r in rows], [r[LOSS] for r in rows], color=color, lw=1.4,
-                     label=name)
+    ax_loss.semilogy([r['epoch'] for r in rows], [r.get(LOSS, nan) for r in rows],
+                     color=color, lw=1.4, label=name)
   ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', ylim=(-2, 102),
              title='test (solid) and train (dashed) accuracy')
   ax_loss.set(xlabel='epoch', ylabel='training loss', title='training loss (epoch mean)')

@@ -26,3 +26,19 @@ def test_plot_renders_every_run(tmp_path):
 def test_missing_runs_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError):
     curves.load_runs(str(tmp_path))
+
+
+def test_a_missing_or_nan_value_is_a_gap(tmp_path):
+  """The reference's files write NaN (null) for a diverged loss; a row may lack a key."""
+  os.makedirs(tmp_path / 'stride')
+  with open(tmp_path / 'stride' / 'stride.jsonl', 'w') as f:
+    for e in range(5):
+      row = {'epoch': e, curves.LOSS: 1.0 / (e + 1), curves.ACC_TRAIN: 20.0 * e,
+             curves.ACC_TEST: 10.0 * e}
+      if e == 2:
+        row[curves.LOSS] = float('nan')
+      if e == 3:
+        del row[curves.LOSS], row[curves.ACC_TRAIN]
+      f.write(json.dumps(row) + '\n')
+  out = curves.plot(curves.load_runs(str(tmp_path)), str(tmp_path / 'fig.png'))
+  assert matplotlib.image.imread(out).std() > 0
