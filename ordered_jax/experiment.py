@@ -674,6 +674,15 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   env = environment.metadata()
   run_cfgs = [run_config(config, r, env) for r in batch]
   if resume and not _common_steps(dirs):
+    # A run that never started here beside runs with checkpoints: another batch than the
+    # saved one (starting afresh would delete the others' checkpoints).
+    have = [r.name for r, d in zip(batch, dirs) if checkpoint.steps(d)]
+    new = [r.name for r, d in zip(batch, dirs) if _saved_config(d) is None]
+    if have and new:
+      raise WorkdirError(
+          f'--resume: run(s) {", ".join(new)} never ran in {workdir}, while '
+          f'{", ".join(have)} have checkpoints: this is not the batch that was saved; resume '
+          'that batch (its strategies and seeds), or use another --workdir for the new runs')
     # Killed before every run had a checkpoint: nothing to continue from, so the batch
     # starts again (as one batch, so it repeats an uninterrupted run).
     for d, c in zip(dirs, run_cfgs):

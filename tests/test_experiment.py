@@ -379,6 +379,23 @@ def test_killed_before_the_first_checkpoint_resume_starts_afresh(reference_run, 
   _same_as_reference(workdir, ref_dir, config)
 
 
+def test_resume_with_a_run_added_to_the_batch_is_refused(tmp_path, monkeypatch):
+  """A --resume whose batch adds a run that never ran beside runs with checkpoints is
+  refused in one line; the saved run's checkpoints and rows stay as they were."""
+  workdir = str(tmp_path)
+  with crash_after_epoch(monkeypatch, 2):
+    experiment.run(micro_config(strategy='stride'), workdir, quiet=True)
+  stride = os.path.join(workdir, 'stride')
+  steps, rows = checkpoint.steps(stride), open(os.path.join(stride, 'stride.jsonl')).read()
+  assert steps
+  with pytest.raises(experiment.WorkdirError, match=r'^--resume: run\(s\) random never ran '
+                     r'in .*, while stride have checkpoints: this is not the batch'):
+    experiment.run(micro_config(strategy='stride,random'), workdir, resume=True, quiet=True)
+  assert checkpoint.steps(stride) == steps
+  assert open(os.path.join(stride, 'stride.jsonl')).read() == rows
+  assert not os.path.exists(os.path.join(workdir, 'random'))
+
+
 def test_killed_between_the_final_outputs_is_not_complete(reference_run, tmp_path,
                                                           monkeypatch):
   """Item 5: a kill after summary.json but before final_params (or before the marker)
