@@ -4,28 +4,32 @@
 ``param_count``, without building the model), the optimiser state, gradients and
 Grokfast buffers; the activations of one training batch (forward and backward) and of one
 evaluation chunk; the data on the device (the training and test tables, each run's
-orders); and the host memory that generating the data takes (measured per example for each
-generator). ``check`` compares that with the machine: on an accelerator the device part
-against one device's ``bytes_limit`` (runs are split over the devices) and the host part
-against the host's available memory; on the CPU their sum against the available memory.
-It refuses with one ``ConfigError`` line naming the field that contributes most (the one
-whose reset to a small value shrinks the estimate most) and both sizes. The estimate is
-rough on purpose (an upper bound within a factor of about two); probe state (windows of
-the dynamics probes) is not counted.
+orders); what the enabled probes declare they hold (``probes.registry``'s ``memory``:
+gradient windows, the Lanczos basis, replays); the trajectory's flattened and projected
+parameters; and the host memory that generating the data takes (measured per example for
+each generator). ``check`` compares that with the machine: on an accelerator the device
+part against one device's ``bytes_limit`` (runs are split over the devices) and the host
+part against the host's available memory; on the CPU their sum against the available
+memory. It refuses with one ``ConfigError`` line naming the field that contributes most
+(the one whose reset to a small value, or a probe option's to its default, shrinks the
+estimate most) and both sizes. The estimate is rough on purpose (an upper bound within a
+factor of about two).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 
-from ordered_jax import models, runs
+from ordered_jax import models, runs, trajectory
 
 # Small values a field is reset to when looking for the one that makes a config too big.
 SMALL = {'embed_dim': 128, 'mlp_dim': 512, 'layers': 2, 'num_heads': 4, 'p': 97,
          'train_size': 3500, 'train_fraction': 0.0, 'test_size': 4000, 'batch_size': 256,
-         'eval_batch_size': 2048, 'grokfast.window': 1, 'task': 'add'}
+         'eval_batch_size': 2048, 'grokfast.window': 1, 'task': 'add',
+         'trajectory.projection': 'none'}
 # Host bytes per generated example, measured (peak RSS of tasks.make_task, p = 9973 and
 # 46337, up to 10M examples): the reference generator's Python set of training pairs
 # dominates its training examples.
@@ -97,24 +101,48 @@ def _file_rows(config) -> int:
     return 0
 
 
-def estimate(config, n_runs: int = 1) -> dict[str, int]:
-  """Bytes by part: ``state`` and ``activations`` per run times ``n_runs``, ``device_data``
-  (shared when the runs share one data seed, else per run; with each run's orders) and
-  ``host_data`` (generating the tables)."""
+def _registry():
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  return registry
+
+
+def _probes(config, probe_names):
+  """(entry, options) of the enabled probes that declare their memory; ``probe_names``:
+  those of the built probes (None: the config's, ``probes.names``)."""
+  import probes as probes_lib  # pylint: disable=g-import-not-at-top
+  names = probes_lib.names(config) if probe_names is None else probe_names
+  entries = _registry().entries()
+  return [(entries[n], _registry().options(entries[n], config)) for n in names
+          if n in entries and entries[n].memory is not None]
+
+
+def estimate(config, n_runs: int = 1, probe_names=None) -> dict[str, int]:
+  """Bytes by part: ``state`` (parameters, optimiser, activations) and ``probes`` per run
+  times ``n_runs``, ``device_data`` (shared when the runs share one data seed, else per run;
+  with each run's orders), ``trajectory`` (its vectors of every run) and ``host_data``
+  (generating the tables). ``probe_names``: see ``_probes``."""
   t = runs.task(config)
   n_train, n_test = runs.sizes(config)
   tokens = 2 * t.n_ops if models.is_sequence(config.model) else t.n_ops
   width = 6 * config.embed_dim + config.mlp_dim
-  acts = _largest_batch(config) * (tokens * width * config.layers + 2 * t.order) * 3
+  example = (tokens * width * config.layers + 2 * t.order) * 3
+  acts = _largest_batch(config) * example
   evals = min(config.eval_batch_size, n_train + n_test) * (tokens * width + t.order)
-  per_run = F32 * (param_count(config) * _state_copies(config) + acts + evals)
+  n_params = param_count(config)
+  per_run = F32 * (n_params * _state_copies(config) + acts + evals)
+  sizes = _registry().Sizes(params=n_params, example_bytes=F32 * example,
+                            batch_size=_largest_batch(config))
+  probe_bytes = sum(e.memory(o, sizes) for e, o in _probes(config, probe_names))
+  traj = (trajectory.memory(config.trajectory.projection, n_params, n_runs)
+          if trajectory.enabled(config) else 0)
   shared = config.get('data_seed', -1) >= 0 or config.get('lockstep', False) or n_runs == 1
   tables = F32 * (n_train + n_test) * (t.n_ops + 1) * (1 if shared else n_runs)
   rows = sum(2 if s == 'alternating' else 1 for s in set(runs.strategies(config)))
   orders = F32 * n_train * n_runs * max(2, rows + _file_rows(config))  # prepared orders
   per_train, per_test = HOST_BYTES.get(
       runs.generator(config), HOST_BYTES['reference'])
-  return {'state': per_run * n_runs, 'device_data': tables + orders,
+  return {'state': per_run * n_runs, 'probes': probe_bytes * n_runs,
+          'device_data': tables + orders, 'trajectory': traj,
           'host_data': per_train * n_train + per_test * n_test}
 
 
@@ -139,13 +167,16 @@ def device_limit() -> tuple[int | None, int]:
   return (int(limit) if limit else None), len(jax.devices())
 
 
-def need(config, n_runs: int, limit: int | None, n_devices: int) -> tuple[int, int]:
+def need(config, n_runs: int, limit: int | None, n_devices: int,
+         probe_names=None) -> tuple[int, int]:
   """(needed, available) bytes of the tighter of device and host memory."""
-  e = estimate(config, n_runs)
+  e = estimate(config, n_runs, probe_names)
   host = host_available()
   if limit is None:  # the CPU: one memory for everything
-    return e['state'] + e['device_data'] + e['host_data'], host
-  per_device = -(-n_runs // n_devices) * (e['state'] // max(n_runs, 1)) + e['device_data']
+    return sum(e.values()), host
+  here = -(-n_runs // n_devices)  # runs on one device
+  per_device = (here * (e['state'] + e['probes'] + e['trajectory']) // max(n_runs, 1)
+                + e['device_data'])
   if e['host_data'] > host and e['host_data'] / host >= per_device / limit:
     return e['host_data'], host
   return per_device, limit
@@ -162,34 +193,46 @@ def _with(config, field: str, value):
   return c
 
 
-def culprit(config, n_runs: int, limit, n_devices) -> str:
-  """The field whose reset to ``SMALL`` shrinks the estimate most (the number of runs,
-  named by its longest tuple field, counts as one)."""
-  base = need(config, n_runs, limit, n_devices)[0]
+def _resets(config, probe_names):
+  """(field, small value): ``SMALL``'s, then each option of the enabled probes that declare
+  their memory, at its default."""
+  out = list(SMALL.items())
+  for entry, opts in _probes(config, probe_names):
+    key = _registry().options_key(entry)
+    out += [(f'probes.{key}.{f.name}', f.default) for f in dataclasses.fields(opts)
+            if f.default is not dataclasses.MISSING and getattr(opts, f.name) != f.default]
+  return out
+
+
+def culprit(config, n_runs: int, limit, n_devices, probe_names=None) -> str:
+  """The field whose reset to ``SMALL`` (or a probe's option's to its default) shrinks the
+  estimate most (the number of runs, named by its longest tuple field, counts as one)."""
+  base = need(config, n_runs, limit, n_devices, probe_names)[0]
   best, name = base, ''
-  for field, small in SMALL.items():
+  for field, small in _resets(config, probe_names):
     try:
-      n = need(_with(config, field, small), n_runs, limit, n_devices)[0]
-    except (KeyError, AttributeError, ValueError, TypeError):
+      n = need(_with(config, field, small), n_runs, limit, n_devices, probe_names)[0]
+    except (KeyError, AttributeError, ValueError, TypeError, runs.ConfigError):
       continue
     if n < best:
       best, name = n, field
-  if n_runs > 1 and need(config, 1, limit, n_devices)[0] < best:
+  if n_runs > 1 and need(config, 1, limit, n_devices, probe_names)[0] < best:
     name = max(('seeds', 'lrs', 'weight_decays'), key=lambda k: len(config[k]))
     name = name if len(config[name]) > 1 else 'strategy'
   return name or 'embed_dim'
 
 
-def check(config, n_runs: int = 1) -> None:
+def check(config, n_runs: int = 1, probe_names=None) -> None:
   """``ConfigError`` (one line: the field, the estimate, the memory) when ``config``'s
-  batch of ``n_runs`` runs cannot fit; nothing is allocated."""
+  batch of ``n_runs`` runs, with the probes ``probe_names`` (None: the config's), cannot
+  fit; nothing is allocated."""
   from ordered_jax.workdir import gib  # pylint: disable=g-import-not-at-top
   limit, n_devices = device_limit()
-  needed, available = need(config, n_runs, limit, n_devices)
+  needed, available = need(config, n_runs, limit, n_devices, probe_names)
   if needed <= available:
     return
   where = 'the host has' if limit is None or available != limit else 'the device has'
   what = f'{n_runs} runs need' if n_runs > 1 else 'needs'
-  raise runs.ConfigError(culprit(config, n_runs, limit, n_devices),
+  raise runs.ConfigError(culprit(config, n_runs, limit, n_devices, probe_names),
                          f'{what} about {gib(needed)} of memory, {where} {gib(available)} '
                          'available (docs/configs.md: sizes)')

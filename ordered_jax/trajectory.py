@@ -96,6 +96,16 @@ def project(x_RxD, seed: int, k: int):
   return out
 
 
+def memory(projection: str, n_params: int, n_runs: int) -> int:
+  """Bytes ``make_vectors`` holds at once (within a few percent of XLA's own count, tested):
+  the runs' flat parameters (the leaves, then their padded and chunked copies), the [R, K]
+  result and, with a projection, about four ``_CHUNK`` x K arrays (a chunk of G and the
+  random bits it is drawn from)."""
+  k = parse_projection(projection)
+  padded = -(-n_params // _CHUNK) * _CHUNK
+  return 4 * (n_runs * (n_params + 2 * padded + k) + (4 * _CHUNK * k if k else 0))
+
+
 def make_vectors(projection: str, seed: int):
   """A jitted function: batched params (leading runs axis) -> float32 [R, D or K]."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -213,11 +213,21 @@ def _register():
       'counterfactual', lambda ctx, o: Counterfactual(
           ctx.model, k=o.k, window=o.window, parallel=o.parallel,
           with_reference=ctx.reference),
-      needs=needs, groups=('interventions',), rank=210, options=Options)
+      needs=needs, groups=('interventions',), rank=210, options=Options,
+      memory=lambda o, sizes: _memory(o, sizes, 2 * o.window + o.k))
   registry.register(
       'counterfactual_validator', lambda ctx, o: CounterfactualValidator(
           ctx.model, k=o.k, parallel=o.parallel, with_reference=ctx.reference),
-      needs=needs, options=Options, options_key='counterfactual')
+      needs=needs, options=Options, options_key='counterfactual',
+      memory=lambda o, sizes: _memory(o, sizes, o.k + 1))
+
+
+def _memory(o: Options, sizes, vectors: int) -> int:
+  """``vectors`` parameter-sized arrays (the window, the stacked replay gradients) and, per
+  replay running at once, a copy of the training state and one batch's activations."""
+  at_once = o.k if o.parallel <= 0 else min(o.parallel, o.k)
+  return 4 * sizes.params * (vectors + 4 * at_once) + (
+      at_once * sizes.batch_size * sizes.example_bytes)
 
 
 _register()

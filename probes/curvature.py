@@ -185,7 +185,16 @@ def _register():
           every_n_steps=o.every_n_steps, steps_per_epoch=ctx.steps_per_epoch,
           probe_every=c(ctx).probe_every),
       needs=registry.Needs(fixed_steps=lambda o: bool(o.every_n_steps)),
-      groups=('full',), rank=300, options=Options)
+      groups=('full',), rank=300, options=Options, memory=_memory)
+
+
+def _memory(o: Options, sizes) -> int:
+  """The Lanczos basis and Hutchinson's probe vectors, each parameter-sized and held twice
+  (XLA's count: the loop's carry, the random bits), a few more for the HVP, and the probe
+  batch's activations twice (forward over reverse). Adam's preconditioned pass runs after
+  the first and reuses its memory."""
+  vectors = 2 * (o.lanczos_steps + o.hutchinson_samples) + 6
+  return 4 * sizes.params * vectors + 2 * o.batch_size * sizes.example_bytes
 
 
 _register()

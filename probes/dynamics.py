@@ -201,7 +201,10 @@ def _register():
   for name, cls, rank in (('parameter_delta', ParameterDelta, 100),
                           ('path_length', PathLength, 110),
                           ('batch_dynamics', BatchDynamics, 120)):
-    registry.register(name, lambda ctx, _, cls=cls: cls(), groups=('observers',), rank=rank)
+    lag = getattr(cls, 'max_lag', 0)  # BatchDynamics keeps its last max_lag gradients
+    registry.register(name, lambda ctx, _, cls=cls: cls(), groups=('observers',), rank=rank,
+                      memory=(lambda _, sizes, n=lag: 4 * sizes.params * (n + 1))
+                      if lag else None)
   registry.register('training_diagnostics',
                     lambda ctx, _: TrainingDiagnostics(ctx.steps_per_epoch),
                     needs=registry.Needs(fixed_steps=True), groups=('observers',), rank=130)

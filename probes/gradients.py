@@ -174,8 +174,11 @@ def _register():
   for name, cls, rank in (('norms', Norms, 10), ('consecutive', Consecutive, 20),
                           ('variance', Variance, 30), ('phases', Phases, 60),
                           ('token_gradient', TokenGradient, 80)):
+    window = getattr(cls, 'window', 0)  # Variance keeps its last `window` gradients
     registry.register(name, lambda ctx, _, cls=cls: cls(ctx.model), needs=needs,
-                      groups=('observers',), rank=rank)
+                      groups=('observers',), rank=rank,
+                      memory=(lambda _, sizes, w=window: 4 * sizes.params * (w + 1))
+                      if window else None)
 
 
 _register()

@@ -17,7 +17,10 @@ A declaration (``register``) says, for one probe name:
 * ``check(options, ctx)``: validation that depends on the config (bounds in p), run only
   when the probe is enabled;
 * ``doc``: its ``probes.catalog.Probe`` entry, for a probe whose module documents itself
-  (the built-in ones are documented in ``probes/catalog.py``).
+  (the built-in ones are documented in ``probes/catalog.py``);
+* ``memory(options, sizes)``: the bytes one run's probe holds at once (its windows, Lanczos
+  basis, replays) from a ``Sizes``, for the memory estimate (``ordered_jax.budget``) to
+  refuse a config that cannot fit before anything is allocated; omitted: negligible.
 
 So a new probe is one module that calls ``register`` (and is imported by
 ``probes/__init__.py``'s list of modules, or by the user's own code before ``build``):
@@ -63,6 +66,15 @@ class Context:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sizes:
+  """What a ``memory`` declaration reads: one run's sizes, from the config alone."""
+
+  params: int         # parameters (float32 each)
+  example_bytes: int  # activations of one training example, forward and backward
+  batch_size: int     # the training batch
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
   name: str
   make: Callable[[Context, Any], Any]
@@ -74,6 +86,7 @@ class Entry:
   check: Callable[[Any, Context], None] | None = None
   doc: Any = None                  # its probes.catalog.Probe (built-in ones: in catalog.py)
   support_note: str = ''           # added to its support text, in parentheses
+  memory: Callable[[Any, Sizes], int] | None = None  # bytes per run (``budget``)
 
 
 _ENTRIES: dict[str, Entry] = {}

@@ -151,7 +151,8 @@ def _register():
       'subspace_gradient_info',
       lambda ctx, _: SubspaceGradientInfo(ctx.model, with_reference=ctx.reference),
       needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS),
-      groups=('observers',), rank=90)
+      groups=('observers',), rank=90,
+      memory=lambda _, sizes: 4 * sizes.params * (SubspaceGradientInfo.window + 1))
   registry.register(
       'gradient_projection', lambda ctx, _: GradientProjection(ctx.model),
       needs=registry.Needs(named=True, tasks=registry.CYCLIC_TASKS,

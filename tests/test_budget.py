@@ -71,3 +71,62 @@ def test_many_runs_are_refused_by_their_number(monkeypatch):
   budget.check(c, 1)
   with pytest.raises(runs.ConfigError, match=r'^config\.seeds: 64 runs need about'):
     budget.check(c, 64)
+
+
+def _probe_config(**sections):
+  c = micro_config()
+  with c.unlocked():
+    for path, value in sections.items():
+      *parents, leaf = path.split('__')
+      node = c
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize('sections,field', [
+    ({'probes__names': 'curvature', 'probes__curvature__lanczos_steps': 10**6},
+     'probes.curvature.lanczos_steps'),
+    ({'probes__names': 'curvature', 'probes__curvature__hutchinson_samples': 10**6},
+     'probes.curvature.hutchinson_samples'),
+    ({'probes__names': 'counterfactual', 'probes__counterfactual__window': 10**6},
+     'probes.counterfactual.window'),
+    ({'trajectory__every': 1, 'trajectory__projection': 'random:1000000'},
+     'trajectory.projection'),
+])
+def test_probe_and_trajectory_sizes_are_counted_and_named(sections, field, monkeypatch):
+  monkeypatch.setattr(budget, 'host_available', lambda: 2**30)
+  c = _probe_config(**sections)
+  runs.validate(c)
+  with pytest.raises(runs.ConfigError, match=rf'^config\.{field}: needs about '):
+    budget.check(c, 1)
+  # Probes that are not enabled, or a trajectory that is off, cost nothing.
+  quiet = _probe_config(**{k: v for k, v in sections.items()
+                           if k not in ('probes__names', 'trajectory__every')})
+  assert budget.estimate(quiet, 1)['probes'] == budget.estimate(quiet, 1)['trajectory'] == 0
+  # The probes actually built decide, when given (experiment.run passes their names).
+  assert budget.estimate(c, 1, probe_names=[])['probes'] == 0
+
+
+def test_declared_probe_memory_bounds_what_xla_allocates():
+  """The oracle is XLA's own buffer assignment for the compiled functions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ordered_jax import trajectory  # pylint: disable=g-import-not-at-top
+  from probes import curvature, registry  # pylint: disable=g-import-not-at-top
+  for dim, steps, samples in ((200_000, 30, 8), (50_000, 100, 40)):
+    f = jax.jit(lambda key, dim=dim, steps=steps, samples=samples: (
+        curvature.lanczos(lambda v: 2.0 * v, dim, steps, key),
+        curvature.hutchinson_trace(lambda v: 2.0 * v, dim, samples, key)))
+    xla = f.lower(jax.random.key(0)).compile().memory_analysis().temp_size_in_bytes
+    declared = registry.entries()['curvature'].memory(
+        curvature.Options(lanczos_steps=steps, hutchinson_samples=samples, k=1),
+        registry.Sizes(params=dim, example_bytes=0, batch_size=1))
+    assert xla <= declared <= 2 * xla, (dim, steps, samples, xla, declared)
+  for k in (256, 4096):
+    params = {'a': jnp.zeros((3, 30_000)), 'b': jnp.zeros((3, 20_000))}
+    m = trajectory.make_vectors(f'random:{k}', 0).lower(params).compile().memory_analysis()
+    xla = m.temp_size_in_bytes + m.output_size_in_bytes + m.argument_size_in_bytes
+    declared = trajectory.memory(f'random:{k}', 50_000, 3)
+    assert 0.9 * xla <= declared <= 2 * xla, (k, xla, declared)
