@@ -761,13 +761,13 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
   compare = None
   if config.get('lockstep', False):
     compare = _Lockstep(config, workdir, batch, trainer, state, start, write=primary)
+  active = np.asarray(sharding.fetch(state.active))
   record = None
   if trajectory.enabled(config):  # <run>/trajectory.npy (ordered_jax.trajectory)
     record = trajectory.Recorder(config, dirs, train.run_slice(state.params, 0), start=start,
-                                 resume=resume, write=primary)
+                                 resume=resume, active=active, write=primary)
     if not resume:
       record.initial(state.params, start - 1)
-  active = np.asarray(sharding.fetch(state.active))
   end = last_epoch(config)
   bar = _progress(batch, 'silent' if not primary else quiet, end, start, print_every)
   live = getattr(bar, 'live', False)

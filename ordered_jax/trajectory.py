@@ -13,7 +13,9 @@ says what the numbers are (projection, seed, D, the leaves' names and shapes).
 Crash safety: a record is appended after the last complete one and flushed, and only
 then does the header count it (the ``.npy`` header is padded to a fixed length and
 rewritten in place), so a kill loses at most the record being written. ``--resume``
-drops the records after the checkpoint it continues from, so none repeats.
+drops the records after the checkpoint it continues from, so none repeats, and the final
+record that a run capped by ``stop_after`` wrote off the schedule, so a capped and
+continued run's file equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -174,9 +176,12 @@ def load(path: str, mmap: bool = False) -> np.ndarray:
 class Writer:
   """One run's ``trajectory.npy``, appended a record at a time (see the module docstring)."""
 
-  def __init__(self, path: str, dim: int, *, keep_before: int | None = None):
+  def __init__(self, path: str, dim: int, *, keep_before: int | None = None,
+               every: int = 0):
     """A new file, or (``keep_before`` = the first epoch this invocation trains) the
-    existing one without its records of epochs >= ``keep_before``."""
+    existing one without its records of epochs >= ``keep_before`` and, given ``every`` (the
+    run goes on training), without a last record off the schedule (``finish``'s, not the
+    file's first: the initial weights)."""
     self.path, self.dim = path, dim
     self.dtype = record_dtype(dim)
     if keep_before is not None and os.path.exists(path):
@@ -186,6 +191,8 @@ class Writer:
         raise ValueError(f'{path} holds {old_dim} numbers per record, this run {dim}')
       epochs = np.array(load(path, mmap=True)['epoch'])
       self.n = int(np.sum(epochs < keep_before))
+      if every and self.n > 1 and epochs[self.n - 1] % every:
+        self.n -= 1
       self.last = int(epochs[self.n - 1]) if self.n else None
       self.f = open(path, 'r+b')
     else:
@@ -245,7 +252,8 @@ class Recorder:
   """Every run's trajectory during one invocation of ``experiment.run``."""
 
   def __init__(self, config, dirs: list[str], params_1run: Any, *, start: int,
-               resume: bool, write: bool = True):
+               resume: bool, active=None, write: bool = True):
+    """``active[i]``: run i trains on from ``start`` (on ``resume``; None: all do)."""
     from ordered_jax import sinks  # pylint: disable=g-import-not-at-top
     t = config.trajectory
     self.every, self.write = int(t.every), write
@@ -261,7 +269,9 @@ class Recorder:
           'parameters': sum(math.prod(s) for _, s in layout),
           'leaves': [[n, list(s)] for n, s in layout]})
       try:
-        self.writers.append(Writer(path, dim, keep_before=start if resume else None))
+        goes_on = active is None or bool(active[len(self.writers)])
+        self.writers.append(Writer(path, dim, keep_before=start if resume else None,
+                                   every=self.every if goes_on else 0))
       except ValueError as e:
         from ordered_jax import workdir  # pylint: disable=g-import-not-at-top
         raise workdir.WorkdirError(f'--resume: {path} cannot be continued ({e}); move it '

@@ -100,6 +100,26 @@ def test_crash_then_resume_neither_loses_nor_repeats_records(full_run, tmp_path,
     np.testing.assert_allclose(rec['params'], want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_capped_run_continued_has_the_uninterrupted_records(full_run, tmp_path):
+  """stop_after=4 with every=2 ends the first invocation with a record after epoch 3, off
+  the schedule; --resume drops it, so the file equals an uninterrupted run's (-1, 0, 2, 4
+  and the last epoch, 5), each record the weights of the every-epoch run."""
+  _, ref_dir = full_run
+  workdir = str(tmp_path)
+  capped = _config(t_every=2)
+  with capped.unlocked():
+    capped.stop_after = 4
+  experiment.run(capped, workdir, quiet='silent')
+  first = np.load(os.path.join(workdir, 'stride', trajectory.FILENAME))
+  assert list(first['epoch']) == [-1, 0, 2, 3]
+  experiment.run(_config(t_every=2), workdir, resume=True, quiet='silent')
+  for run in RUNS:
+    rec = np.load(os.path.join(workdir, run, trajectory.FILENAME))
+    assert list(rec['epoch']) == [-1, 0, 2, 4, 5]
+    full = np.load(os.path.join(ref_dir, run, trajectory.FILENAME))
+    np.testing.assert_array_equal(rec['params'], full['params'][rec['epoch'] + 1])
+
+
 def test_a_torn_record_is_ignored_and_dropped(tmp_path):
   path = str(tmp_path / trajectory.FILENAME)
   w = trajectory.Writer(path, 3)
