@@ -529,6 +529,22 @@ def eval_epoch(config, epoch: int) -> bool:
           or epoch == config.epochs - 1)
 
 
+def _warn_missing_rows(config, path: str, start: int, last_epoch: int | None) -> None:
+  """One warning when a resumed run's JSONL lacks rows of evaluated epochs before
+  ``start`` (the file removed, cut or edited since): they are not recomputed, and the
+  checkpoints, summary and trajectory do not depend on them."""
+  end = start if last_epoch is None else min(start, last_epoch + 1)
+  want = [e for e in range(end) if eval_epoch(config, e)]
+  have = {r.get('epoch') for r in sinks.read_jsonl(path)}
+  missing = [e for e in want if e not in have]
+  if missing:
+    shown = ', '.join(map(str, missing[:5])) + (', ...' if len(missing) > 5 else '')
+    logging.warning('--resume: %s %s the rows of %d evaluated epochs before %d (%s); they '
+                    'are not recomputed: restore the file to keep the whole curve',
+                    path, 'lacks' if os.path.exists(path) else 'is gone, with',
+                    len(missing), start, shown)
+
+
 def _probe_row(probes, m: dict, i: int) -> dict:
   """Run ``i``'s probe metrics as JSON-ready values (probes that were not present: none)."""
   row = {}
@@ -749,6 +765,8 @@ def _run(config, workdir: str, *, resume: bool, overwrite: bool, quiet: bool | s
                                      shared_data=trainer.shared_data)
   if mesh.size > 1:
     logging.info('%d runs (+%d padding) sharded over %d devices', len(batch), n_pad, mesh.size)
+  for d, r, h in zip(dirs, batch, host) if resume and primary else []:
+    _warn_missing_rows(config, os.path.join(d, f'{r.name}.jsonl'), start, h['last_epoch'])
   writers = [sinks.for_run(d, r.name, tensorboard=config.tensorboard, csv_file=config.csv,
                            start_epoch=start, config=c) if primary else sinks.MultiSink([])
              for d, r, c in zip(dirs, batch, run_cfgs)]

@@ -271,9 +271,20 @@ def points(config) -> list[dict[str, Any]]:
     raise SweepError('sweep.grid' if grid else 'sweep.zip',
                      f'{total} points ({sizes}) exceed the {MAX_POINTS} one sweep may hold; '
                      'split it into several sweeps (same --workdir keeps one table)')
+  for key, text, values in grid:
+    twice = _repeated([(v,) for v in values])
+    if twice:
+      raise SweepError(f'sweep.grid.{key}', f'lists {twice[0]!r} twice (each run once: a '
+                       'finished run is run again with --rerun)', text)
   order = {k: i for i, (k, _) in enumerate(_leaves(config))}
   rows = [dict(zip([k for k, _, _ in zipped], vals))
           for vals in zip(*[v for _, _, v in zipped])] if zipped else [{}]
+  twice = _repeated([tuple(r.values()) for r in rows])
+  if twice:
+    k0, text, _ = zipped[0]
+    row = twice if len(zipped) > 1 else twice[0]
+    raise SweepError(f'sweep.zip.{k0}', f'the row {row!r} ({", ".join(k for k, _, _ in zipped)})'
+                     ' is listed twice (each run once)', text)
   out = []
   for row in rows:
     for vals in itertools.product(*[v for _, _, v in grid]):
@@ -310,6 +321,17 @@ def apply(config, overrides: dict) -> ml_collections.ConfigDict:
       c.sweep.rerun = ''
   c.lock()
   return c
+
+
+def _repeated(rows: list[tuple]) -> tuple | None:
+  """The first row listed twice (values compared as run ids compare them), or None."""
+  seen = set()
+  for row in rows:
+    key = json.dumps(_canonical(list(row)))
+    if key in seen:
+      return row
+    seen.add(key)
+  return None
 
 
 # -- run ids -----------------------------------------------------------------------------
@@ -367,8 +389,9 @@ def parse_rerun(text: str, config) -> list[dict[str, list]]:
       if key in f:
         raise SweepError(f'--rerun {key}', 'a key appears twice in one filter', text)
       f[key] = parse_values(values, f'--rerun {key}', kind)
-    if f:
-      filters.append(f)
+    if not f:
+      raise SweepError('--rerun', "a filter without a key=values part, e.g. seed=1,2", text)
+    filters.append(f)
   return filters
 
 

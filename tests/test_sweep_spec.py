@@ -194,6 +194,29 @@ def test_spec_errors_name_the_key():
     sweep.points(c)
 
 
+@pytest.mark.parametrize('grid, zipped, what', [
+    ({'seed': '1,1'}, {}, r"^config\.sweep\.grid\.seed: lists 1 twice"),
+    ({'seed': '0..3,2'}, {}, r"^config\.sweep\.grid\.seed: lists 2 twice"),
+    ({'lr': '0.1,0.10'}, {}, r"^config\.sweep\.grid\.lr: lists 0\.1 twice"),
+    ({'strategy': 'stride, stride'}, {}, "grid.strategy: lists 'stride' twice"),
+    ({}, {'seed': '1,2,1', 'lr': '0.1,0.2,0.1'},
+     r"^config\.sweep\.zip\.lr: the row \(0\.1, 1\) \(lr, seed\) is listed twice"),
+])
+def test_a_run_listed_twice_is_refused(grid, zipped, what):
+  c = small(**grid)
+  for k, v in zipped.items():
+    c.sweep.zip[k] = v
+  with pytest.raises(SweepError, match=what) as e:
+    sweep.points(c)
+  assert '\n' not in str(e.value)
+
+
+def test_a_run_repeated_in_zip_is_allowed_when_its_row_differs():
+  c = small()
+  c.sweep.zip.seed, c.sweep.zip.lr = '1,1', '0.1,0.2'
+  assert sweep.points(c) == [{'lr': 0.1, 'seed': 1}, {'lr': 0.2, 'seed': 1}]
+
+
 def test_apply_sets_nested_keys_on_a_locked_copy():
   c = small(seed='0..2', grokfast__kind='ema,ma')
   c.sweep.max_runs_per_batch = 4
@@ -242,7 +265,8 @@ def test_rerun_filters():
   assert sweep.parse_rerun('grokfast.kind=ema', c) == [{'grokfast.kind': ['ema']}]
   for bad, what in (('seed', "key=values"), ('sede=1', 'not a field'),
                     ('seed=1.5', 'whole numbers'), ('seed=1|', 'empty filter'),
-                    ('seed=1;seed=2', 'twice')):
+                    ('seed=1;seed=2', 'twice'), (';;;', 'without a key=values'),
+                    ('seed=1| ; ', 'without a key=values')):
     with pytest.raises(SweepError, match=what) as e:
       sweep.parse_rerun(bad, c)
     assert str(e.value).startswith('--rerun') and '\n' not in str(e.value)
