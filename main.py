@@ -113,19 +113,45 @@ def _load_config():
 class _QuietLibraries:
   """Drops INFO/DEBUG records of Orbax (it logs every file it writes) and of JAX internals,
   and Orbax's tracebacks of a save that ran out of space (the run ends with one line
-  saying so), and its warnings that a checkpoint folder opened read-only is read-only."""
+  saying so), and its warnings that a checkpoint folder opened read-only is read-only.
+  Orbax's other error reports (tracebacks from its threads and unretrieved asyncio tasks,
+  of a failure the run also meets: a save it stops on, a damaged checkpoint it falls back
+  from) are held: a failed run adds them to its traceback file, one that ends well writes
+  them to a file it names in one warning line (``report``)."""
 
   NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
+  ORBAX = f'{os.sep}orbax{os.sep}'
   FULL = ('RESOURCE_EXHAUSTED', 'No space left on device')
   READ_ONLY = ('read_only=True', 'is read only=')
 
+  def __init__(self):
+    self.held: list[str] = []  # Orbax's error reports, formatted
+
+  def report(self) -> None:
+    """Write the held reports to a file and name it in one warning (none held: nothing)."""
+    if not self.held:
+      return
+    import tempfile  # pylint: disable=g-import-not-at-top
+    fd, path = tempfile.mkstemp(prefix='ordered_jax_orbax_', suffix='.txt')
+    with os.fdopen(fd, 'w') as f:
+      f.write('\n\n'.join(self.held) + '\n')
+    logging.warning('Orbax reported %d error(s) of its own along the way (a damaged '
+                    'checkpoint it fell back from is one); they are in %s',
+                    len(self.held), path)
+    self.held = []
+
   def filter(self, record) -> bool:
-    if f'{os.sep}orbax{os.sep}' in record.pathname and any(
-        f in str(record.msg) or f in str(record.exc_info and record.exc_info[1])
-        for f in self.FULL):
+    orbax = self.ORBAX in record.pathname
+    if orbax and any(f in str(record.msg) or f in str(record.exc_info and record.exc_info[1])
+                     for f in self.FULL):
       return False
-    if f'{os.sep}orbax{os.sep}' in record.pathname and any(
-        f in str(record.msg) for f in self.READ_ONLY):
+    if orbax and any(f in str(record.msg) for f in self.READ_ONLY):
+      return False
+    if record.levelno >= 40 and (orbax or (record.name == 'asyncio'
+                                           and self.ORBAX in record.getMessage())):
+      import logging as std_logging  # pylint: disable=g-import-not-at-top
+      self.held.append(std_logging.Formatter('%(asctime)s %(pathname)s:%(lineno)d\n'
+                                             '%(message)s').format(record))
       return False
     return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
@@ -172,16 +198,19 @@ def _validate(config, probes) -> None:
     sys.exit(1)
 
 
-def _failed_run(e: Exception) -> None:
+def _failed_run(e: Exception, held: list[str]) -> None:
   """Anything else that stopped a run (a write Orbax could not do, memory the estimate
   missed, a bug): one line, the traceback in a file, exit 1 at once (Orbax's threads,
   left waiting on the failed save, would hold the interpreter's shutdown forever). The
-  checkpoints already committed are whole (each is written aside, then renamed)."""
+  checkpoints already committed are whole (each is written aside, then renamed). ``held``:
+  Orbax's own error reports, added to the file."""
   import tempfile  # pylint: disable=g-import-not-at-top
   import traceback  # pylint: disable=g-import-not-at-top
   fd, path = tempfile.mkstemp(prefix='ordered_jax_error_', suffix='.txt')
   with os.fdopen(fd, 'w') as f:
     traceback.print_exception(e, file=f)
+    if held:
+      f.write("\nOrbax's own error reports:\n\n" + '\n\n'.join(held) + '\n')
   first = (str(e).strip().splitlines() or [''])[0][:300]
   what = ('out of memory (the memory estimate missed this config; lower its sizes)'
           if 'Out of memory' in str(e) or isinstance(e, MemoryError) else
@@ -196,8 +225,11 @@ def main(argv):
   """Exit codes: 0 done, 2 bad input or workdir state, 1 a full disk or another failure (with
   --validate_checkpoints: a checkpoint that differs), 130/143 interrupted
   (a second Ctrl-C aborts at once, also with one line)."""
+  quiet = _QuietLibraries()
+  logging.get_absl_handler().addFilter(quiet)
   try:
-    _main(argv)
+    _main(argv, quiet)
+    quiet.report()
   except KeyboardInterrupt:
     if _VALIDATE.value:
       print('error: interrupted; --validate_checkpoints stopped (it wrote nothing)',
@@ -209,8 +241,7 @@ def main(argv):
     os._exit(130)  # pylint: disable=protected-access  (no cleanup traceback from threads)
 
 
-def _main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+def _main(argv, quiet: _QuietLibraries):
   _quiet_closed_loops()
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -296,7 +327,7 @@ def _main(argv):
     print(f'{e}', file=sys.stderr)
     sys.exit(128 + e.signum)
   except Exception as e:  # pylint: disable=broad-except
-    _failed_run(e)
+    _failed_run(e, quiet.held)
   for s in summaries:
     g = s['grokking']
     if 'validation_loss' in s['final_eval']:  # a regression (task teacher:...)

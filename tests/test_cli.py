@@ -141,6 +141,72 @@ def test_a_failed_save_is_one_line_and_exits(tmp_path):
   os.remove(path)
 
 
+def test_a_save_failing_in_orbax_threads_is_one_line(tmp_path):
+  """The checkpoint folder gone bad under a running batch (here: making the folder of the
+  save after epoch 2 fails, in Orbax's own threads, as when the folder was replaced by a
+  file): stderr holds the one error line and nothing else above INFO; Orbax's tracebacks
+  from its threads are in the traceback file."""
+  script = (
+      'import os, runpy, sys\n'
+      f'sys.path.insert(0, {ROOT!r})\n'
+      'real = os.makedirs\n'
+      'def makedirs(name, *a, **k):\n'
+      "  if '3.orbax-checkpoint-tmp' in os.fspath(name):\n"
+      "    raise NotADirectoryError(20, 'Not a directory', os.fspath(name))\n"
+      '  return real(name, *a, **k)\n'
+      'os.makedirs = makedirs\n'
+      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}', "
+      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--config.checkpoint_every=1', "
+      "'--silent']\n"
+      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr
+  _one_line_error(proc, 'NotADirectoryError', '3.orbax-checkpoint-tmp', 'traceback in ')
+  loud = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith('I')]
+  assert len(loud) == 1, proc.stderr
+  path = loud[0].rsplit('traceback in ', 1)[1]
+  text = open(path).read()
+  os.remove(path)
+  assert "Orbax's own error reports" in text and 'orbax' in text.split('own error')[1]
+  assert sorted(os.listdir(os.path.join(tmp_path, 'stride', 'checkpoints'))) == ['1', '2']
+
+
+def test_orbax_error_reports_are_held_and_named_once(tmp_path, monkeypatch):
+  """The filter main.py puts on absl's handler: Orbax's ERROR records and asyncio's reports
+  of Orbax tasks are held, not printed; ``report`` writes them to one file named in one
+  warning; everything else passes as before."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  quiet = main._QuietLibraries()  # pylint: disable=protected-access
+
+  def record(name, path, level, msg):
+    return logging.LogRecord(name, level, path, 1, msg, None, None)
+
+  orbax = f'{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint{os.sep}future.py'
+  task = ('Task exception was never retrieved\nfuture: <Task finished coro=<async_deserialize'
+          f'() defined at {os.sep}x{os.sep}orbax{os.sep}checkpoint{os.sep}s.py:394>>')
+  assert not quiet.filter(record('absl', orbax, logging.ERROR, 'thread raised'))
+  assert not quiet.filter(record('asyncio', '/usr/lib/asyncio/base_events.py',
+                                 logging.ERROR, task))
+  assert not quiet.filter(record('absl', orbax, logging.INFO, 'wrote a file'))
+  assert quiet.filter(record('asyncio', '/usr/lib/asyncio/base_events.py', logging.ERROR,
+                             'Task exception was never retrieved (someone else)'))
+  assert quiet.filter(record('absl', '/w/ordered_jax/checkpoint.py', logging.WARNING,
+                             'checkpoint at epoch 4 cannot be restored'))
+  assert len(quiet.held) == 2
+  said = []
+  monkeypatch.setattr(main.logging, 'warning', lambda fmt, *a: said.append(fmt % a))
+  quiet.report()
+  quiet.report()  # nothing more held: nothing said
+  assert len(said) == 1 and 'Orbax reported 2 error(s)' in said[0]
+  path = said[0].rsplit(' ', 1)[1]
+  text = open(path).read()
+  assert 'thread raised' in text and 'async_deserialize' in text
+
+
 def test_out_of_memory_is_not_a_full_disk():
   from ordered_jax import workdir  # pylint: disable=g-import-not-at-top
   assert workdir.disk_full(RuntimeError(
