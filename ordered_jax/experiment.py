@@ -90,7 +90,16 @@ def model_config(config) -> models.ModelConfig:
                             tied_head=config.gpt2.tied_head if 'gpt2' in config else True,
                             value_mode=(config.gpt2.value_mode if 'gpt2' in config
                                         else 'resformer'),
+                            options=_model_section(config),
                             **dln_shape(config))
+
+
+def _model_section(config) -> tuple:
+  """``ModelConfig.options``: the model's own config section, if it declares one."""
+  kind = models.REGISTRY.get(config.model)
+  if kind is None or kind.section is None:
+    return ()
+  return models.freeze(config.get(kind.section) or {})
 
 
 def dln_shape(config) -> dict:

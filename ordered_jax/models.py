@@ -70,6 +70,31 @@ class ModelConfig:
   gamma: float = 0.5
   in_dim: int = 0  # dln: float inputs of this size; 0 = one-hot operands (n_ops * vocab)
   out_dim: int = 0  # dln: outputs; 0 = vocab (logits over the classes)
+  # A registered model's own config section (``register_model(section=)``), as sorted
+  # (key, value) pairs, hashable; ``options(cfg)`` gives it as a dict.
+  options: tuple = ()
+
+
+class _Section(tuple):
+  """A frozen nested config section: (key, value) pairs, told apart from a plain tuple."""
+
+
+def freeze(section) -> tuple:
+  """A config section (ConfigDict or mapping) as sorted (key, value) pairs, nested
+  sections and lists frozen too: a hashable ``ModelConfig.options``."""
+  def value(v):
+    if hasattr(v, 'items'):
+      return _Section(freeze(v))
+    return tuple(value(x) for x in v) if isinstance(v, (list, tuple)) else v
+  return tuple(sorted((str(k), value(v)) for k, v in section.items()))
+
+
+def options(cfg: 'ModelConfig') -> dict:
+  """The model's own config section (``ModelConfig.options``) as a dict (nested sections
+  as dicts; lists as tuples)."""
+  def value(v):
+    return {k: value(x) for k, x in v} if isinstance(v, _Section) else v
+  return {k: value(v) for k, v in cfg.options}
 
 
 def _uniform(bound: float):
@@ -582,25 +607,28 @@ class ModelKind:
   layout: Any = None
   roles: Any = None
   validate: Any = None  # validate(config): its config section (runs.check/number/one_of)
+  section: str | None = None  # config.<section> reaches the module as ModelConfig.options
 
 
 REGISTRY: dict[str, ModelKind] = {}
 
 
 def register_model(name: str, module: type, description: str, *, sequence: bool = False,
-                   layout=None, roles=None, validate=None) -> ModelKind:
+                   layout=None, roles=None, validate=None,
+                   section: str | None = None) -> ModelKind:
   """Declare a model: ``--config.model=<name>`` builds it (sized by the config's
   embed_dim, num_heads, layers, mlp_dim, dropout and the task's vocabulary and operands)
   and ``--list`` shows its description; a new one is one file in
   ``ordered_jax/model_kinds/`` (docs/extending.md). ``validate(config)`` checks the
   model's own config section (every config's, since a sweep may switch models), raising
-  ``runs.ConfigError`` through ``runs.check`` / ``number`` / ``one_of``."""
+  ``runs.ConfigError`` through ``runs.check`` / ``number`` / ``one_of``; ``section``: its
+  name, whose fields the module reads as ``options(cfg)``."""
   if name in REGISTRY:
     raise ValueError(f'model {name!r} is registered twice')
   if (layout is None) != (roles is None):
     raise ValueError(f'model {name!r}: give both layout and roles, or neither')
   REGISTRY[name] = kind = ModelKind(name, module, description, sequence, layout, roles,
-                                    validate)
+                                    validate, section)
   return kind
 
 

@@ -242,7 +242,7 @@ def task(config) -> tasks.Task:
   """The config's task (``config.task`` over ``config.p``); ``ConfigError`` if malformed."""
   _check(isinstance(config.task, str), 'task', f'must be a string; got {config.task!r}')
   try:
-    return tasks.parse_task(config.task, config.p, **teacher_dim(config))
+    return tasks.parse_task(config.task, config.p, **teacher_dim(config), sections=config)
   except ValueError as e:
     message = str(e).splitlines()[0]
     raise ConfigError('task', message.removeprefix('task: ')) from None

@@ -74,6 +74,26 @@ def mirror(config) -> ml_collections.ConfigDict:
   return out
 
 
+def remirror(config) -> ml_collections.ConfigDict:
+  """``config`` with ``sweep.grid`` and ``sweep.zip`` mirrored afresh, the values already
+  set kept: the last line of a config file that adds its own sections (a probe's options,
+  a model's or a task's section) to ``configs/default.py``'s, so they can be swept."""
+  with config.unlocked():
+    for group in ('grid', 'zip'):
+      old = config.sweep.get(group)
+      new = mirror(config)
+      for key, text in (_leaves(old, skip=()) if _is_group(old) else []):
+        if str(text).strip():
+          try:
+            node, name = _parent(new, key)
+          except KeyError:
+            raise SweepError(f'sweep.{group}.{key}', 'not a field of the config (grid and '
+                             'zip mirror its fields)', text) from None
+          node[name] = text
+      config.sweep[group] = new
+  return config
+
+
 def _leaves(config, prefix='', skip=SWEEP_SKIP) -> list[tuple[str, Any]]:
   """(dotted key, value) of every leaf, in ``ConfigDict`` order."""
   out = []

@@ -489,30 +489,34 @@ class TaskKind:
   spec's argument (``arg`` after the ':', '' if none; ``name`` the normalised spec; ``p``
   the config's modulus, ``dim`` a teacher's size), raising ``ValueError('task: ...; got
   <spec>')`` on a bad one. ``arg``: whether the spec takes ':ARG' (True), must not (False)
-  or may (None)."""
+  or may (None). ``section``: the name of the kind's own config section, which ``parse``
+  then also gets, as ``options=`` (a plain dict; {} where the config lacks it)."""
 
   name: str
   parse: Callable[..., Task]
   description: str
   arg: bool | None = True
   validate: Callable | None = None  # validate(config, strategies): its own config section
+  section: str | None = None        # config.<section> reaches parse as options=
 
 
 KINDS: dict[str, TaskKind] = {}
 
 
 def register_kind(name: str, parse: Callable[..., Task], description: str,
-                  arg: bool | None = True, validate: Callable | None = None) -> TaskKind:
+                  arg: bool | None = True, validate: Callable | None = None,
+                  section: str | None = None) -> TaskKind:
   """Declare a task kind: ``--config.task=<name>[:ARG]`` then builds it, ``--list`` shows
   its description (docs/extending.md: a new task is one file in
   ``ordered_jax/task_kinds/``). ``validate(config, strategies)`` checks the task's own
   config section and what it cannot combine with, raising ``runs.ConfigError`` (through
-  ``runs.check`` / ``number`` / ``one_of``), when the config's task is of this kind."""
+  ``runs.check`` / ``number`` / ``one_of``), when the config's task is of this kind;
+  ``section``: that section's name, handed to ``parse`` as ``options=``."""
   if name in KINDS:
     raise ValueError(f'task kind {name!r} is registered twice')
   if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
     raise ValueError(f'task kind {name!r}: lower-case letters, digits and _ only')
-  KINDS[name] = kind = TaskKind(name, parse, description, arg, validate)
+  KINDS[name] = kind = TaskKind(name, parse, description, arg, validate, section)
   return kind
 
 
@@ -527,10 +531,11 @@ def parse_int(text: str, spec: str, what: str) -> int:
   return _parse_int(text, spec, what)
 
 
-def parse_task(spec: str, p: int, dim: int = 8) -> Task:
+def parse_task(spec: str, p: int, dim: int = 8, sections=None) -> Task:
   """The task a spec names (a kind of ``KINDS``, with its argument); ``p`` is the modulus
   of the Z_p tasks (add, sub, mul, div, add3, poly) and is ignored by the others; ``dim``
-  is a teacher's size. Raises ``ValueError`` with one line, ``task: <what is allowed>; got
+  is a teacher's size; ``sections`` (the config, or a mapping) holds a kind's own section
+  (``TaskKind.section``). Raises ``ValueError`` with one line, ``task: <what is allowed>; got
   '<spec>'``."""
   if not isinstance(spec, str):
     raise ValueError(f'task: {_allowed()}; got {spec!r}')
@@ -545,7 +550,11 @@ def parse_task(spec: str, p: int, dim: int = 8) -> Task:
     raise ValueError(f'task: {kind} takes no argument ({k.description}); got {spec!r}')
   if k is None:
     raise ValueError(f'task: {_allowed()}; got {spec!r}')
-  return k.parse(arg, name=name, spec=spec, p=p, dim=dim)
+  if k.section is None:
+    return k.parse(arg, name=name, spec=spec, p=p, dim=dim)
+  section = (sections or {}).get(k.section) or {}
+  options = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
+  return k.parse(arg, name=name, spec=spec, p=p, dim=dim, options=options)
 
 
 def _allowed() -> str:

@@ -136,3 +136,79 @@ def test_each_model_validates_its_own_config_section():
   c.gpt2.value_mode = 'nope'
   with pytest.raises(runs.ConfigError, match=r'^config.gpt2.value_mode: must be one of '):
     runs.validate(c)
+
+
+def test_a_model_and_a_task_read_their_own_config_sections_which_a_sweep_reaches():
+  """A model and a task registered with ``section=`` get their config section (the model
+  as ``models.options(cfg)``, the task's parse as ``options=``); a config that adds those
+  sections and calls ``sweep.remirror`` sweeps their fields like any other."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from ordered_jax import budget, experiment, models, runs, sweep  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+
+  class Hidden(nnx.Module):
+    def __init__(self, cfg, *, rngs):
+      h = models.options(cfg)['hidden']
+      self.embed = nnx.Embed(cfg.vocab, 4, rngs=rngs)
+      self.mid = nnx.Linear(4 * cfg.n_ops, h, rngs=rngs)
+      self.out = nnx.Linear(h, cfg.vocab, rngs=rngs)
+
+    def __call__(self, x_BxK, key=None, return_attn=False):
+      y = self.out(nnx.relu(self.mid(self.embed(x_BxK).reshape(x_BxK.shape[0], -1))))
+      return (y, None) if return_attn else y
+
+  def parse(arg, *, name, spec, p, dim, options):
+    m = options.get('order', 5)
+    return tasks.Task(name, order=m, n_ops=2, n_codes=m * m, c=1.0, radices=(m, m),
+                      offsets=(0, 0), labeller=lambda ops: (ops[:, 0] + 2 * ops[:, 1]) % m)
+
+  models.register_model('hidden', Hidden, 'a test model', section='hidden')
+  tasks.register_kind('lin', parse, 'a test task', arg=False, section='lin')
+  try:
+    c = micro_config(model='hidden', task='lin', train_size=40, test_size=0)
+    with c.unlocked():
+      c.hidden = ml_collections.ConfigDict(dict(hidden=6))
+      c.lin = ml_collections.ConfigDict(dict(order=7))
+      c.sweep.grid.seed = '1'  # set before: kept
+    # A locked config takes a flag's value only for a field it has (--config.sweep.grid...).
+    with pytest.raises(AttributeError):
+      c.sweep.grid.hidden.hidden = '3,9'
+    sweep.remirror(c)
+    assert c.is_locked and c.sweep.grid.seed == '1' and c.sweep.zip.lin.order == ''
+    c.sweep.grid.seed = ''
+    c.sweep.grid.hidden.hidden = '3,9'
+    c.sweep.grid.lin.order = '7,11'
+    pts = sweep.points(c)
+    assert pts == [{'hidden.hidden': h, 'lin.order': o} for h in (3, 9) for o in (7, 11)]
+    for point in pts:
+      run = sweep.apply(c, point)
+      runs.validate(run)
+      t = runs.task(run)
+      assert t.order == point['lin.order']
+      train, _ = tasks.make_task(t, 40, 0, seed=0)
+      np.testing.assert_array_equal(train[:, 2], (train[:, 0] + 2 * train[:, 1]) % t.order)
+      cfg = experiment.model_config(run)
+      assert models.options(cfg) == {'hidden': point['hidden.hidden']}
+      h, v = point['hidden.hidden'], t.order
+      want = v * 4 + (8 * h + h) + (h * v + v)
+      assert models.param_count(models.Model(cfg).abstract_params()) == want
+      assert budget.param_count(run) == want
+  finally:
+    models.REGISTRY.pop('hidden', None)
+    tasks.unregister_kind('lin')
+
+
+def test_the_extending_pages_config_file_mirrors_its_section():
+  """docs/extending.md's config file (its last python block) adds a section the sweep
+  reaches."""
+  text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
+  src = re.findall(r'```python\n(.*?)```', text, re.S)[-1]
+  scope = {}
+  exec(compile(src, 'my_model.py', 'exec'), scope)  # pylint: disable=exec-used
+  c = scope['get_config']()
+  c.lock()
+  c.sweep.grid.my_model.hidden = '32,64'
+  from ordered_jax import sweep  # pylint: disable=g-import-not-at-top
+  assert sweep.points(c) == [{'my_model.hidden': 32}, {'my_model.hidden': 64}]
