@@ -74,4 +74,10 @@ def show(what: str, name: str = '') -> None:
                   '--probes_describe=NAME. Analysis tools: python -m analysis --help.')
     return
   from probes import catalog  # pylint: disable=g-import-not-at-top
-  console.print(catalog.list_table() if what == 'probes' else catalog.describe_table(name))
+  if what == 'probes':
+    console.print(catalog.list_table())
+    return
+  console.print(catalog.describe_table(name))
+  options = catalog.options_table(name)
+  if options is not None:
+    console.print(options)

@@ -613,6 +613,35 @@ def describe_table(name: str):
   return t
 
 
+def options_table(name: str):
+  """``--probes_describe=NAME``'s second table: the probe's options (its registry entry's
+  ``options`` dataclass), each as the config field that sets it and its default; None for
+  a probe without options."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  entry = registry.entries().get(name)
+  if entry is None or entry.options is None:
+    return None
+  key = registry.options_key(entry)
+  doc = ' '.join((inspect.getdoc(entry.options) or '').split())
+  shared = [n for n, e in registry.entries().items()
+            if n != name and e.options is not None and registry.options_key(e) == key]
+  if shared:
+    doc += f' (shared with {", ".join(shared)})'
+  t = Table(title=f'{name}: options')
+  t.add_column('set with', no_wrap=True)
+  t.add_column('default')
+  for f in dataclasses.fields(entry.options):
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else '(required)')
+    t.add_row(f'--config.probes.{key}.{f.name}', repr(default))
+  from rich.console import Group  # pylint: disable=g-import-not-at-top
+  from rich.text import Text  # pylint: disable=g-import-not-at-top
+  return Group(t, Text(doc.replace('``', '`'))) if doc else t
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description='Write or check the generated tables of '
                                'docs/probes.md.')

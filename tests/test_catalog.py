@@ -62,6 +62,8 @@ def _main(*args):
     (['--list'], ['configs/tiny.py', 'sym', 'fixed-random', 'muon', 'cosine_step']),
     (['--probes_list'], list(catalog.CATALOG)),
     (['--probes_describe=fourier'], [m.key for m in catalog.CATALOG['fourier'].metrics]),
+    (['--probes_describe=curvature'], ['--config.probes.curvature.lanczos_steps',
+                                       '--config.probes.curvature.hutchinson_samples']),
 ])
 def test_listing_flags_print_and_exit_without_a_config(args, needles):
   proc = _main(*args)
@@ -79,3 +81,22 @@ def test_bad_probe_name_and_missing_config_are_one_line():
   assert proc.returncode == 2 and proc.stderr.strip() == (
       'error: --config: required, e.g. --config=configs/tiny.py (python main.py --list shows '
       'the configs)')
+
+
+def test_every_option_describe_shows_is_a_flag_that_works():
+  """--probes_describe lists each option as the flag that sets it: every built-in probe's
+  options are fields of the default config, so each flag names a real field."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  seen = 0
+  for name, e in registry.entries().items():
+    if e.options is None:
+      assert catalog.options_table(name) is None
+      continue
+    key = registry.options_key(e)
+    for f in dataclasses.fields(e.options):
+      assert f.name in c.probes[key], f'config.probes.{key}.{f.name}'
+      seen += 1
+  assert seen >= 10
