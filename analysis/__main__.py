@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--generator', choices=('reference', 'fast'), default=None)
   p.add_argument('--orderings', nargs='+', default=['stride', 'target', 'fixed-random',
                                                      'random'],
-                 choices=('stride', 'target', 'fixed-random', 'random', 'alternating'))
+                 help='any registered ordering (python main.py --list) but those that '
+                 'read the losses of a model in training')
   p.add_argument('--max-lag', type=_positive, default=500)
 
   p = tool('trajectory', 'PCA of every run\'s parameter trajectory (config.trajectory.every): '
@@ -427,8 +428,11 @@ def _dataset_dft(args):
                      f'(histograms of {-(-n // batch)} batches over p values) needs about '
                      f'{sum(need.values()) / 2**30:.1f} GiB of memory, the host has '
                      f'{have / 2**30:.1f} GiB available')
-  sets = dataset_dft.ordered_sets(p, n, seed, stride=stride, generator=generator,
-                                  names=args.orderings)
+  try:
+    sets = dataset_dft.ordered_sets(p, n, seed, stride=stride, generator=generator,
+                                    names=args.orderings, batch_size=batch)
+  except ValueError as e:
+    raise InputError(f'dataset_dft --orderings: {e}') from None
   name = f'dataset_dft_p{p}_n{n}_b{batch}_seed{seed}'
   fig = dataset_dft.figure(sets, p, batch, max_lag=args.max_lag, title=args.title)
   return _save(args, fig, name) + [tables.write(dataset_dft.stats(sets, p, batch, stride),

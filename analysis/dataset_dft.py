@@ -1,8 +1,9 @@
 """dataset_dft: how each ordering lays out the training set, seen as signals.
 
 The training pairs are regenerated exactly as a run makes them (``ordered_jax.tasks``) and
-put in each ordering's epoch-0 order (``ordered_jax.orderings``; ``random`` is our run's
-permutation of epoch 0). For each component (a, b, c = (a + b) mod p) of the ordered
+put in each ordering's epoch-0 order (``ordered_jax.orderings``, any registered one that
+does not read the model's losses: its ``prepare`` and ``order``, as a run calls them;
+``random`` is our run's permutation of epoch 0). For each component (a, b, c = (a + b) mod p) of the ordered
 sequence: its power spectrum, its autocorrelation, the spectrum over Z/p of each batch's
 histogram (frequency index k as in the fourier probe: power at k cycles over the p
 residues, averaged over batches), consecutive circular differences, and the share of
@@ -33,20 +34,32 @@ def memory_bytes(p: int, n: int, batch: int, n_orderings: int,
 
 
 def ordered_sets(p: int, train_size: int, seed: int, *, stride: int = 0,
-                 generator: str = 'reference', names=ORDERINGS) -> dict[str, np.ndarray]:
-  """{ordering: the training table [N, 3] in that ordering's epoch-0 row order}."""
+                 generator: str = 'reference', names=ORDERINGS,
+                 batch_size: int = 256) -> dict[str, np.ndarray]:
+  """{ordering: the training table [N, 3] in that ordering's epoch-0 row order}, each
+  ordering built from a config of these values (the defaults' otherwise) and given the
+  run's order key, as the trainer does. ``ValueError`` (one line) for an unknown ordering
+  or one that reads the model's losses."""
   import jax  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
   from ordered_jax import orderings, tasks, train  # pylint: disable=g-import-not-at-top
+  for name in names:
+    if name not in orderings.REGISTRY:
+      raise ValueError(f'unknown ordering {name!r}; one of {", ".join(orderings.REGISTRY)}')
+    if orderings.REGISTRY[name].uses_losses:
+      raise ValueError(f'ordering {name!r} orders by the losses of a model in training; '
+                       'it has no order without one')
   train_Nx3, _ = tasks.make_mod_add(p, train_size, 0, seed, generator)
-  stride = stride or orderings.default_stride(p)
+  config = default.get_config()
+  config.update(dict(p=p, train_size=train_size, seed=seed, batch_size=batch_size,
+                     stride=stride or orderings.default_stride(p), data_generator=generator))
+  key = jax.random.fold_in(jax.random.key(seed), train.ORDER_STREAM)
   out = {}
   for name in names:
-    if name == 'random':
-      key = jax.random.fold_in(jax.random.key(seed), train.ORDER_STREAM)
-      order = np.asarray(orderings.random_order(key, 0, train_Nx3.shape[0]))
-    else:
-      order = orderings.static_order(name, train_Nx3, stride=stride)
-    out[name] = train_Nx3[order]
+    o = orderings.get(name).from_config(config)
+    prepared = jax.tree.map(jax.numpy.asarray, o.prepare(train_Nx3, config))
+    order = o.order(prepared, key, 0, orderings.RunView(n=train_Nx3.shape[0]))
+    out[name] = train_Nx3[np.asarray(order)]
   return out
 
 

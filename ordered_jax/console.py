@@ -48,7 +48,20 @@ HEADLINES = (
     ('optimizer', 'LR CV', 'adam_dynamics/effective_lr_cv'),
     ('optimizer', 'update -> solution', 'adam_dynamics/update_solution_cossim'),
 )
-HEADLINE_KEYS = frozenset(k for _, _, k in HEADLINES)
+
+
+def headlines() -> tuple:
+  """``HEADLINES``, then those the registered probes declare (``probes.registry``'s
+  ``headlines=``: (label, key) pairs, grouped under the probe's name), once the registry
+  is loaded (a probe registers itself there before it runs)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  registry = sys.modules.get('probes.registry')
+  if registry is None:
+    return HEADLINES
+  known = {k for _, _, k in HEADLINES}
+  return HEADLINES + tuple((name, label, f'{name}/{key}')
+                           for name, e in registry.entries().items()
+                           for label, key in e.headlines if f'{name}/{key}' not in known)
 MAX_ROWS = 24  # runs shown in the live view; a larger batch shows the best by test accuracy
 
 
@@ -123,14 +136,14 @@ class RunStatus:
   memorized: int | None = None
   grokked: int | None = None   # the generalisation epoch (test accuracy >= target)
   stop: str = ''               # why a stopped run stopped ('' while it trains)
-  probes: dict = dataclasses.field(default_factory=dict)  # HEADLINES key -> latest value
+  probes: dict = dataclasses.field(default_factory=dict)  # headline key -> latest value
 
 
 def headline_values(row: dict) -> dict:
-  """The ``HEADLINES`` keys of a metrics row as floats (a per-step list: the mean of its
-  finite entries); keys without a finite value are left out."""
+  """The headline keys (``headlines``) of a metrics row as floats (a per-step list: the
+  mean of its finite entries); keys without a finite value are left out."""
   out = {}
-  for k in HEADLINE_KEYS & row.keys():
+  for k in {k for _, _, k in headlines()} & row.keys():
     v = row[k]
     vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else
                                getattr(v, 'ravel', lambda v=v: [v])())]
@@ -180,7 +193,7 @@ def runs_table(statuses: Sequence[RunStatus]):
 def probes_table(statuses: Sequence[RunStatus]):
   """Rich table of the probe headlines written so far: a row per metric, a column per run
   (the first ``MAX_ROWS`` runs); None before any probe has fired."""
-  present = [(g, label, k) for g, label, k in HEADLINES
+  present = [(g, label, k) for g, label, k in headlines()
              if any(k in s.probes for s in statuses)]
   if not present:
     return None

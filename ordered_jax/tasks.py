@@ -498,6 +498,7 @@ class TaskKind:
   arg: bool | None = True
   validate: Callable | None = None  # validate(config, strategies): its own config section
   section: str | None = None        # config.<section> reaches parse as options=
+  zp: bool = False  # two operands and the label in Z_p (vocab p): the Z_p probes apply
 
 
 KINDS: dict[str, TaskKind] = {}
@@ -505,18 +506,20 @@ KINDS: dict[str, TaskKind] = {}
 
 def register_kind(name: str, parse: Callable[..., Task], description: str,
                   arg: bool | None = True, validate: Callable | None = None,
-                  section: str | None = None) -> TaskKind:
+                  section: str | None = None, zp: bool = False) -> TaskKind:
   """Declare a task kind: ``--config.task=<name>[:ARG]`` then builds it, ``--list`` shows
   its description (docs/extending.md: a new task is one file in
   ``ordered_jax/task_kinds/``). ``validate(config, strategies)`` checks the task's own
   config section and what it cannot combine with, raising ``runs.ConfigError`` (through
   ``runs.check`` / ``number`` / ``one_of``), when the config's task is of this kind;
-  ``section``: that section's name, handed to ``parse`` as ``options=``."""
+  ``section``: that section's name, handed to ``parse`` as ``options=``; ``zp``: its
+  examples are two operands in Z_p = {0..p-1} and a label in Z_p, so the probes that read
+  the Fourier structure over Z_p run on it (as on add, sub, mul, div, poly)."""
   if name in KINDS:
     raise ValueError(f'task kind {name!r} is registered twice')
   if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
     raise ValueError(f'task kind {name!r}: lower-case letters, digits and _ only')
-  KINDS[name] = kind = TaskKind(name, parse, description, arg, validate, section)
+  KINDS[name] = kind = TaskKind(name, parse, description, arg, validate, section, zp)
   return kind
 
 
@@ -655,14 +658,14 @@ def _validate_teacher(config, names) -> None:
 for _kind, _text in (('add', "(a + b) mod p, the paper's task"), ('sub', '(a - b) mod p'),
                      ('mul', '(a * b) mod p'), ('div', "a / b mod p (b != 0), Power et al.'s"),
                      ('add3', '(a + b + c) mod p, three operands')):
-  register_kind(_kind, _z_p_kind(_kind), _text, arg=False)
+  register_kind(_kind, _z_p_kind(_kind), _text, arg=False, zp=_kind != 'add3')
 register_kind('product', _product,
               'product:2x3x4 -- the direct product of cyclic groups Z_2 x Z_3 x Z_4')
 register_kind('sym', _sym, 'sym:N -- composition in the symmetric group S_N (N <= 6)')
 register_kind('dihedral', _dihedral, 'dihedral:N -- composition in the dihedral group of '
               'order 2N')
 register_kind('poly', _z_p_kind('poly'), 'poly:x^2+x*y+y^2 -- a polynomial in x, y mod p '
-              '(parsed, never evaluated)')
+              '(parsed, never evaluated)', zp=True)
 for _kind, _text in (
     ('dicyclic', 'dicyclic:N -- the dicyclic group of order 4N (dicyclic:2 = quaternions Q_8)'),
     ('semidirect', 'semidirect:N,M,R -- Z_N x| Z_M, the generator of Z_M acting as x -> R x'),

@@ -20,7 +20,9 @@ A declaration (``register``) says, for one probe name:
   (the built-in ones are documented in ``probes/catalog.py``);
 * ``memory(options, sizes)``: the bytes one run's probe holds at once (its windows, Lanczos
   basis, replays) from a ``Sizes``, for the memory estimate (``ordered_jax.budget``) to
-  refuse a config that cannot fit before anything is allocated; omitted: negligible.
+  refuse a config that cannot fit before anything is allocated; omitted: negligible;
+* ``headlines``: (label, metric key) pairs that ``--live`` shows, under the probe's name,
+  as it shows the built-in probes' headline values.
 
 So a new probe is one module that calls ``register`` (and is imported by
 ``probes/__init__.py``'s list of modules, or by the user's own code before ``build``):
@@ -32,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ordered_jax import experiment, models, orderings, runs
+from ordered_jax import experiment, models, orderings, runs, tasks
 
 ADAM_FAMILY = ('adamw', 'adam')  # optimisers with Adam's moments in their state
 CYCLIC_TASKS = ('add', 'sub', 'mul', 'div', 'poly')  # two operands in Z_p
@@ -87,6 +89,7 @@ class Entry:
   doc: Any = None                  # its probes.catalog.Probe (built-in ones: in catalog.py)
   support_note: str = ''           # added to its support text, in parentheses
   memory: Callable[[Any, Sizes], int] | None = None  # bytes per run (``budget``)
+  headlines: tuple[tuple[str, str], ...] = ()  # (label, key): shown by --live
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -179,9 +182,10 @@ def why_not(entry: Entry, config) -> str | None:
     if n.models == ('reference',):
       return f"reads the reference transformer's parameters (model is {model!r})"
     return f"reads the parameters of model {_or(n.models)} (model is {model!r})"
-  if n.tasks and base not in n.tasks:
+  if n.tasks and base not in task_names(n):
     if n.tasks == CYCLIC_TASKS:
-      return f'needs a two-operand task over Z_p ({", ".join(CYCLIC_TASKS)}); task is {task!r}'
+      return (f'needs a two-operand task over Z_p ({", ".join(task_names(n))}); task is '
+              f'{task!r}')
     return f'is defined for task {" or ".join(n.tasks)}; task is {task!r}'
   return None
 
@@ -192,6 +196,14 @@ def _or(names) -> str:
   return names[0] if len(names) == 1 else f'{", ".join(names[:-1])} or {names[-1]}'
 
 
+def task_names(needs: Needs) -> tuple[str, ...]:
+  """The task kinds ``needs.tasks`` admits: ``CYCLIC_TASKS`` stands for every kind over
+  Z_p (``tasks.register_kind(zp=True)``: the built-in ones and any registered since)."""
+  if needs.tasks != CYCLIC_TASKS:
+    return needs.tasks
+  return tuple(n for n, k in tasks.KINDS.items() if k.zp)
+
+
 def support_text(entry: Entry) -> str:
   """Which models, tasks and optimisers a probe runs with, in words (``--probes_list``)."""
   n = entry.needs
@@ -200,7 +212,7 @@ def support_text(entry: Entry) -> str:
     text = 'any model, any task'
   else:
     text = (f'model {_or(kinds)}' if kinds else 'any model') + '; ' + (
-        f'task{"s" if len(n.tasks) > 1 else ""} {", ".join(n.tasks)}' if n.tasks
+        f'task{"s" if len(task_names(n)) > 1 else ""} {", ".join(task_names(n))}' if n.tasks
         else 'any task')
   if entry.support_note:
     text += f' ({entry.support_note})'

@@ -242,6 +242,45 @@ def test_weight_tools_refuse_a_run_of_another_model(data, capsys, tmp_path):
     assert "run stride: model 'mlp'; the weight tools read the reference" in err, err
 
 
+def test_dataset_dft_orders_any_registered_ordering_as_a_run_does():
+  """Each ordering's epoch-0 order comes from its own prepare/order: the built-ins match
+  the reference's static orders and our run's random permutation, a user's ordering is
+  accepted, one that reads the model's losses is refused in one line."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from ordered_jax import orderings, tasks, train  # pylint: disable=g-import-not-at-top
+  train_Nx3, _ = tasks.make_mod_add(13, 60, 0, 2, 'reference')
+  sets = dataset_dft.ordered_sets(13, 60, 2, names=('stride', 'target', 'fixed-random',
+                                                    'random', 'alternating'))
+  for name in ('stride', 'target', 'fixed-random', 'alternating'):
+    want = orderings.static_order(name, train_Nx3, stride=3)
+    np.testing.assert_array_equal(sets[name], train_Nx3[want])
+  key = jax.random.fold_in(jax.random.key(2), train.ORDER_STREAM)
+  np.testing.assert_array_equal(
+      sets['random'], train_Nx3[np.asarray(orderings.random_order(key, 0, 60))])
+
+  @dataclasses.dataclass(frozen=True)
+  class Reverse(orderings.Ordering):
+    name = 'reverse-test'
+
+    def prepare(self, train_NxC, config):
+      return np.arange(len(train_NxC))[::-1].astype(np.int32)
+
+    def order(self, prepared, key, epoch, run):
+      return prepared
+
+  orderings.base.register(Reverse)
+  try:
+    got = dataset_dft.ordered_sets(13, 60, 2, names=('reverse-test',))
+    np.testing.assert_array_equal(got['reverse-test'], train_Nx3[::-1])
+  finally:
+    orderings.REGISTRY.pop('reverse-test')
+  with pytest.raises(ValueError, match="ordering 'curriculum' orders by the losses"):
+    dataset_dft.ordered_sets(13, 60, 2, names=('curriculum',))
+  with pytest.raises(ValueError, match="unknown ordering 'nope'; one of stride"):
+    dataset_dft.ordered_sets(13, 60, 2, names=('nope',))
+
+
 def test_dataset_dft_functions():
   sets = dataset_dft.ordered_sets(13, 60, 2, names=('stride', 'random'))
   assert sorted(map(tuple, sets['stride'])) == sorted(map(tuple, sets['random']))

@@ -114,6 +114,23 @@ def test_headline_values_reduce_lists_and_drop_non_finite():
                                           'adam_dynamics/update_deflection': 3.0}
 
 
+def test_a_registered_probes_headlines_are_shown_live():
+  """A probe registered with ``headlines=`` (label, key) gets its values into --live's
+  table, under its name, like the built-in headlines."""
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  registry.register('weight_rms', lambda ctx, o: None, headlines=(('rms', 'rms'),))
+  try:
+    row = {'weight_rms/rms': 0.25, 'weight_rms/relative': 0.5}
+    assert console.headline_values(row) == {'weight_rms/rms': 0.25}
+    text = _render(console.probes_table([console.RunStatus('stride', probes={
+        'weight_rms/rms': 0.25})]))
+    assert any(l.split()[:2] == ['weight_rms', 'rms'] and '0.25' in l
+               for l in text.splitlines()), text
+  finally:
+    registry.unregister('weight_rms')
+  assert console.headline_values(row) == {}
+
+
 def test_live_redraws_only_when_due_and_keeps_the_last_view(monkeypatch):
   from rich.console import Console  # pylint: disable=g-import-not-at-top
   out = io.StringIO()

@@ -212,3 +212,36 @@ def test_the_extending_pages_config_file_mirrors_its_section():
   c.sweep.grid.my_model.hidden = '32,64'
   from ordered_jax import sweep  # pylint: disable=g-import-not-at-top
   assert sweep.points(c) == [{'my_model.hidden': 32}, {'my_model.hidden': 64}]
+
+
+def test_a_task_kind_over_z_p_gets_the_fourier_probes(tmp_path):
+  """A kind registered with zp=True (two operands and the label in Z_p) is admitted by the
+  probes that read the Fourier structure over Z_p, listed as such, and they run on it;
+  without zp it is refused in one line."""
+  import probes  # pylint: disable=g-import-not-at-top
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  from ordered_jax import experiment, runs, sinks  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+
+  def parse(arg, *, name, spec, p, dim):
+    return tasks.Task(name, order=p, n_ops=2, n_codes=p * p, c=1.0, radices=(p, p),
+                      offsets=(0, 0), labeller=lambda ops: (ops[:, 0] + 2 * ops[:, 1]) % p)
+
+  tasks.register_kind('affine', parse, 'a + 2b mod p', arg=False)
+  try:
+    config = micro_config(task='affine', epochs=2)
+    config.probes.names = 'fourier'
+    with pytest.raises(runs.ConfigError, match=r"probe 'fourier' needs a two-operand task "
+                       r"over Z_p \(add, sub, mul, div, poly\); task is 'affine'"):
+      probes.build(config)
+  finally:
+    tasks.unregister_kind('affine')
+  tasks.register_kind('affine', parse, 'a + 2b mod p', arg=False, zp=True)
+  try:
+    assert 'affine' in registry.support_text(registry.entries()['fourier'])
+    assert 'fourier' not in probes.unsupported(config)
+    experiment.run(config, str(tmp_path), quiet='silent', probes=probes.build(config))
+    rows = sinks.read_jsonl(os.path.join(tmp_path, 'stride', 'stride.jsonl'))
+    assert any('fourier/spectral_entropy' in r for r in rows)
+  finally:
+    tasks.unregister_kind('affine')
