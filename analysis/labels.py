@@ -59,15 +59,19 @@ METRICS = {
 
 
 def label(key: str) -> str:
-  """A short axis label: the known name, else the key made readable."""
+  """A short axis label: the known name, else the key made readable with its probe's name
+  (``weight_rms/relative`` -> 'relative (weight_rms)': a metric name alone may belong to
+  several probes)."""
   if key in METRICS:
     return METRICS[key][0]
   parts = key.split('/')
+  probe = f' ({parts[0]})' if len(parts) >= 2 and parts[0] != 'training_metrics' else ''
   if len(parts) >= 3:  # probe/metric/<param or layer>
     parent = '/'.join(parts[:2])
-    name = METRICS[parent][0] if parent in METRICS else parts[1].replace('_', ' ')
-    return f'{name} [{"/".join(parts[2:])}]'
-  return parts[-1].replace('_', ' ')
+    if parent in METRICS:
+      return f'{METRICS[parent][0]} [{"/".join(parts[2:])}]'
+    return f'{parts[1].replace("_", " ")} [{"/".join(parts[2:])}]{probe}'
+  return parts[-1].replace('_', ' ') + probe
 
 
 def describe(key: str) -> str:

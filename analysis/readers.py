@@ -3,8 +3,10 @@
 A workdir holds one folder per run: ours (``<run>/<run>.jsonl``, ``summary.json``,
 ``experiment_config.json``), or the reference's ``output/mod_arithmetic/`` and the
 paper's ExperimentOneData repository, which use the same layout with the strategy as the
-folder name. A workdir may also be a single run folder. Several workdirs are read side
-by side; their runs are then labelled ``<workdir>/<run>``.
+folder name. A workdir may also be a single run folder, or a sweep's (``sweep.json``,
+``runs/<id>/``), whose runs are labelled by the values that set them apart
+(``strategy=random,weight_decay=0.3``; their ids where that is not unique). Several
+workdirs are read side by side; their runs are then labelled ``<workdir>/<run>``.
 
 Rows are read as the reference's analysis loader reads them: the run's metrics file
 (``<run>.jsonl``, else the first ``*.jsonl`` in sorted order, else the first ``*.csv``),
@@ -42,6 +44,7 @@ ALIASES = {
 EVAL_ALIASES = {'train_acc': 'training_accuracy', 'val_acc': 'validation_accuracy'}
 DEFAULT_TARGET_ACC = 99.5  # configs/default.py and the reference's target_acc
 SKIP_DIRS = ('analysis', 'checkpoints', 'final_params', 'tensorboard')
+RUN_NAMES = ('run_name', 'run_id')  # config keys that name a run rather than set it
 
 
 class InputError(ValueError):
@@ -258,12 +261,45 @@ def read_run(path: str, name: str | None = None) -> Run:
              summary=normalise_summary(read_json(os.path.join(path, 'summary.json'))))
 
 
+def is_sweep_dir(path: str) -> bool:
+  return (os.path.isfile(os.path.join(path, 'sweep.json'))
+          and os.path.isdir(os.path.join(path, 'runs')))
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def sweep_labels(dirs: list[str]) -> dict[str, str]:
+  """{run folder: label} for a sweep's runs: the config values that differ between them,
+  ``key=value`` joined by ',' in config order (each run's id where the labels would not
+  be unique, or say nothing)."""
+  configs = [_flat(read_json(os.path.join(d, 'experiment_config.json'))) for d in dirs]
+  keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in RUN_NAMES]
+  varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str)
+                                     for c in configs}) > 1]
+  labels = [','.join(f'{k}={c.get(k)}' for k in varying) for c in configs]
+  ids = [os.path.basename(os.path.normpath(d)) for d in dirs]
+  if len(set(labels)) < len(labels) or not all(labels) or any(len(l) > 120 for l in labels):
+    labels = ids
+  return dict(zip(dirs, labels))
+
+
 def run_dirs(workdir: str) -> list[str]:
-  """The run folders of a workdir (the workdir itself if it is one)."""
+  """The run folders of a workdir (the workdir itself if it is one; a sweep's
+  ``runs/*``)."""
   if not os.path.isdir(workdir):
     raise InputError(f'--workdir {workdir}: no such directory')
   if is_run_dir(workdir):
     return [workdir]
+  if is_sweep_dir(workdir):
+    workdir = os.path.join(workdir, 'runs')
   dirs = [os.path.join(workdir, d) for d in sorted(os.listdir(workdir))
           if d not in SKIP_DIRS and os.path.isdir(os.path.join(workdir, d))]
   dirs = [d for d in dirs if is_run_dir(d)]
@@ -281,8 +317,10 @@ def load(workdirs: list[str], strategies: list[str] | None = None) -> list[Run]:
   found = []
   for wd in workdirs:
     prefix = os.path.basename(os.path.normpath(wd)) if len(workdirs) > 1 else ''
-    for d in run_dirs(wd):
-      base = os.path.basename(os.path.normpath(d))
+    dirs = run_dirs(wd)
+    names = sweep_labels(dirs) if is_sweep_dir(wd) else {}
+    for d in dirs:
+      base = names.get(d) or os.path.basename(os.path.normpath(d))
       label = f'{prefix}/{base}' if prefix and os.path.normpath(d) != os.path.normpath(wd) \
           else (prefix or base)
       found.append((label, d))

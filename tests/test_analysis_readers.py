@@ -122,6 +122,38 @@ def test_workdirs_side_by_side_and_filters(tmp_path):
     readers.expand_metrics(runs, ['nope/x'])
 
 
+def test_a_sweep_folder_is_read_with_its_runs_labelled(tmp_path):
+  """A sweep's workdir (sweep.json, runs/<id>/): its runs, labelled by the config values
+  that differ between them (the run's own name left out); the ids where those labels
+  would not be unique."""
+  (tmp_path / 'sw' / 'runs').mkdir(parents=True)
+  (tmp_path / 'sw' / 'sweep.json').write_text('{"base": {}}')
+  for rid, seed, wd in (('aaa111', 0, 0.1), ('bbb222', 1, 0.1), ('ccc333', 0, 1.0)):
+    d = tmp_path / 'sw' / 'runs' / rid
+    d.mkdir()
+    _write_jsonl(d / f'{rid}.jsonl', [{'epoch': 0, 'val_acc': 1.0}])
+    (d / 'experiment_config.json').write_text(json.dumps(
+        {'seed': seed, 'run_name': rid, 'p': 13, 'grokfast': {'kind': 'none', 'wd': wd}}))
+  runs = readers.load([str(tmp_path / 'sw')])
+  assert [r.name for r in runs] == ['seed=0,grokfast.wd=0.1', 'seed=1,grokfast.wd=0.1',
+                                    'seed=0,grokfast.wd=1.0']
+  both = readers.load([str(tmp_path / 'sw'), str(tmp_path / 'sw')])
+  assert both[0].name == 'sw/seed=0,grokfast.wd=0.1'
+  (tmp_path / 'sw' / 'runs' / 'ccc333' / 'experiment_config.json').write_text(
+      json.dumps({'seed': 0, 'p': 13, 'grokfast': {'kind': 'none', 'wd': 0.1}}))
+  assert [r.name for r in readers.load([str(tmp_path / 'sw')])] == [
+      'aaa111', 'bbb222', 'ccc333']  # two runs alike: their ids
+
+
+def test_unknown_metric_labels_carry_their_probe():
+  from analysis import labels  # pylint: disable=g-import-not-at-top
+  assert labels.label('weight_rms/relative') == 'relative (weight_rms)'
+  assert labels.label('counterfactual/ordering_fraction/embed') == (
+      'ordering fraction [embed] (counterfactual)')
+  assert labels.label('training_metrics/grad_norm') == 'grad norm'
+  assert labels.label('fourier/spectral_entropy') == 'embedding spectral entropy'
+
+
 def test_summaries_and_targets(tmp_path):
   run = tmp_path / 'stride'
   run.mkdir()

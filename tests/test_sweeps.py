@@ -107,6 +107,21 @@ def test_sweep_map_draws_the_table(finished_sweep, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_analysis_tools_read_a_sweep_folder(finished_sweep, tmp_path):
+  """--workdir <sweep> reads its runs/<id>/ folders, labelled by what sets them apart."""
+  from analysis import readers  # pylint: disable=g-import-not-at-top
+  from analysis import __main__ as cli  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = finished_sweep
+  found = readers.load([workdir])
+  assert len(found) == 6 and len({r.name for r in found}) == 6
+  for r in found:
+    assert r.name == f"seed={r.config['seed']},strategy={r.config['strategy']}", r.name
+    assert [row['epoch'] for row in r.rows] == [0, 1, 2]
+  [made] = cli.main(['report', '--workdir', workdir, '--output-dir', str(tmp_path)])
+  assert 'seed=2,strategy=random' in open(made).read()
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path):
   c, original, _ = finished_sweep
   workdir = str(tmp_path / 'sweep')  # a copy: a rerun batch has other runs beside it, so
