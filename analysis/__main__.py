@@ -385,14 +385,28 @@ def _weight_heatmap(args):
 
 def _activation_probe(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from analysis import activations  # pylint: disable=g-import-not-at-top
+  from analysis import activations, weights  # pylint: disable=g-import-not-at-top
+  from ordered_jax import tasks  # pylint: disable=g-import-not-at-top
   paths = []
-  for name, (sd, cfg) in _state_dicts(args).items():
+  for run in _runs(args):
+    name, (sd, cfg) = run.name, weights.state_dict(run)
+    spec = str(run.config.get('task') or 'add')
+    try:
+      task = tasks.parse_task(spec, cfg.vocab)
+    except ValueError as e:
+      raise InputError(f'run {name}: {e}') from None
+    if task.n_ops != 2:
+      raise InputError(f'run {name}: task {spec!r} has {task.n_ops} operands; '
+                       'activation_probe sweeps pairs (a, b)')
+    lo, hi = task.offsets[1], task.offsets[1] + task.radices[1]
     b = args.b if args.b is not None else int(np.random.default_rng(args.seed).integers(
-        cfg.vocab))
+        lo, hi))
+    if not lo <= b < hi:
+      raise InputError(f'--b must be in [{lo}, {hi}) for task {spec!r}; got {b}')
     fig = activations.activation_probe(sd, cfg.num_heads, b=b, position=args.position,
                                        skip_logits=args.skip_logits,
-                                       subsample=args.subsample,
+                                       subsample=args.subsample, task=spec,
+                                       labeller=task.labeller,
                                        title=args.title or f'{name}: activations for (a, '
                                        f'b = {b}), position {args.position}')
     paths += _save(args, fig, f'activation_probe_{_slug([name])}_b{b}')

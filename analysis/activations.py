@@ -63,8 +63,10 @@ def sweep(p: int, b: int, subsample: int = 0) -> np.ndarray:
 
 
 def activation_probe(sd: dict, num_heads: int, *, b: int, position='mean', skip_logits=False,
-                     subsample=0, title=''):
-  """Heatmaps (a on the vertical axis, units on the horizontal) of every activation."""
+                     subsample=0, title='', labeller=None, task='add'):
+  """Heatmaps (a on the vertical axis, units on the horizontal) of every activation; on
+  the logits, dots at each pair's label (``labeller`` of the operands [N, 2]: the run's
+  task, named ``task``; default (a + b) mod p)."""
   if position not in POSITIONS:
     raise InputError(f'--position must be one of {", ".join(POSITIONS)}; got {position!r}')
   p = sd['embedding.weight'].shape[0]
@@ -80,9 +82,10 @@ def activation_probe(sd: dict, num_heads: int, *, b: int, position='mean', skip_
     im = ax.imshow(act, aspect='auto', interpolation='nearest', cmap='RdBu_r', vmin=-vmax,
                    vmax=vmax, extent=(-0.5, act.shape[1] - 0.5, x[-1, 0] + 0.5, x[0, 0] - 0.5))
     ax.set(title=f'{name} [{act.shape[1]}]', ylabel='a',
-           xlabel='class (dots: (a + b) mod p)' if name == 'logits' else 'unit')
+           xlabel=f'class (dots: the label, task {task})' if name == 'logits' else 'unit')
     if name == 'logits':
-      ax.plot((x[:, 0] + b) % p, x[:, 0], '.', color='black', ms=2)
+      y = labeller(x) if labeller is not None else (x[:, 0] + b) % p
+      ax.plot(np.asarray(y), x[:, 0], '.', color='black', ms=2)
     ax.grid(False)
     fig.colorbar(im, ax=ax)
   fig.suptitle(title or f'activations for (a, b = {b}), position {position}')

@@ -242,6 +242,30 @@ def test_weight_tools_refuse_a_run_of_another_model(data, capsys, tmp_path):
     assert "run stride: model 'mlp'; the weight tools read the reference" in err, err
 
 
+def test_activation_probe_marks_the_runs_own_labels(data, capsys, tmp_path):
+  """The logits panel's dots are the labels of the run's task ((a - b) mod p for sub),
+  and a b the task has no pairs with (div's 0) is one line."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from ordered_jax import tasks  # pylint: disable=g-import-not-at-top
+  sd, cfg = weights.state_dict(readers.load([os.path.join(data['ours'], 'stride')])[0])
+  p = cfg.vocab
+  sub = tasks.parse_task('sub', p)
+  fig = activations.activation_probe(sd, cfg.num_heads, b=4, labeller=sub.labeller,
+                                     task='sub')
+  [ax] = [a for a in fig.axes if a.get_title().startswith('logits')]
+  x, y = ax.lines[0].get_data()
+  np.testing.assert_array_equal(x, (np.arange(p) - 4) % p)
+  np.testing.assert_array_equal(y, np.arange(p))
+  assert 'task sub' in ax.get_xlabel()
+  run = tmp_path / 'w' / 'stride'
+  shutil.copytree(os.path.join(data['ours'], 'stride'), run)
+  c = json.loads((run / 'experiment_config.json').read_text())
+  (run / 'experiment_config.json').write_text(json.dumps({**c, 'task': 'div'}))
+  err = _fails(capsys, 'activation_probe', '--workdir', str(tmp_path / 'w'), '--b', '0',
+               '--output-dir', str(tmp_path / 'out'))
+  assert f"--b must be in [1, {p}) for task 'div'; got 0" in err
+
+
 def test_dataset_dft_orders_any_registered_ordering_as_a_run_does():
   """Each ordering's epoch-0 order comes from its own prepare/order: the built-ins match
   the reference's static orders and our run's random permutation, a user's ordering is
