@@ -99,7 +99,11 @@ def _model_section(config) -> tuple:
   kind = models.REGISTRY.get(config.model)
   if kind is None or kind.section is None:
     return ()
-  return models.freeze(config.get(kind.section) or {})
+  section = config.get(kind.section) or {}
+  if not hasattr(section, 'items'):
+    raise runs.ConfigError(kind.section, f'must be a group of fields (model {kind.name!r} '
+                           f'reads its options there); got {section!r}')
+  return models.freeze(section)
 
 
 def dln_shape(config) -> dict:

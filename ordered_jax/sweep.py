@@ -78,6 +78,8 @@ def remirror(config) -> ml_collections.ConfigDict:
   """``config`` with ``sweep.grid`` and ``sweep.zip`` mirrored afresh, the values already
   set kept: the last line of a config file that adds its own sections (a probe's options,
   a model's or a task's section) to ``configs/default.py``'s, so they can be swept."""
+  if 'sweep' not in config or not _is_group(config.sweep):
+    return config  # no sweep settings: nothing to mirror
   with config.unlocked():
     for group in ('grid', 'zip'):
       old = config.sweep.get(group)

@@ -556,6 +556,9 @@ def parse_task(spec: str, p: int, dim: int = 8, sections=None) -> Task:
   if k.section is None:
     return k.parse(arg, name=name, spec=spec, p=p, dim=dim)
   section = (sections or {}).get(k.section) or {}
+  if not hasattr(section, 'items'):
+    raise ValueError(f'task: {kind} reads its options from config.{k.section}, which must be '
+                     f'a group of fields; got {section!r}')
   options = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
   return k.parse(arg, name=name, spec=spec, p=p, dim=dim, options=options)
 
