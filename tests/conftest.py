@@ -32,6 +32,18 @@ def micro_config(**overrides):
   return c
 
 
+def set_fields(config, fields: dict):
+  """``config`` with dotted ``fields`` set (``{'grokfast.kind': 'ema'}``; a locked config
+  refuses a key it lacks)."""
+  for k, v in fields.items():
+    node = config
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return config
+
+
 @pytest.fixture
 def micro():
   return micro_config

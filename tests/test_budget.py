@@ -4,7 +4,7 @@ refusals that name the field responsible (issue 19, item 9)."""
 import pytest
 
 from ordered_jax import budget, experiment, models, runs
-from tests.conftest import micro_config
+from tests.conftest import micro_config, set_fields
 
 
 @pytest.mark.parametrize('overrides', [
@@ -73,37 +73,25 @@ def test_many_runs_are_refused_by_their_number(monkeypatch):
     budget.check(c, 64)
 
 
-def _probe_config(**sections):
-  c = micro_config()
-  with c.unlocked():
-    for path, value in sections.items():
-      *parents, leaf = path.split('__')
-      node = c
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
-
-
-@pytest.mark.parametrize('sections,field', [
-    ({'probes__names': 'curvature', 'probes__curvature__lanczos_steps': 10**6},
+@pytest.mark.parametrize('fields,field', [
+    ({'probes.names': 'curvature', 'probes.curvature.lanczos_steps': 10**6},
      'probes.curvature.lanczos_steps'),
-    ({'probes__names': 'curvature', 'probes__curvature__hutchinson_samples': 10**6},
+    ({'probes.names': 'curvature', 'probes.curvature.hutchinson_samples': 10**6},
      'probes.curvature.hutchinson_samples'),
-    ({'probes__names': 'counterfactual', 'probes__counterfactual__window': 10**6},
+    ({'probes.names': 'counterfactual', 'probes.counterfactual.window': 10**6},
      'probes.counterfactual.window'),
-    ({'trajectory__every': 1, 'trajectory__projection': 'random:1000000'},
+    ({'trajectory.every': 1, 'trajectory.projection': 'random:1000000'},
      'trajectory.projection'),
 ])
-def test_probe_and_trajectory_sizes_are_counted_and_named(sections, field, monkeypatch):
+def test_probe_and_trajectory_sizes_are_counted_and_named(fields, field, monkeypatch):
   monkeypatch.setattr(budget, 'host_available', lambda: 2**30)
-  c = _probe_config(**sections)
+  c = set_fields(micro_config(), fields)
   runs.validate(c)
   with pytest.raises(runs.ConfigError, match=rf'^config\.{field}: needs about '):
     budget.check(c, 1)
   # Probes that are not enabled, or a trajectory that is off, cost nothing.
-  quiet = _probe_config(**{k: v for k, v in sections.items()
-                           if k not in ('probes__names', 'trajectory__every')})
+  quiet = set_fields(micro_config(), {k: v for k, v in fields.items()
+                                      if k not in ('probes.names', 'trajectory.every')})
   assert budget.estimate(quiet, 1)['probes'] == budget.estimate(quiet, 1)['trajectory'] == 0
   # The probes actually built decide, when given (experiment.run passes their names).
   assert budget.estimate(c, 1, probe_names=[])['probes'] == 0

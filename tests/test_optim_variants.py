@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from ordered_jax import experiment, optim, orderings, runs, sinks, tasks, train
-from tests.conftest import crash_after_epoch, micro_config
+from tests.conftest import crash_after_epoch, micro_config, set_fields
 
 RNG = np.random.default_rng(0)
 PARAMS = {'w': RNG.normal(size=(4, 3)).astype(np.float32),
@@ -24,14 +24,7 @@ GRADS = [{k: RNG.normal(size=v.shape).astype(np.float32) for k, v in PARAMS.item
 
 def _config(**fields):
   """micro_config with dotted fields set (``grokfast.kind='ema'``)."""
-  c = micro_config()
-  for k, v in fields.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(micro_config(), fields)
 
 
 def _run_tx(tx, grads_seq, lrs=None, wd=0.0, params=PARAMS):
