@@ -80,7 +80,13 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    if 'Error whilst parsing config file' in lines[0] and len(lines) > 1:
+      # get_config() raised: ml_collections appends the traceback; its last line says what.
+      kind, _, what = lines[-1].partition(': ')
+      _fail(what if what.startswith('config.') else
+            f'--config={path}: loading it raised {kind.rsplit(".", 1)[-1]}: {what[:200]}')
+    _fail(lines[0])
   except SyntaxError as e:  # the file is not Python (README.md) or has a typo
     _fail(f'--config={path}: not a Python config file ({e.msg}, line {e.lineno})')
   except (AttributeError, KeyError) as e:  # a --config.<key> the config does not have
@@ -156,21 +162,6 @@ class _QuietLibraries:
     return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
 
-def _quiet_closed_loops() -> None:
-  """TensorStore's callbacks into an event loop that a failed Orbax save already closed
-  report 'Event loop is closed' through sys.unraisablehook, once per pending write; drop
-  just those."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    e = unraisable.exc_value
-    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
-      return
-    previous(unraisable)
-
-  sys.unraisablehook = hook
-
-
 def _validate(config, probes) -> None:
   """``--validate_checkpoints``: a line per compared checkpoint, one per run; exit 1 if
   any checkpoint differs from the replay (ordered_jax.validate)."""
@@ -242,7 +233,8 @@ def main(argv):
 
 
 def _main(argv, quiet: _QuietLibraries):
-  _quiet_closed_loops()
+  from ordered_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.quiet_orbax_leftovers()
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if _LIST.value or _PROBES_LIST.value or _PROBES_DESCRIBE.value is not None:

@@ -386,15 +386,11 @@ def _weight_heatmap(args):
 def _activation_probe(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from analysis import activations, weights  # pylint: disable=g-import-not-at-top
-  from ordered_jax import tasks  # pylint: disable=g-import-not-at-top
   paths = []
+  if args.subsample < 0:
+    raise InputError(f'--subsample must be >= 0 (0 = every a); got {args.subsample}')
   for run in _runs(args):
-    name, (sd, cfg) = run.name, weights.state_dict(run)
-    spec = str(run.config.get('task') or 'add')
-    try:
-      task = tasks.parse_task(spec, cfg.vocab)
-    except ValueError as e:
-      raise InputError(f'run {name}: {e}') from None
+    name, task, spec = run.name, weights.run_task(run), str(run.config.get('task') or 'add')
     if task.n_ops != 2:
       raise InputError(f'run {name}: task {spec!r} has {task.n_ops} operands; '
                        'activation_probe sweeps pairs (a, b)')
@@ -403,6 +399,10 @@ def _activation_probe(args):
         lo, hi))
     if not lo <= b < hi:
       raise InputError(f'--b must be in [{lo}, {hi}) for task {spec!r}; got {b}')
+    sd, cfg = weights.state_dict(run)
+    if cfg.vocab != task.order:
+      raise InputError(f'run {name}: its weights have {cfg.vocab} classes, its task {spec!r} '
+                       f'{task.order}')
     fig = activations.activation_probe(sd, cfg.num_heads, b=b, position=args.position,
                                        skip_logits=args.skip_logits,
                                        subsample=args.subsample, task=spec,
@@ -430,10 +430,12 @@ def _dataset_dft(args):
   for flag, ok, allowed in (
       ('--p', 3 <= p < dataset_dft.MAX_P, f'3 <= p < {dataset_dft.MAX_P} (as a run\'s config.p)'),
       ('--train-size', 2 <= n <= p * p, '2 <= train_size <= p*p'),
-      ('--batch-size', batch >= 1, 'batch_size >= 1')):
+      ('--batch-size', batch >= 1, 'batch_size >= 1'),
+      ('--stride', stride >= 0, 'stride >= 0 (0 = floor(sqrt p))'),
+      ('--seed', 0 <= seed < 2**32, '0 <= seed < 2^32')):
     if not ok:
       raise InputError(f'dataset_dft {flag}: need {allowed}; got p={p}, train_size={n}, '
-                       f'batch_size={batch}')
+                       f'batch_size={batch}, stride={stride}, seed={seed}')
   from ordered_jax import budget  # pylint: disable=g-import-not-at-top
   need = dataset_dft.memory_bytes(p, n, batch, len(args.orderings), generator)
   have = budget.host_available()
@@ -644,4 +646,6 @@ def _fail(message: str):
 
 
 if __name__ == '__main__':
+  from ordered_jax import workdir as _workdir  # pylint: disable=g-import-not-at-top
+  _workdir.quiet_orbax_leftovers()
   main()

@@ -58,14 +58,16 @@ METRICS = {
 }
 
 
-def label(key: str) -> str:
+def label(key: str, with_probe: bool = True) -> str:
   """A short axis label: the known name, else the key made readable with its probe's name
   (``weight_rms/relative`` -> 'relative (weight_rms)': a metric name alone may belong to
-  several probes)."""
+  several probes; ``with_probe=False`` where the probe is said already, as in its own
+  section of a report)."""
   if key in METRICS:
     return METRICS[key][0]
   parts = key.split('/')
-  probe = f' ({parts[0]})' if len(parts) >= 2 and parts[0] != 'training_metrics' else ''
+  probe = (f' ({parts[0]})' if with_probe and len(parts) >= 2
+           and parts[0] != 'training_metrics' else '')
   if len(parts) >= 3:  # probe/metric/<param or layer>
     parent = '/'.join(parts[:2])
     if parent in METRICS:

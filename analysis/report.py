@@ -203,13 +203,14 @@ def probe_figure(runs: list[Run], keys: list[str]):
     if k.startswith('curvature/') and 'ratio' in k:  # log scale: 1 = the stability edge
       ax.axhline(1.0, color='grey', ls='--', lw=0.8)
       ax.set_yscale('log')
-    ax.set(title=labels.label(k), xlabel='epoch')
+    ax.set(title=labels.label(k, with_probe=False), xlabel='epoch')
   axes[0].legend()
   return fig
 
 
 def final_values(runs: list[Run], keys: list[str]) -> list[dict]:
-  return [{'run': r.name, **{labels.label(k): _final(r, k) for k in keys}} for r in runs]
+  return [{'run': r.name, **{labels.label(k, with_probe=False): _final(r, k) for k in keys}}
+          for r in runs]
 
 
 def _cell(v) -> str:

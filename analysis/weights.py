@@ -37,10 +37,22 @@ def model_config(run: Run, sd: dict | None = None):
   if not all(k in c for k in need):
     raise InputError(f'run {run.name}: experiment_config.json lacks the model shape '
                      f'({", ".join(need)})')
-  return models.ModelConfig(vocab=int(c['p']), embed_dim=int(c['embed_dim']),
+  t = run_task(run)
+  return models.ModelConfig(vocab=t.order, n_ops=t.n_ops, embed_dim=int(c['embed_dim']),
                             num_heads=int(c['num_heads']), layers=int(c['layers']),
                             mlp_dim=int(c.get('mlp_dim', 2048)),
                             dropout=float(c.get('dropout', 0.1)))
+
+
+def run_task(run: Run):
+  """The run's task (``config.task`` over ``config.p``; the reference's runs: add), whose
+  order is the model's vocabulary and classes."""
+  from ordered_jax import tasks  # pylint: disable=g-import-not-at-top
+  spec = str(run.config.get('task') or 'add')
+  try:
+    return tasks.parse_task(spec, int(run.config.get('p', 9973)), sections=run.config)
+  except ValueError as e:
+    raise InputError(f'run {run.name}: {e}') from None
 
 
 def reference_weights_file(run: Run) -> str | None:

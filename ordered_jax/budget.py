@@ -35,6 +35,8 @@ SMALL = {'embed_dim': 128, 'mlp_dim': 512, 'layers': 2, 'num_heads': 4, 'p': 97,
 # dominates its training examples.
 HOST_BYTES = {'reference': (320, 110), 'fast': (80, 80)}  # (per train, per test) example
 F32 = 4
+HEADROOM = 0.9  # the share of the available memory a config may need (the rest: Python,
+                # XLA's own buffers, the OS)
 
 
 def _count_layers(d: int, f: int, layers: int) -> int:
@@ -131,7 +133,7 @@ def estimate(config, n_runs: int = 1, probe_names=None) -> dict[str, int]:
   n_params = param_count(config)
   per_run = F32 * (n_params * _state_copies(config) + acts + evals)
   sizes = _registry().Sizes(params=n_params, example_bytes=F32 * example,
-                            batch_size=_largest_batch(config))
+                            batch_size=_largest_batch(config), n_train=n_train)
   probe_bytes = sum(e.memory(o, sizes) for e, o in _probes(config, probe_names))
   traj = (trajectory.memory(config.trajectory.projection, n_params, n_runs)
           if trajectory.enabled(config) else 0)
@@ -198,6 +200,8 @@ def _resets(config, probe_names):
   their memory, at its default."""
   out = list(SMALL.items())
   for entry, opts in _probes(config, probe_names):
+    if opts is None:  # a probe without options: nothing to reset
+      continue
     key = _registry().options_key(entry)
     out += [(f'probes.{key}.{f.name}', f.default) for f in dataclasses.fields(opts)
             if f.default is not dataclasses.MISSING and getattr(opts, f.name) != f.default]
@@ -229,7 +233,7 @@ def check(config, n_runs: int = 1, probe_names=None) -> None:
   from ordered_jax.workdir import gib  # pylint: disable=g-import-not-at-top
   limit, n_devices = device_limit()
   needed, available = need(config, n_runs, limit, n_devices, probe_names)
-  if needed <= available:
+  if needed <= HEADROOM * available:
     return
   where = 'the host has' if limit is None or available != limit else 'the device has'
   what = f'{n_runs} runs need' if n_runs > 1 else 'needs'

@@ -160,15 +160,20 @@ def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any],
   for m in mgrs[1:]:
     common &= set(m.all_steps())
   for step in sorted(common, reverse=True):
+    where = ''
     try:
-      pairs = [restore(m, step, like) for m, like in zip(mgrs, likes)]
-      for _, meta in pairs:
+      pairs = []
+      for m, like in zip(mgrs, likes):
+        where = os.path.join(str(m.directory), str(step))
+        pairs.append(restore(m, step, like))
         if check_meta is not None:
-          check_meta(meta)
+          check_meta(pairs[-1][1])
     except Exception as e:  # pylint: disable=broad-except
-      why = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
-      logging.warning('checkpoint at epoch %d cannot be restored (%s); trying the previous '
-                      'one', step, why)
+      text = (str(e).splitlines() or [''])[0][:200]
+      why = f'{type(e).__name__}: {text}' if text and not text.startswith('<') else (
+          type(e).__name__)
+      logging.warning('the checkpoint after epoch %d (%s) cannot be restored (%s); trying '
+                      'the previous one', step - 1, where, why)
       if errors is not None:
         errors.append((step, why))
       continue

@@ -51,7 +51,11 @@ _NUMBERS = 'a list a,b,c, one value or a range start..stop[..step]'
 class SweepError(ValueError):
   """A bad sweep value; ``str(e)`` is one line: ``config.<field>: <allowed>; got '<text>'``."""
 
-  def __init__(self, field: str, message: str, text: Any = None):
+  def __init__(self, field: str, message: str | None = None, text: Any = None):
+    if message is None:  # one argument: the whole line (how callers re-raise a ValueError)
+      super().__init__(str(field))
+      self.field = str(field).split(':', 1)[0].removeprefix('config.')
+      return
     where = field if field.startswith('--') else f'config.{field}'
     got = '' if text is None else f"; got '{text}'"
     super().__init__(f'{where}: {message}{got}'.replace('\n', ' '))
@@ -94,6 +98,11 @@ def remirror(config) -> ml_collections.ConfigDict:
           node[name] = text
       config.sweep[group] = new
   return config
+
+
+def leaves(spec) -> list[tuple[str, Any]]:
+  """(dotted key, text) of every leaf of a ``sweep.grid`` or ``sweep.zip`` spec."""
+  return _leaves(spec, skip=()) if _is_group(spec) else []
 
 
 def _leaves(config, prefix='', skip=SWEEP_SKIP) -> list[tuple[str, Any]]:
@@ -388,6 +397,8 @@ def parse_rerun(text: str, config) -> list[dict[str, list]]:
   ``key=values`` parts of one filter (all must match); values use the sweep syntax and
   the field's type. '' -> []."""
   filters = []
+  if str(text) and not str(text).strip():
+    raise SweepError('--rerun', "takes key=values parts, e.g. seed=1,2", text)
   for alt in str(text).split('|'):
     if not alt.strip():
       if str(text).strip():

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from ordered_jax import (budget, checkpoint, experiment, identity, models, results, runs,
+from ordered_jax import (budget, checkpoint, experiment, identity, results, runs,
                          sharding, sinks, sweep)
 from ordered_jax import workdir as workdir_lib
 
@@ -70,6 +70,13 @@ def _identity(config, r: runs.Run) -> dict:
 
 def plan(config) -> list[Item]:
   """Every run of the sweep, validated (one-line ``ConfigError`` before anything runs)."""
+  for group in ('grid', 'zip'):  # output settings would all run as one
+    spec = config.sweep.get(group)
+    for key, text in (sweep.leaves(spec) if spec is not None else []):
+      if str(text).strip() and key.split('.')[0] in NOT_IDENTITY:
+        raise sweep.SweepError(f'sweep.{group}.{key}', 'an output setting, not something a '
+                               'run computes (every run of a sweep shares it): set it with '
+                               f'--config.{key}', text)
   items, seen = [], set()
   for overrides in sweep.points(config):
     c = sweep.apply(config, overrides)
@@ -96,18 +103,11 @@ def _batch_key(config) -> str:
 
 
 def run_bytes(config) -> int:
-  """A rough upper estimate of one run's device memory in a batch (bytes): parameters,
-  gradients and optimiser state, the activations of one training batch (forward and
-  backward) and of one evaluation chunk."""
-  cfg = experiment.model_config(config)
-  n = budget.param_count(config)  # from the shapes: a huge config does not hang here
-  copies = 4 + (1 if config.grokfast.kind == 'ema' else 0) + (
-      config.grokfast.window if config.grokfast.kind == 'ma' else 0)
-  tokens = 2 * cfg.n_ops if models.is_sequence(config.model) else cfg.n_ops
-  width = 6 * config.embed_dim + config.mlp_dim
-  acts = config.batch_size * (tokens * width * config.layers + 2 * cfg.vocab) * 3
-  evals = min(config.eval_batch_size, sum(runs.sizes(config))) * (tokens * width + cfg.vocab)
-  return 4 * (n * copies + acts + evals)
+  """One run's share of a batch's memory (bytes; ``budget.estimate``): parameters,
+  gradients, optimiser state and activations, what its probes hold and its trajectory's
+  vectors; the data, shared by the batch, is not in it."""
+  e = budget.estimate(config, 2)
+  return (e['state'] + e['probes'] + e['trajectory']) // 2
 
 
 def device_bytes() -> int:

@@ -268,6 +268,10 @@ class Recorder:
           **spec(config), 'every': self.every, 'dim': dim,
           'parameters': sum(math.prod(s) for _, s in layout),
           'leaves': [[n, list(s)] for n, s in layout]})
+      if resume and start > 0 and not os.path.exists(path):
+        from absl import logging  # pylint: disable=g-import-not-at-top
+        logging.warning('--resume: %s is gone; it starts again with the records from epoch '
+                        '%d on (the earlier ones are not recomputed)', path, start)
       try:
         goes_on = active is None or bool(active[len(self.writers)])
         self.writers.append(Writer(path, dim, keep_before=start if resume else None,

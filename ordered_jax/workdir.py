@@ -178,3 +178,24 @@ def remove_partial_checkpoints(run_dir: str) -> None:
     for n in os.listdir(root):
       if _TMP in n:
         shutil.rmtree(os.path.join(root, n), ignore_errors=True)
+
+
+def quiet_orbax_leftovers() -> None:
+  """For command-line entry points: drop what Orbax leaves behind after a failed write or
+  read, which Python reports through ``sys.unraisablehook`` once per pending operation,
+  after the run has already said what failed in one line: TensorStore's callbacks into an
+  event loop Orbax already closed ('Event loop is closed') and Orbax's own coroutines that
+  were never awaited. Anything else is reported as before."""
+  import sys  # pylint: disable=g-import-not-at-top
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    e, obj = unraisable.exc_value, unraisable.object
+    code = getattr(obj, 'cr_code', None)
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook

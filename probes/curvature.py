@@ -194,7 +194,8 @@ def _memory(o: Options, sizes) -> int:
   batch's activations twice (forward over reverse). Adam's preconditioned pass runs after
   the first and reuses its memory."""
   vectors = 2 * (o.lanczos_steps + o.hutchinson_samples) + 6
-  return 4 * sizes.params * vectors + 2 * o.batch_size * sizes.example_bytes
+  rows = min(o.batch_size, sizes.n_train) if sizes.n_train else o.batch_size
+  return 4 * sizes.params * vectors + 2 * rows * sizes.example_bytes
 
 
 _register()

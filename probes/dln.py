@@ -180,7 +180,14 @@ def _register():
                     support_note='teacher_distance: task teacher')
   registry.register('gradient_noise',
                     lambda ctx, o: GradientNoise(chunk=o.chunk, hessian=o.hessian),
-                    options=NoiseOptions)
+                    options=NoiseOptions, memory=_noise_memory)
+
+
+def _noise_memory(o: NoiseOptions, sizes) -> int:
+  """``chunk`` per-example gradients (at most the training set's), a few more vectors for
+  the mean and the HVPs, and the chunk's activations."""
+  rows = min(o.chunk, sizes.n_train) if sizes.n_train else o.chunk
+  return 4 * sizes.params * (rows + 6) + rows * sizes.example_bytes
 
 
 _register()

@@ -74,6 +74,7 @@ class Sizes:
   params: int         # parameters (float32 each)
   example_bytes: int  # activations of one training example, forward and backward
   batch_size: int     # the training batch
+  n_train: int = 0    # training examples (a probe batch of more rows holds only these)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,9 @@ CONFIG_FILES = {
     'noget.py': 'x = 1\n',
     'raises.py': 'def get_config():\n  raise RuntimeError("boom")\n',
     'number.py': 'def get_config():\n  return 5\n',
+    'remirror.py': ('import ml_collections\nfrom configs import tiny\nfrom ordered_jax import '
+                    'sweep\ndef get_config():\n  c = tiny.get_config()\n  c.sweep.grid.nope = '
+                    "ml_collections.ConfigDict(dict(x='1,2'))\n  return sweep.remirror(c)\n"),
 }
 
 
@@ -37,6 +40,8 @@ MAIN = [
     ('config-no-get_config', ['--config={tmp}/noget.py'], 'get_config', {}),
     ('config-raises', ['--config={tmp}/raises.py'], 'RuntimeError: boom', {}),
     ('config-not-a-configdict', ['--config={tmp}/number.py'], 'ConfigDict', {}),
+    ('config-remirror-unknown', ['--config={tmp}/remirror.py'],
+     'config.sweep.grid.nope.x: not a field of the config', {}),
     ('unknown-key', [TINY, '--config.bogus=1'], 'config.bogus: unknown key', {}),
     ('unknown-nested-key', [TINY, '--config.probes.nmes=x'],
      'config.probes.nmes: unknown key; did you mean probes.names?', {}),
@@ -90,6 +95,12 @@ MAIN = [
     ('sweep-millions', [TINY, *MICRO_FLAGS, '--config.sweep.grid.seed=0..2000',
                         '--config.sweep.grid.lr=0.001..0.1..0.0001'], 'config.sweep.grid', {}),
     ('rerun-matches-nothing', [*SWEEP, '--rerun=seed=7'], '--rerun', {}),
+    ('rerun-blank', [*SWEEP, '--rerun= '], '--rerun', {}),
+    ('sweep-output-setting', [*SWEEP, '--config.sweep.grid.checkpoint_every=1,2'],
+     'config.sweep.grid.checkpoint_every: an output setting', {}),
+    ('probe-memory-in-a-group', [TINY, *MICRO_FLAGS, '--config.probes.group=full',
+                                 '--config.probes.curvature.lanczos_steps=100000000'],
+     'config.probes.curvature.lanczos_steps: needs about', {}),
     ('sweep-resume', [*SWEEP, '--resume'], '--resume', {}),
 ]
 

@@ -214,3 +214,29 @@ def test_out_of_memory_is_not_a_full_disk():
   assert workdir.disk_full(ValueError(
       'RESOURCE_EXHAUSTED: Error writing local file "/d/x": No space left on device')) == (
           '/d/x',)
+
+
+def test_orbax_leftovers_are_dropped_and_nothing_else(monkeypatch):
+  """What a failed Orbax write or read leaves to sys.unraisablehook (TensorStore's 'Event
+  loop is closed', Orbax's coroutines never awaited) is dropped; anything else is
+  reported as before."""
+  import types  # pylint: disable=g-import-not-at-top
+  from ordered_jax import workdir  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  workdir.quiet_orbax_leftovers()
+  scope = {}
+  exec(compile('async def read():\n  pass\n', f'{os.sep}x{os.sep}orbax{os.sep}s.py', 'exec'),
+       scope)
+  exec(compile('async def mine():\n  pass\n', f'{os.sep}x{os.sep}ours.py', 'exec'), scope)
+  theirs, ours = scope['read'](), scope['mine']()
+  hit = lambda e, obj: sys.unraisablehook(types.SimpleNamespace(  # noqa: E731
+      exc_value=e, object=obj, exc_type=type(e), exc_traceback=None, err_msg=None))
+  hit(RuntimeError('Event loop is closed'), None)
+  hit(ValueError('OUT_OF_RANGE'), theirs)
+  assert not seen
+  hit(ValueError('ours'), ours)
+  hit(RuntimeError('something else'), None)
+  assert [str(u.exc_value) for u in seen] == ['ours', 'something else']
+  theirs.close()
+  ours.close()

@@ -309,7 +309,8 @@ def test_a_flipped_bit_in_the_latest_checkpoint_is_caught(reference_run, crashed
   data[len(data) // 2] ^= 0x10
   open(biggest, 'wb').write(bytes(data))
   experiment.run(config, workdir, resume=True, quiet=True)
-  assert 'checkpoint at epoch 3 cannot be restored' in caplog.text
+  assert (f"the checkpoint after epoch 2 ({os.path.join(workdir, 'stride', 'checkpoints', '3')})"
+          ' cannot be restored') in caplog.text
   assert 'resumed from the checkpoint after epoch 0' in caplog.text
   _same_as_reference(workdir, ref_dir, config)
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ordered_jax import experiment, results, runs, sinks, sweeper
+from ordered_jax import budget, experiment, results, runs, sinks, sweeper
 from tests.conftest import MICRO, ROOT, crash_after_epoch, micro_config
 
 
@@ -36,6 +36,20 @@ def test_plan_packs_what_a_batch_may_vary():
   # Ids depend on the run, not on the sweep around it.
   again = sweeper.plan(sweep_config(grid={'seed': '2', 'strategy': 'random', 'mlp_dim': '32'}))
   assert again[0].id in {it.id for it in items}
+
+
+def test_runs_per_batch_count_what_the_probes_hold(monkeypatch):
+  """A sweep's automatic batch size counts each run's probe memory (a long counterfactual
+  window), so a sweep that fits in smaller batches is not refused as one big batch."""
+  from tests.conftest import set_fields  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sweeper, 'device_bytes', lambda: 8 * 2**30)
+  plain = micro_config()
+  heavy = set_fields(micro_config(), {'probes.names': 'counterfactual',
+                                      'probes.counterfactual.window': 20000})
+  assert sweeper.max_runs(plain) == 256
+  per_run = sweeper.run_bytes(heavy)
+  assert per_run > 20000 * 2 * 4 * budget.param_count(heavy)  # the window's two arrays
+  assert sweeper.max_runs(heavy) == int(0.5 * 8 * 2**30 / per_run) < 256
 
 
 def test_forcing_one_batch_needs_one_shape(tmp_path):

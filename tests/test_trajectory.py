@@ -120,6 +120,22 @@ def test_a_capped_run_continued_has_the_uninterrupted_records(full_run, tmp_path
     np.testing.assert_array_equal(rec['params'], full['params'][rec['epoch'] + 1])
 
 
+def test_resume_warns_when_the_file_is_gone(tmp_path, caplog):
+  workdir = str(tmp_path)
+  capped = _config(t_every=2)
+  with capped.unlocked():
+    capped.stop_after = 4
+  experiment.run(capped, workdir, quiet='silent')
+  path = os.path.join(workdir, 'random', trajectory.FILENAME)
+  os.remove(path)
+  caplog.clear()
+  experiment.run(_config(t_every=2), workdir, resume=True, quiet='silent')
+  said = [r.getMessage() for r in caplog.records if trajectory.FILENAME in r.getMessage()]
+  assert said == [f'--resume: {path} is gone; it starts again with the records from epoch 4 '
+                  'on (the earlier ones are not recomputed)']
+  assert list(np.load(path)['epoch']) == [4, 5]
+
+
 def test_a_torn_record_is_ignored_and_dropped(tmp_path):
   path = str(tmp_path / trajectory.FILENAME)
   w = trajectory.Writer(path, 3)
