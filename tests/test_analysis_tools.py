@@ -266,6 +266,28 @@ def test_activation_probe_marks_the_runs_own_labels(data, capsys, tmp_path):
   assert f"--b must be in [1, {p}) for task 'div'; got 0" in err
 
 
+def test_weight_tools_read_a_run_of_a_group_task(capsys, tmp_path):
+  """A run of sym:3 (6 elements, not p) and one of add3 (three operands): the weight
+  tools size the model from the run's task; activation_probe refuses add3 in one line."""
+  from ordered_jax import experiment  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  for task, extra in (('sym:3', dict(train_size=20, test_size=10)), ('add3', {})):
+    experiment.run(micro_config(task=task, epochs=1, **extra), str(tmp_path / task),
+                   quiet='silent')
+  run = readers.load([str(tmp_path / 'sym:3')])[0]
+  sd, cfg = weights.state_dict(run)
+  assert (cfg.vocab, cfg.n_ops, sd['embedding.weight'].shape[0]) == (6, 2, 6)
+  png, = _cli(capsys, 'activation_probe', '--workdir', str(tmp_path / 'sym:3'), '--b', '3',
+              '--output-dir', str(tmp_path / 'out'))
+  _nonblank(png)
+  heat, = _cli(capsys, 'weight_heatmap', '--workdir', str(tmp_path / 'add3'),
+               '--output-dir', str(tmp_path / 'out'))
+  _nonblank(heat)
+  err = _fails(capsys, 'activation_probe', '--workdir', str(tmp_path / 'add3'),
+               '--output-dir', str(tmp_path / 'out'))
+  assert "task 'add3' has 3 operands" in err
+
+
 def test_dataset_dft_orders_any_registered_ordering_as_a_run_does():
   """Each ordering's epoch-0 order comes from its own prepare/order: the built-ins match
   the reference's static orders and our run's random permutation, a user's ordering is
