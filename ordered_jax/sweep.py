@@ -88,7 +88,7 @@ def remirror(config) -> ml_collections.ConfigDict:
     for group in ('grid', 'zip'):
       old = config.sweep.get(group)
       new = mirror(config)
-      for key, text in (_leaves(old, skip=()) if _is_group(old) else []):
+      for key, text in leaves(old):
         if str(text).strip():
           try:
             node, name = _parent(new, key)
