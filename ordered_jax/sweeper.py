@@ -70,14 +70,7 @@ def _identity(config, r: runs.Run) -> dict:
 
 def plan(config) -> list[Item]:
   """Every run of the sweep, validated (one-line ``ConfigError`` before anything runs)."""
-  for group in ('grid', 'zip'):  # output settings would all run as one
-    spec = config.sweep.get(group)
-    for key, text in (sweep.leaves(spec) if spec is not None else []):
-      if str(text).strip() and key.split('.')[0] in NOT_IDENTITY:
-        raise sweep.SweepError(f'sweep.{group}.{key}', 'an output setting, not something a '
-                               'run computes (every run of a sweep shares it): set it with '
-                               f'--config.{key}', text)
-  items, seen = [], set()
+  items, seen = [], {}  # run id -> the point that made it
   for overrides in sweep.points(config):
     c = sweep.apply(config, overrides)
     try:
@@ -89,12 +82,27 @@ def plan(config) -> list[Item]:
     for r in runs.expand(c):
       rid = sweep.run_id(_identity(c, r))
       if rid in seen:
+        _check_not_collapsed(config, seen[rid], overrides)
         continue
-      seen.add(rid)
+      seen[rid] = overrides
       keys = {**{k: v for k, v in overrides.items()}, 'strategy': r.strategy, 'seed': r.seed,
               'lr': r.lr, 'weight_decay': r.weight_decay}
       items.append(Item(rid, c, dataclasses.replace(r, name=rid), keys))
   return items
+
+
+def _check_not_collapsed(config, first: dict, again: dict) -> None:
+  """Two points that are one run must not differ in a swept output setting (one that is
+  not part of a run's identity, as checkpoint_every): only the first would run, silently
+  dropping the others' values. A sweep may vary one together with what a run computes
+  (the landscape's step-matched checkpoints)."""
+  for key in first.keys() & again.keys():
+    if key.split('.')[0] in NOT_IDENTITY and first[key] != again[key]:
+      zipped = dict(sweep.leaves(config.sweep.get('zip')))
+      group = 'zip' if str(zipped.get(key, '')).strip() else 'grid'
+      raise sweep.SweepError(f'sweep.{group}.{key}', 'an output setting, not part of what a '
+                             f'run computes: the runs with {key}={first[key]!r} and '
+                             f'{again[key]!r} are one run; set it with --config.{key}')
 
 
 def _batch_key(config) -> str:
