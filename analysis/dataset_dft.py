@@ -3,10 +3,11 @@
 The training pairs are regenerated exactly as a run makes them (``ordered_jax.tasks``) and
 put in each ordering's epoch-0 order (``ordered_jax.orderings``, any registered one that
 does not read the model's losses: its ``prepare`` and ``order``, as a run calls them;
-``random`` is our run's permutation of epoch 0). For each component (a, b, c = (a + b) mod p) of the ordered
-sequence: its power spectrum, its autocorrelation, the spectrum over Z/p of each batch's
-histogram (frequency index k as in the fourier probe: power at k cycles over the p
-residues, averaged over batches), consecutive circular differences, and the share of
+``random`` is our run's permutation of epoch 0). For each component (a, b,
+c = (a + b) mod p) of the ordered sequence: its power spectrum, its autocorrelation, the
+spectrum over Z/p of each batch's histogram (frequency index k as in the fourier probe:
+power at k cycles over the p residues, averaged over batches), consecutive circular
+differences, and the share of
 distinct values per batch (coverage).
 """
 

@@ -137,7 +137,8 @@ def test_resume_warns_of_rows_lost_from_the_jsonl(tmp_path, caplog):
   experiment.run(micro_config(strategy='stride,random'), workdir, resume=True, quiet='silent')
   said = [r.getMessage() for r in caplog.records if 'jsonl' in r.getMessage()]
   assert len(said) == 2, said
-  assert 'stride.jsonl is gone, with the rows of 4 evaluated epochs before 4 (0, 1, 2, 3)' in said[0]
+  assert ('stride.jsonl is gone, with the rows of 4 evaluated epochs before 4 (0, 1, 2, 3)'
+          in said[0])
   assert 'random.jsonl lacks the rows of 3 evaluated epochs before 4 (1, 2, 3)' in said[1]
   assert [r['epoch'] for r in sinks.read_jsonl(path)] == [0, 4, 5]
 
