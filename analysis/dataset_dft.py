@@ -7,8 +7,7 @@ does not read the model's losses: its ``prepare`` and ``order``, as a run calls 
 c = (a + b) mod p) of the ordered sequence: its power spectrum, its autocorrelation, the
 spectrum over Z/p of each batch's histogram (frequency index k as in the fourier probe:
 power at k cycles over the p residues, averaged over batches), consecutive circular
-differences, and the share of
-distinct values per batch (coverage).
+differences, and the share of distinct values per batch (coverage).
 """
 
 from __future__ import annotations
