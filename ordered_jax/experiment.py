@@ -8,6 +8,7 @@ fetches a few scalars per run, writes the sinks and hands checkpoints to Orbax.
 from __future__ import annotations
 
 import contextlib
+import collections
 import copy
 import dataclasses
 import json
@@ -545,17 +546,30 @@ def eval_epoch(config, epoch: int) -> bool:
 def _warn_missing_rows(config, path: str, start: int, last_epoch: int | None) -> None:
   """One warning when a resumed run's JSONL lacks rows of evaluated epochs before
   ``start`` (the file removed, cut or edited since): they are not recomputed, and the
-  checkpoints, summary and trajectory do not depend on them."""
+  checkpoints, summary and trajectory do not depend on them. One more when it holds an
+  epoch's row twice (a file joined or edited by hand): kept, since the readers merge an
+  epoch's rows, but a curve drawn from the file by other tools would double it."""
   end = start if last_epoch is None else min(start, last_epoch + 1)
   want = [e for e in range(end) if eval_epoch(config, e)]
-  have = {r.get('epoch') for r in sinks.read_jsonl(path)}
-  missing = [e for e in want if e not in have]
+  counts = collections.Counter(r.get('epoch') for r in sinks.read_jsonl(path))
+  missing = [e for e in want if e not in counts]
   if missing:
-    shown = ', '.join(map(str, missing[:5])) + (', ...' if len(missing) > 5 else '')
-    logging.warning('--resume: %s %s the rows of %d evaluated epochs before %d (%s); they '
-                    'are not recomputed: restore the file to keep the whole curve',
+    logging.warning('--resume: %s %s the rows of %s before %d (%s); they are not '
+                    'recomputed: restore the file to keep the whole curve',
                     path, 'lacks' if os.path.exists(path) else 'is gone, with',
-                    len(missing), start, shown)
+                    _epochs(len(missing), 'evaluated '), start, _some(missing))
+  twice = sorted(e for e, n in counts.items() if n > 1 and isinstance(e, int))
+  if twice:
+    logging.warning('--resume: %s holds more than one row for %s (%s); kept as they are',
+                    path, _epochs(len(twice)), _some(twice))
+
+
+def _epochs(n: int, kind: str = '') -> str:
+  return f'{n} {kind}epoch' + ('s' if n != 1 else '')
+
+
+def _some(epochs: list[int]) -> str:
+  return ', '.join(map(str, epochs[:5])) + (', ...' if len(epochs) > 5 else '')
 
 
 def _probe_row(probes, m: dict, i: int) -> dict:

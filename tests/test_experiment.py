@@ -120,7 +120,8 @@ def test_stop_after_keeps_the_schedule_and_resumes_to_the_full_run(reference_run
 
 def test_resume_warns_of_rows_lost_from_the_jsonl(tmp_path, caplog):
   """A capped batch resumed as it was says nothing; with one run's JSONL deleted and the
-  other's cut to its first row, --resume names each file and the epochs it lacks."""
+  other's cut to its first row, written twice, --resume names each file and the epochs it
+  lacks or holds twice."""
   capped = micro_config(strategy='stride,random', stop_after=3)
   more = micro_config(strategy='stride,random', stop_after=4)
   workdir = str(tmp_path)
@@ -132,15 +133,16 @@ def test_resume_warns_of_rows_lost_from_the_jsonl(tmp_path, caplog):
   path = os.path.join(workdir, 'random', 'random.jsonl')
   lines = open(path).read().splitlines(keepends=True)
   with open(path, 'w') as f:
-    f.write(lines[0])
+    f.write(lines[0] + lines[0])
   caplog.clear()
   experiment.run(micro_config(strategy='stride,random'), workdir, resume=True, quiet='silent')
   said = [r.getMessage() for r in caplog.records if 'jsonl' in r.getMessage()]
-  assert len(said) == 2, said
+  assert len(said) == 3, said
   assert ('stride.jsonl is gone, with the rows of 4 evaluated epochs before 4 (0, 1, 2, 3)'
           in said[0])
   assert 'random.jsonl lacks the rows of 3 evaluated epochs before 4 (1, 2, 3)' in said[1]
-  assert [r['epoch'] for r in sinks.read_jsonl(path)] == [0, 4, 5]
+  assert 'random.jsonl holds more than one row for 1 epoch (0)' in said[2]
+  assert [r['epoch'] for r in sinks.read_jsonl(path)] == [0, 0, 4, 5]
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(reference_run, tmp_path, monkeypatch):
