@@ -5,7 +5,8 @@
 Grokfast buffers; the activations of one training batch (forward and backward) and of one
 evaluation chunk; the data on the device (the training and test tables, each run's
 orders); what the enabled probes declare they hold (``probes.registry``'s ``memory``:
-gradient windows, the Lanczos basis, replays); the trajectory's flattened and projected
+gradient windows, the Lanczos basis, replays), or for a built probe that declares nothing
+the state its ``init`` returns (traced, not allocated); the trajectory's flattened and projected
 parameters; and the host memory that generating the data takes (measured per example for
 each generator). ``check`` compares that with the machine: on an accelerator the device
 part against one device's ``bytes_limit`` (runs are split over the devices) and the host
@@ -118,11 +119,31 @@ def _probes(config, probe_names):
           if n in entries and entries[n].memory is not None]
 
 
-def estimate(config, n_runs: int = 1, probe_names=None) -> dict[str, int]:
+def undeclared_bytes(config, probes) -> int:
+  """Bytes per run of the state that the built ``probes`` without a ``memory``
+  declaration carry through the epoch (their ``init``'s output for the config's model,
+  traced with ``jax.eval_shape``: nothing allocated). Their transient memory inside the
+  epoch is not known; a probe that needs much should declare ``memory=``."""
+  entries = _registry().entries()
+  mine = [p for p in probes
+          if getattr(entries.get(getattr(p, 'name', None)), 'memory', None) is None
+          and callable(getattr(p, 'init', None))]
+  if not mine:
+    return 0
+  import jax  # pylint: disable=g-import-not-at-top
+  from ordered_jax import experiment  # pylint: disable=g-import-not-at-top
+  params = models.Model(experiment.model_config(config)).abstract_params()
+  shapes = jax.eval_shape(lambda ps: [p.init(ps) for p in mine], params)
+  return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(shapes)))
+
+
+def estimate(config, n_runs: int = 1, probe_names=None, extra: int = 0) -> dict[str, int]:
   """Bytes by part: ``state`` (parameters, optimiser, activations) and ``probes`` per run
   times ``n_runs``, ``device_data`` (shared when the runs share one data seed, else per run;
   with each run's orders), ``trajectory`` (its vectors of every run) and ``host_data``
-  (generating the tables). ``probe_names``: see ``_probes``."""
+  (generating the tables). ``probe_names``: see ``_probes``; ``extra``: more probe bytes
+  per run (``undeclared_bytes``)."""
   t = runs.task(config)
   n_train, n_test = runs.sizes(config)
   tokens = 2 * t.n_ops if models.is_sequence(config.model) else t.n_ops
@@ -134,7 +155,7 @@ def estimate(config, n_runs: int = 1, probe_names=None) -> dict[str, int]:
   per_run = F32 * (n_params * _state_copies(config) + acts + evals)
   sizes = _registry().Sizes(params=n_params, example_bytes=F32 * example,
                             batch_size=_largest_batch(config), n_train=n_train)
-  probe_bytes = sum(e.memory(o, sizes) for e, o in _probes(config, probe_names))
+  probe_bytes = extra + sum(e.memory(o, sizes) for e, o in _probes(config, probe_names))
   traj = (trajectory.memory(config.trajectory.projection, n_params, n_runs)
           if trajectory.enabled(config) else 0)
   shared = config.get('data_seed', -1) >= 0 or config.get('lockstep', False) or n_runs == 1
@@ -170,9 +191,9 @@ def device_limit() -> tuple[int | None, int]:
 
 
 def need(config, n_runs: int, limit: int | None, n_devices: int,
-         probe_names=None) -> tuple[int, int]:
+         probe_names=None, extra: int = 0) -> tuple[int, int]:
   """(needed, available) bytes of the tighter of device and host memory."""
-  e = estimate(config, n_runs, probe_names)
+  e = estimate(config, n_runs, probe_names, extra)
   host = host_available()
   if limit is None:  # the CPU: one memory for everything
     return sum(e.values()), host
@@ -208,35 +229,40 @@ def _resets(config, probe_names):
   return out
 
 
-def culprit(config, n_runs: int, limit, n_devices, probe_names=None) -> str:
+def culprit(config, n_runs: int, limit, n_devices, probe_names=None, extra: int = 0) -> str:
   """The field whose reset to ``SMALL`` (or a probe's option's to its default) shrinks the
-  estimate most (the number of runs, named by its longest tuple field, counts as one)."""
-  base = need(config, n_runs, limit, n_devices, probe_names)[0]
+  estimate most (the number of runs, named by its longest tuple field, counts as one;
+  dropping the probes that declare no memory, ``extra``, counts as ``probes.names``)."""
+  base = need(config, n_runs, limit, n_devices, probe_names, extra)[0]
   best, name = base, ''
   for field, small in _resets(config, probe_names):
     try:
-      n = need(_with(config, field, small), n_runs, limit, n_devices, probe_names)[0]
+      n = need(_with(config, field, small), n_runs, limit, n_devices, probe_names, extra)[0]
     except (KeyError, AttributeError, ValueError, TypeError, runs.ConfigError):
       continue
     if n < best:
       best, name = n, field
-  if n_runs > 1 and need(config, 1, limit, n_devices, probe_names)[0] < best:
+  if extra and need(config, n_runs, limit, n_devices, probe_names)[0] < best:
+    best, name = need(config, n_runs, limit, n_devices, probe_names)[0], 'probes.names'
+  if n_runs > 1 and need(config, 1, limit, n_devices, probe_names, extra)[0] < best:
     name = max(('seeds', 'lrs', 'weight_decays'), key=lambda k: len(config[k]))
     name = name if len(config[name]) > 1 else 'strategy'
   return name or 'embed_dim'
 
 
-def check(config, n_runs: int = 1, probe_names=None) -> None:
+def check(config, n_runs: int = 1, probes=None) -> None:
   """``ConfigError`` (one line: the field, the estimate, the memory) when ``config``'s
-  batch of ``n_runs`` runs, with the probes ``probe_names`` (None: the config's), cannot
+  batch of ``n_runs`` runs, with the built ``probes`` (None: the config's, by name), cannot
   fit; nothing is allocated."""
   from ordered_jax.workdir import gib  # pylint: disable=g-import-not-at-top
   limit, n_devices = device_limit()
-  needed, available = need(config, n_runs, limit, n_devices, probe_names)
+  probe_names = None if probes is None else [p.name for p in probes]
+  extra = 0 if probes is None else undeclared_bytes(config, probes)
+  needed, available = need(config, n_runs, limit, n_devices, probe_names, extra)
   if needed <= HEADROOM * available:
     return
   where = 'the host has' if limit is None or available != limit else 'the device has'
   what = f'{n_runs} runs need' if n_runs > 1 else 'needs'
-  raise runs.ConfigError(culprit(config, n_runs, limit, n_devices, probe_names),
+  raise runs.ConfigError(culprit(config, n_runs, limit, n_devices, probe_names, extra),
                          f'{what} about {gib(needed)} of memory, {where} {gib(available)} '
                          'available (docs/configs.md: sizes)')

@@ -655,7 +655,7 @@ def run(config, workdir: str, *, resume: bool = False, overwrite: bool = False,
   config = runs.resolve(config)  # strategy resonant sizes its own data and batches
   runs.validate(config)
   batch = runs.expand(config) if batch is None else batch
-  budget.check(config, len(batch), [p.name for p in probes])
+  budget.check(config, len(batch), probes)
   # Read before anything is written: a bad file leaves the workdir as it was.
   init = load_init(config) if config.get('init_from') and not resume else (None, None)
   runs.check_workdir(workdir)

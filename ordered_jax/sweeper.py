@@ -268,7 +268,7 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
                            rerun)
   packed = batches(items)
   for b in packed:  # probes are validated, and each batch's memory estimated, up front
-    budget.check(b[0].config, len(b), [p.name for p in probes(b[0].config)])
+    budget.check(b[0].config, len(b), probes(b[0].config))
   primary = sharding.is_primary()  # with several processes, process 0 keeps the books
   if primary:
     runs.check_workdir(workdir)

@@ -164,7 +164,7 @@ def replay(config, workdir: str, probes=(), report: Callable[[list[Check]], None
   runs.validate(config)
   batch = runs.expand(config)
   dirs = check_workdir(config, workdir, batch)
-  budget.check(config, len(batch), [p.name for p in probes])
+  budget.check(config, len(batch), probes)
   init_params, cont = experiment.load_init(config) if config.get('init_from') else (None, None)
   source = config.probes.reference_weights if 'probes' in config else ''
   reference = None

@@ -118,3 +118,32 @@ def test_declared_probe_memory_bounds_what_xla_allocates():
     xla = m.temp_size_in_bytes + m.output_size_in_bytes + m.argument_size_in_bytes
     declared = trajectory.memory(f'random:{k}', 50_000, 3)
     assert 0.9 * xla <= declared <= 2 * xla, (k, xla, declared)
+
+
+def test_probes_that_declare_no_memory_count_their_state(monkeypatch):
+  """A probe without ``memory=`` counts what its ``init`` returns (traced), and a config
+  too big because of it is refused naming probes.names; a declared probe is not counted
+  twice."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  c = micro_config()
+  n_params = budget.param_count(c)
+
+  class Window:  # a window of 1000 parameter vectors (float32) and a step counter (int32)
+    name = 'big_window'
+
+    def init(self, params):
+      flat = jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(params)])
+      return {'w': jnp.zeros((1000,) + flat.shape), 'n': jnp.int32(0)}
+
+  assert budget.undeclared_bytes(c, [Window()]) == 4 * 1000 * n_params + 4
+  assert budget.undeclared_bytes(c, []) == 0
+  declared = registry.entries()['counterfactual']
+  probe = type('P', (), {'name': declared.name, 'init': Window.init})()
+  assert budget.undeclared_bytes(c, [probe]) == 0  # its memory= counts instead
+  base = sum(budget.estimate(c, 2).values())
+  monkeypatch.setattr(budget, 'host_available', lambda: int(1.5 * base))
+  budget.check(c, 2, [])
+  with pytest.raises(runs.ConfigError, match=r'^config\.probes\.names: 2 runs need about'):
+    budget.check(c, 2, [Window()])
