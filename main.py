@@ -332,5 +332,29 @@ def _main(argv, quiet: _QuietLibraries):
                  g['generalization_epoch'])
 
 
+def exit_without_teardown(code: int) -> None:
+  """Exit as the interpreter would, minus its teardown: wait for the threads it waits for
+  (a checkpoint being written), run the ``atexit`` handlers (logging's flush among them),
+  flush the streams, then ``os._exit``. Freeing the modules JAX, Flax and Orbax loaded
+  takes 0.3-0.5 s at every exit on a CPU (docs/benchmarks.md) and writes nothing."""
+  import atexit  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  for t in threading.enumerate():
+    if t is not threading.current_thread() and not t.daemon:
+      t.join()
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+      pass
+  os._exit(code)  # pylint: disable=protected-access
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except SystemExit as done:
+    if done.code is None or (isinstance(done.code, int) and not isinstance(done.code, bool)):
+      exit_without_teardown(done.code or 0)
+    raise

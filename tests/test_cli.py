@@ -240,3 +240,29 @@ def test_orbax_leftovers_are_dropped_and_nothing_else(monkeypatch):
   assert [str(u.exc_value) for u in seen] == ['ours', 'something else']
   theirs.close()
   ours.close()
+
+
+def test_exit_without_teardown_waits_writes_and_keeps_the_code(tmp_path):
+  """main.py's exit skips only the interpreter's teardown: a non-daemon thread still
+  writing is waited for, atexit handlers run, buffered output to a pipe arrives, the exit
+  code is kept."""
+  script = f'''
+import atexit, os, sys, threading, time
+sys.path.insert(0, {ROOT!r})
+import main
+def late():
+  time.sleep(0.5)
+  open(os.path.join({str(tmp_path)!r}, 'thread'), 'w').write('done')
+threading.Thread(target=late).start()
+atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'atexit'), 'w').write('ran'))
+print('buffered, no newline', end='')
+main.exit_without_teardown(3)
+print('never')
+'''
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        timeout=120, env=env)
+  assert proc.returncode == 3, proc.stderr
+  assert proc.stdout == 'buffered, no newline'
+  assert open(tmp_path / 'thread').read() == 'done'
+  assert open(tmp_path / 'atexit').read() == 'ran'
