@@ -169,7 +169,7 @@ def restore_latest(mgrs: list[ocp.CheckpointManager], likes: list[Any],
         if check_meta is not None:
           check_meta(pairs[-1][1])
     except Exception as e:  # pylint: disable=broad-except
-      text = (str(e).splitlines() or [''])[0][:200]
+      text = (str(e).splitlines() or [''])[0].split(' See full TensorStore details')[0][:200]
       why = f'{type(e).__name__}: {text}' if text and not text.startswith('<') else (
           type(e).__name__)
       logging.warning('the checkpoint after epoch %d (%s) cannot be restored (%s); trying '
