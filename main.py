@@ -257,6 +257,11 @@ def _main(argv, quiet: _QuietLibraries):
       if on:
         _fail(f'--validate_checkpoints: cannot be combined with {flag} (it only reads the '
               'workdir, in one process)')
+  for flag, value in (('--coordinator', _COORDINATOR.value),
+                      ('--num_processes', _NUM_PROCESSES.value),
+                      ('--process_id', _PROCESS_ID.value)):
+    if value is not None and not _DISTRIBUTED.value:
+      _fail(f'{flag}: only with --distributed (a multi-process job); got {flag}={value}')
   if _PRINT_EVERY.value < 0:
     _fail(f'--print_every: must be >= 0 (0 = about 50 lines a run); got {_PRINT_EVERY.value}')
   if _LIVE.value and (_QUIET.value or _SILENT.value):

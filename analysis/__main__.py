@@ -51,6 +51,21 @@ def _positive(text: str) -> int:
   return v
 
 
+def _count(text: str) -> int:
+  """An integer >= 0 (0: the option's 'all' or 'none')."""
+  v = int(text)
+  if v < 0:
+    raise argparse.ArgumentTypeError(f'must be >= 0; got {text}')
+  return v
+
+
+def _finite(text: str) -> float:
+  v = float(text)
+  if v != v or v in (float('inf'), float('-inf')):
+    raise argparse.ArgumentTypeError(f'must be a finite number; got {text}')
+  return v
+
+
 def _common() -> argparse.ArgumentParser:
   """The reference's common options."""
   p = _Parser(add_help=False)
@@ -101,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--stat', choices=series.STATS, default='final')
     if name == 'export_table':
       p.add_argument('--table-format', choices=tables.FORMATS, default='latex')
-      p.add_argument('--precision', type=int, default=4)
+      p.add_argument('--precision', type=_count, default=4)
       p.add_argument('--bold-best', action='store_true',
                      help='bold the best value per column (lowest for loss/error/perplexity)')
 
   p = tool('convergence', 'first epoch reaching a threshold: table, bars and curves')
   p.add_argument('--metrics', nargs='+', required=True)
-  p.add_argument('--threshold', type=float, default=None,
+  p.add_argument('--threshold', type=_finite, default=None,
                  help='default: 90%% of the way from the worst to the best value of any run')
   p.add_argument('--direction', choices=('auto', 'above', 'below'), default='auto',
                  help='auto: below for names with loss/error/perplexity, else above')
@@ -117,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--x', required=True)
   p.add_argument('--y', nargs='+', required=True)
   p.add_argument('--trend-line', action='store_true')
-  p.add_argument('--sample', type=int, default=0, help='at most N points per run')
+  p.add_argument('--sample', type=_count, default=0, help='at most N points per run')
 
   p = tool('layer_dynamics', 'heatmap parameter x epoch of a per-parameter metric')
   p.add_argument('--metric', required=True,
@@ -125,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--aggregate-layers', action='store_true')
   p.add_argument('--log-norm', action='store_true')
   p.add_argument('--sort', choices=('name', 'variance'), default='name')
-  p.add_argument('--top', type=int, default=0)
+  p.add_argument('--top', type=_count, default=0)
   p.add_argument('--relative', action='store_true',
                  help='divide each row by its first value (shows changes over time)')
 
   p = tool('area_plot', 'stacked areas of a dict metric (e.g. fourier/freq_powers)')
   p.add_argument('--metric', required=True)
-  p.add_argument('--top-n', type=int, default=10)
+  p.add_argument('--top-n', type=_count, default=10, help='0 = all')
   p.add_argument('--sort-by', choices=('index', 'power', 'acquired'), default='power')
   p.add_argument('--normalize', action='store_true')
   p.add_argument('--share-y', action='store_true')
@@ -139,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = tool('weight_compare', 'final weights across runs: norms, SVD spectra, similarity')
   p.add_argument('--analyses', nargs='+', choices=('norms', 'svd', 'similarity'),
                  default=['norms', 'svd', 'similarity'])
-  p.add_argument('--top-layers', type=int, default=0)
+  p.add_argument('--top-layers', type=_count, default=0)
   p.add_argument('--svd-rank', type=_positive, default=50)
 
   p = tool('weight_heatmap', 'heatmaps of every 2-D weight of each run')
@@ -150,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--position', choices=('0', '1', 'mean'), default='mean')
   p.add_argument('--skip-logits', action='store_true')
-  p.add_argument('--subsample', type=int, default=0, help='N evenly spaced values of a')
+  p.add_argument('--subsample', type=_count, default=0, help='N evenly spaced values of a')
 
   p = tool('dataset_dft', 'spectra of the orderings of the training set')
   p.add_argument('--p', type=int, default=None, help='default: the first run\'s, else 9973')
@@ -174,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                       'per run')
 
   p = tool('report', 'one self-contained HTML report')
-  p.add_argument('--memorization-threshold', type=float, default=99.0)
+  p.add_argument('--memorization-threshold', type=_finite, default=99.0)
 
   p = tool('tensorboard', 'replay metrics JSONL into TensorBoard event files')
   p.add_argument('--jsonl', nargs='+', default=[], help='JSONL files (instead of runs)')
@@ -474,10 +489,15 @@ def _tensorboard(args):
     if args.config and not os.path.isfile(args.config):
       raise InputError(f'--config {args.config}: no such file')
     config = readers.read_json(args.config) if args.config else None
+    seen: dict[str, int] = {}
     for f in args.jsonl:
       if not os.path.isfile(f):
         raise InputError(f'--jsonl {f}: no such file')
+      if sum(os.path.realpath(g) == os.path.realpath(f) for g in args.jsonl) > 1:
+        raise InputError(f'--jsonl {f}: given twice')
       name = os.path.splitext(os.path.basename(f))[0]
+      seen[name] = seen.get(name, 0) + 1  # files of one name: <name>, <name>-2, ...
+      name = name if seen[name] == 1 else f'{name}-{seen[name]}'
       paths.append(export.replay(readers.read_raw(f), os.path.join(_tool_dir(args), name),
                                  config=config))
     return paths
@@ -497,7 +517,8 @@ def _curves(args):
   from analysis import curves  # pylint: disable=g-import-not-at-top
   runs = _with_rows(_runs(args))
   rows = {r.name: r.rows for r in runs}
-  return [curves.plot(rows, args.out or _out(args, 'curves'), args.title)]
+  return [curves.plot(rows, args.out or _out(args, 'curves'), args.title,
+                      epoch_range=_range(args), smooth=args.smooth, dpi=args.dpi)]
 
 
 def _trajectory(args):

@@ -75,14 +75,24 @@ def _cell(v: Any) -> Any:
   return v
 
 
-def merge_rows(raw: Iterable[dict]) -> list[dict]:
+def _epoch(row: dict) -> int | None:
+  """A row's epoch (``epoch``, else the reference's ``step``) if it is a whole number."""
+  e = row.get('epoch', row.get('step'))
+  if isinstance(e, bool) or not isinstance(e, (int, float)):
+    return None
+  if isinstance(e, float) and not (math.isfinite(e) and e.is_integer()):
+    return None
+  return int(e)
+
+
+def merge_rows(raw: Iterable[dict], where: str = 'a metrics file') -> list[dict]:
   """Rows merged per epoch (last non-null wins), keys renamed, lists averaged, sorted."""
   by_epoch: dict[int, dict] = {}
   for row in raw:
-    epoch = row.get('epoch', row.get('step'))
-    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
-      raise InputError(f'a metrics row has no integer epoch: {str(row)[:80]}')
-    merged = by_epoch.setdefault(int(epoch), {'epoch': int(epoch)})
+    epoch = _epoch(row)
+    if epoch is None:
+      raise InputError(f'{where}: a row has no whole-number epoch: {str(row)[:80]}')
+    merged = by_epoch.setdefault(epoch, {'epoch': epoch})
     for k, v in row.items():
       if k in ('epoch', 'step', 'hook_point'):
         continue
@@ -94,23 +104,26 @@ def merge_rows(raw: Iterable[dict]) -> list[dict]:
 
 def read_jsonl(path: str) -> list[dict]:
   """Raw rows of a JSONL file. A torn last line (a kill mid-write) is ignored; any other
-  unparsable line is an ``InputError``."""
-  with open(path) as f:
+  unreadable line (not UTF-8, not a JSON object, no whole-number epoch) is an
+  ``InputError`` naming it."""
+  with open(path, 'rb') as f:
     lines = f.read().splitlines()
   rows = []
-  for i, line in enumerate(lines):
-    if not line.strip():
+  for i, raw in enumerate(lines):
+    if not raw.strip():
       continue
     try:
-      row = json.loads(line)
+      row = json.loads(raw.decode('utf-8'))
     except RecursionError:
       raise InputError(f'{path}:{i + 1}: nested too deeply to be a metrics row') from None
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
       if i == len(lines) - 1:
         break
       raise InputError(f'{path}:{i + 1}: not a JSON object') from None
     if not isinstance(row, dict):
       raise InputError(f'{path}:{i + 1}: not a JSON object')
+    if _epoch(row) is None:
+      raise InputError(f'{path}:{i + 1}: the row has no whole-number epoch')
     rows.append(row)
   return rows
 
@@ -132,18 +145,22 @@ def _csv_value(text: str) -> Any:
 
 def read_csv(path: str) -> list[dict]:
   """Raw rows of a metrics CSV (columns ``epoch``, optional ``hook_point``, metric keys)."""
-  with open(path, newline='') as f:
-    reader = csv.DictReader(f)
-    if not reader.fieldnames or 'epoch' not in reader.fieldnames:
-      raise InputError(f'{path}: no "epoch" column')
-    rows = []
-    for r in reader:
-      try:
-        epoch = int(float(r['epoch']))
-      except (TypeError, ValueError):
-        raise InputError(f'{path}: bad epoch {r["epoch"]!r}') from None
-      rows.append({'epoch': epoch, **{k: _csv_value(v) for k, v in r.items()
-                                      if k not in ('epoch', None) and v is not None}})
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.DictReader(f)
+      if not reader.fieldnames or 'epoch' not in reader.fieldnames:
+        raise InputError(f'{path}: no "epoch" column')
+      rows = []
+      for r in reader:
+        epoch = _epoch({'epoch': _csv_value(r['epoch'] or '')})
+        if epoch is None:
+          raise InputError(f'{path}:{reader.line_num}: bad epoch {r["epoch"]!r}')
+        rows.append({'epoch': epoch, **{k: _csv_value(v) for k, v in r.items()
+                                        if k not in ('epoch', None) and v is not None}})
+  except UnicodeDecodeError as e:
+    raise InputError(f'{path}: not UTF-8 text (byte {e.start})') from None
+  except csv.Error as e:
+    raise InputError(f'{path}: not a CSV file ({e})') from None
   return rows
 
 
@@ -179,8 +196,17 @@ def read_json(path: str) -> dict:
   return obj
 
 
-def normalise_summary(summary: dict) -> dict:
-  """``summary.json`` with the reference's paper-era eval names renamed (val_acc, ...)."""
+SUMMARY_PARTS = ('training', 'grokking', 'timing', 'init_eval', 'final_eval', 'deltas')
+
+
+def normalise_summary(summary: dict, path: str = 'summary.json') -> dict:
+  """``summary.json`` with the reference's paper-era eval names renamed (val_acc, ...);
+  ``InputError`` if one of its parts (``training``, ``final_eval``, ...) is there but not a
+  JSON object."""
+  for part in SUMMARY_PARTS:
+    if part in summary and not isinstance(summary[part], dict):
+      raise InputError(f'{path}: {part}: expected a JSON object, got '
+                       f'{type(summary[part]).__name__}')
   out = dict(summary)
   for part in ('init_eval', 'final_eval', 'deltas'):
     if isinstance(out.get(part), dict):
@@ -206,8 +232,9 @@ class Run:
   @property
   def origin(self) -> str:
     """'ours' (JAX environment) or 'reference' (PyTorch)."""
-    env = self.config.get('environment', {})
-    return 'ours' if 'jax_version' in env or 'grokking' in self.summary else 'reference'
+    env = self.config.get('environment')
+    ours = isinstance(env, dict) and 'jax_version' in env
+    return 'ours' if ours or 'grokking' in self.summary else 'reference'
 
   @property
   def target_acc(self) -> float:
@@ -255,10 +282,11 @@ def is_run_dir(path: str) -> bool:
 def read_run(path: str, name: str | None = None) -> Run:
   """One run folder (ours or the reference's)."""
   mfile = metrics_file(path)
-  rows = merge_rows(read_raw(mfile)) if mfile else []
+  rows = merge_rows(read_raw(mfile), mfile) if mfile else []
+  summary = os.path.join(path, 'summary.json')
   return Run(name=name or os.path.basename(os.path.normpath(path)), path=path, rows=rows,
              config=read_json(os.path.join(path, 'experiment_config.json')),
-             summary=normalise_summary(read_json(os.path.join(path, 'summary.json'))))
+             summary=normalise_summary(read_json(summary), summary))
 
 
 def is_sweep_dir(path: str) -> bool:

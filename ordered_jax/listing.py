@@ -66,7 +66,8 @@ def show(what: str, name: str = '') -> None:
   ('probe', name); ``ValueError`` (one line) for an unknown probe."""
   import sys  # pylint: disable=g-import-not-at-top
   from rich.console import Console  # pylint: disable=g-import-not-at-top
-  console = Console(width=None if sys.stdout.isatty() else 150)  # logs and pipes: wide
+  # markup off: catalog text such as "[p, d]" is shown as written, not read as Rich tags
+  console = Console(width=None if sys.stdout.isatty() else 150, markup=False)
   if what == 'all':
     for t in tables():
       console.print(t)

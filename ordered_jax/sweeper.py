@@ -190,22 +190,31 @@ def _parts(b: list[Item], runs_dir: str) -> list[tuple[list[Item], bool]]:
 
 
 def result_row(item: Item, run_dir: str) -> dict:
-  """The results-table row of a finished run: its keys, final metrics and curves."""
-  with open(os.path.join(run_dir, 'summary.json')) as f:
-    s = json.load(f)
+  """The results-table row of a finished run: its keys, final metrics and curves. A
+  ``summary.json`` that cannot be read is a ``WorkdirError`` naming it."""
+  path = os.path.join(run_dir, 'summary.json')
+  try:
+    with open(path) as f:
+      s = json.load(f)
+    final = {
+        'final_validation_accuracy': s['final_eval']['validation_accuracy'],
+        'final_training_accuracy': s['final_eval']['training_accuracy'],
+        'memorization_epoch': s['grokking']['memorization_epoch'],
+        'generalization_epoch': s['grokking']['generalization_epoch'],
+        'epochs_trained': s['training']['epochs_trained'],
+        'stop_reason': s['training']['stop_reason'],
+        'duration_seconds': s['timing']['duration_seconds']}
+  except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
+    rerun = ';'.join(f'{k}={v}' for k, v in item.keys.items())
+    raise experiment.WorkdirError(
+        f'{path} cannot be read (not the summary a finished run writes); restore it, or '
+        f"train that run again with --rerun='{rerun}'") from None
   rows = sinks.read_jsonl(os.path.join(run_dir, f'{item.id}.jsonl'))
   evals = [r for r in rows if 'training_metrics/validation_accuracy' in r]
   curve = lambda rs, k: [r.get(f'training_metrics/{k}') for r in rs]
   return {
-      'run_id': item.id, **item.keys,
-      'final_validation_accuracy': s['final_eval']['validation_accuracy'],
-      'final_training_accuracy': s['final_eval']['training_accuracy'],
-      'memorization_epoch': s['grokking']['memorization_epoch'],
-      'generalization_epoch': s['grokking']['generalization_epoch'],
-      'epochs_trained': s['training']['epochs_trained'],
-      'stop_reason': s['training']['stop_reason'],
-      'duration_seconds': s['timing']['duration_seconds'],
-      'epoch': [r['epoch'] for r in evals],
+      'run_id': item.id, **item.keys, **final,
+      'epoch': [r.get('epoch') for r in evals],
       'loss': curve(evals, 'loss'),
       'training_accuracy': curve(evals, 'training_accuracy'),
       'validation_accuracy': curve(evals, 'validation_accuracy'),

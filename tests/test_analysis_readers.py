@@ -89,8 +89,8 @@ def test_malformed_inputs_are_input_errors(tmp_path):
   (run / 'r.jsonl').write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
   with pytest.raises(readers.InputError, match=r'r.jsonl:2: not a JSON object'):
     readers.read_run(str(run))
-  (run / 'r.jsonl').write_text('{"loss": 1}\n')
-  with pytest.raises(readers.InputError, match='no integer epoch'):
+  (run / 'r.jsonl').write_text('{"loss": 1}\n{"epoch": 1}\n')
+  with pytest.raises(readers.InputError, match=r'r.jsonl:1: the row has no whole-number epoch'):
     readers.read_run(str(run))
   (run / 'r.jsonl').write_text('{"epoch": 0}\n')
   (run / 'summary.json').write_text('{broken')
@@ -101,6 +101,52 @@ def test_malformed_inputs_are_input_errors(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(readers.InputError, match='no run folders'):
     readers.load([str(tmp_path / 'empty')])
+
+
+@pytest.mark.parametrize('epoch', ['Infinity', '1e400', 'NaN', '"two"', '1.5', 'true'])
+def test_an_epoch_that_is_not_a_whole_number_names_the_line(tmp_path, epoch):
+  run = tmp_path / 'r'
+  run.mkdir()
+  (run / 'r.jsonl').write_text(f'{{"epoch": 0}}\n{{"epoch": {epoch}}}\n{{"epoch": 2}}\n')
+  with pytest.raises(readers.InputError, match=r'r.jsonl:2: the row has no whole-number'):
+    readers.read_run(str(run))
+  (run / 'r.jsonl').unlink()
+  cell = {'Infinity': 'inf', '"two"': 'two', 'true': 'True'}.get(epoch, epoch)
+  (run / 'r.csv').write_text(f'epoch,loss\n0,1.0\n{cell},2.0\n')
+  with pytest.raises(readers.InputError, match=r'r.csv:3: bad epoch'):
+    readers.read_run(str(run))
+
+
+def test_a_line_that_is_not_utf8_names_the_line(tmp_path):
+  run = tmp_path / 'r'
+  run.mkdir()
+  (run / 'r.jsonl').write_bytes(b'{"epoch": 0}\n{"epoch": 1, "x": "\xff"}\n{"epoch": 2}\n')
+  with pytest.raises(readers.InputError, match=r'r.jsonl:2: not a JSON object'):
+    readers.read_run(str(run))
+  (run / 'r.jsonl').unlink()
+  (run / 'r.csv').write_bytes(b'epoch,loss\n0,1.0\n1,\xff\n')
+  with pytest.raises(readers.InputError, match=r'r.csv: not UTF-8'):
+    readers.read_run(str(run))
+
+
+@pytest.mark.parametrize('summary,part', [
+    ({'training': None}, 'training'), ({'training': 5}, 'training'),
+    ({'grokking': 3}, 'grokking'), ({'final_eval': 'x'}, 'final_eval'),
+    ({'timing': []}, 'timing')])
+def test_summary_parts_of_the_wrong_type_are_named(tmp_path, summary, part):
+  run = tmp_path / 'r'
+  run.mkdir()
+  (run / 'summary.json').write_text(json.dumps(summary))
+  with pytest.raises(readers.InputError, match=rf'summary.json: {part}: expected a JSON'):
+    readers.read_run(str(run))
+
+
+def test_an_environment_that_is_not_an_object_is_the_reference_s(tmp_path):
+  run = tmp_path / 'r'
+  run.mkdir()
+  (run / 'r.jsonl').write_text('{"epoch": 0}\n')
+  (run / 'experiment_config.json').write_text('{"environment": 5}')
+  assert readers.read_run(str(run)).origin == 'reference'
 
 
 def test_workdirs_side_by_side_and_filters(tmp_path):

@@ -624,6 +624,12 @@ def test_tensorboard_replay(data, capsys):
   again = _cli(capsys, 'tensorboard', '--jsonl', os.path.join(data['ours'], 'stride',
                                                               'stride.jsonl'), *_out(data))
   assert len(_events(again[0])[0][readers.LOSS]) == EPOCHS  # replaced, not appended
+  ours, paper = (os.path.join(data[k], 'stride', 'stride.jsonl') for k in ('ours', 'paper'))
+  both = _cli(capsys, 'tensorboard', '--jsonl', ours, paper, *_out(data))
+  assert [os.path.basename(p) for p in both] == ['stride', 'stride-2']
+  assert len(_events(both[0])[0][readers.LOSS]) == EPOCHS  # not overwritten by the second
+  assert sorted(_events(both[1])[0][readers.TEST_ACC])[7][1] == pytest.approx(99.6)
+  assert 'given twice' in _fails(capsys, 'tensorboard', '--jsonl', ours, ours, *_out(data))
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -637,6 +643,18 @@ def test_errors_are_one_line(data, capsys, tmp_path):
       *out)
   assert 'START is after END' in _fails(capsys, 'compare', '--workdir', data['ours'],
                                         '--metrics', 'loss', '--range', '5', '2', *out)
+  assert 'START is after END' in _fails(capsys, 'curves', '--workdir', data['ours'],
+                                        '--range', '5', '2', *out)
+  for tool, flag, value in (('export_table', '--precision', '-2'),
+                            ('correlation', '--sample', '-1'),
+                            ('layer_dynamics', '--top', '-2'),
+                            ('convergence', '--threshold', 'nan'),
+                            ('report', '--memorization-threshold', 'inf')):
+    extra = {'export_table': ['--metrics', 'loss'], 'correlation': ['--x', 'loss', '--y', 'x'],
+             'layer_dynamics': ['--metric', 'x'], 'convergence': ['--metrics', 'loss'],
+             'report': []}[tool]
+    err = _fails(capsys, tool, '--workdir', data['ours'], *extra, flag, value, *out)
+    assert f'argument {flag}: must be' in err, err
   assert 'must be in [0, 1)' in _fails(capsys, 'metric_plot', '--workdir', data['ours'],
                                        '--metrics', 'loss', '--smooth', '1.5', *out)
   assert 'invalid choice' in _fails(capsys, 'no_such_tool', '--workdir', data['ours'])

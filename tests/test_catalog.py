@@ -61,7 +61,8 @@ def _main(*args):
 @pytest.mark.parametrize('args,needles', [
     (['--list'], ['configs/tiny.py', 'sym', 'fixed-random', 'muon', 'cosine_step']),
     (['--probes_list'], list(catalog.CATALOG)),
-    (['--probes_describe=fourier'], [m.key for m in catalog.CATALOG['fourier'].metrics]),
+    (['--probes_describe=fourier'], [m.key for m in catalog.CATALOG['fourier'].metrics]
+     + ['P_hat[m s]', '(FFTs of [p, d] and [mlp, p] per layer)']),  # brackets are not markup
     (['--probes_describe=curvature'], ['--config.probes.curvature.lanczos_steps',
                                        '--config.probes.curvature.hutchinson_samples']),
 ])

@@ -52,6 +52,7 @@ def test_tiny_preset_end_to_end_then_refuse_then_resume(tmp_path):
     ('--config.p=100', ('config.p', 'prime')),
     ('--config.lr=abc', ('--config.lr',)),
     ('--config.strategy=sorted', ('config.strategy', 'stride')),
+    ('--num_processes=2', ('--num_processes: only with --distributed',)),
 ])
 def test_cli_rejects_bad_input_in_one_line(flag, needles, tmp_path):
   _one_line_error(_main('--config=configs/tiny.py', f'--workdir={tmp_path}', flag), *needles)

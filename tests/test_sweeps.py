@@ -153,6 +153,26 @@ def test_rerun_skips_finished_and_restarts_chosen_runs(finished_sweep, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_damaged_summary_of_a_finished_run_is_named_with_the_rerun_that_fixes_it(
+    finished_sweep, tmp_path):
+  c, original, _ = finished_sweep
+  workdir = str(tmp_path / 'sweep')
+  shutil.copytree(original, workdir)
+  os.remove(os.path.join(workdir, results.TABLE))  # the table is rebuilt from the summaries
+  rid, row = next((rid, r) for rid, r in _table(os.path.join(original, results.TABLE)).items()
+                  if r['seed'] == 2 and r['strategy'] == 'random')
+  with open(os.path.join(workdir, 'runs', rid, 'summary.json'), 'w') as f:
+    f.write('{"training": 3}')
+  with pytest.raises(experiment.WorkdirError) as e:
+    sweeper.run(c, workdir, quiet=True)
+  assert f"{rid}/summary.json cannot be read" in str(e.value)
+  rerun = str(e.value).split("--rerun='")[1].rstrip("'")
+  assert sorted(rerun.split(';')) == ['seed=2', 'strategy=random']
+  sweeper.run(c, workdir, quiet=True, rerun=rerun)
+  assert _table(os.path.join(workdir, results.TABLE))[rid]['seed'] == 2
+
+
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_to_the_same_table(finished_sweep, tmp_path, monkeypatch):
   c, _, path = finished_sweep
   with crash_after_epoch(monkeypatch, 1):
