@@ -147,3 +147,14 @@ def test_probes_that_declare_no_memory_count_their_state(monkeypatch):
   budget.check(c, 2, [])
   with pytest.raises(runs.ConfigError, match=r'^config\.probes\.names: 2 runs need about'):
     budget.check(c, 2, [Window()])
+
+
+def test_a_probe_whose_state_cannot_be_traced_is_named_and_not_counted(caplog):
+  class Broken:
+    name = 'broken'
+
+    def init(self, params):
+      raise KeyError('layers')
+
+  assert budget.undeclared_bytes(micro_config(), [Broken()]) == 0
+  assert "probe broken: its state cannot be traced (KeyError: 'layers')" in caplog.text
