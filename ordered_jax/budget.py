@@ -161,6 +161,8 @@ def estimate(config, n_runs: int = 1, probe_names=None, extra: int = 0) -> dict[
   example = (tokens * width * config.layers + 2 * t.order) * 3
   acts = _largest_batch(config) * example
   evals = min(config.eval_batch_size, n_train + n_test) * (tokens * width + t.order)
+  if config.model == 'reference':  # its evaluation's per-token tables (models.Transformer)
+    evals += t.order * t.n_ops * config.embed_dim * (7 + config.num_heads)
   n_params = param_count(config)
   per_run = F32 * (n_params * _state_copies(config) + acts + evals)
   sizes = _registry().Sizes(params=n_params, example_bytes=F32 * example,

@@ -404,9 +404,11 @@ class Trainer:
             data.train_NxC[idx_SxB[0]])
 
   def _accuracy(self, params, chunks_HxKxC, valid_HxK):
+    predict = self.model.predictor(params)  # per-token work once per evaluation
+
     def body(total, xs):
       abc_KxC, valid_K = xs
-      pred_K = jnp.argmax(self.model.apply(params, abc_KxC[:, :-1]), axis=-1)
+      pred_K = jnp.argmax(predict(abc_KxC[:, :-1]), axis=-1)
       return total + jnp.sum((pred_K == abc_KxC[:, -1]) & valid_K), None
 
     correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (chunks_HxKxC, valid_HxK))

@@ -158,3 +158,25 @@ def test_dropout_keep_mask_statistics(rate):
   again = models.keep_mask(keys[3], rate, shape)
   np.testing.assert_array_equal(np.asarray(again), masks[3].astype(bool))
   assert bool(models.keep_mask(keys[0], 0.0, shape).all())
+
+
+@pytest.mark.parametrize('overrides', [
+    {}, {'layers': 1}, {'layers': 3}, {'task': 'add3'}, {'identical_layers': True},
+    {'embed_dim': 32, 'num_heads': 8, 'mlp_dim': 16}])
+def test_the_evaluation_path_gives_the_forward_pass_logits(overrides):
+  """``Model.predictor`` (layer 0 tabulated per token, the mean pool before the last
+  matrix) equals ``apply`` without dropout up to float rounding, and picks the same
+  predictions; models without tables use ``apply`` itself."""
+  from ordered_jax import experiment  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  m = models.Model(experiment.model_config(micro_config(**overrides)))
+  params = m.init(jax.random.key(3))
+  x_BxK = jax.random.randint(jax.random.key(4), (200, m.cfg.n_ops), 0, m.cfg.vocab)
+  want = m.apply(params, x_BxK)
+  got = jax.jit(lambda p, x: m.predictor(p)(x))(params, x_BxK)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  assert (jnp.argmax(got, -1) == jnp.argmax(want, -1)).all()
+  power = models.Model(experiment.model_config(micro_config(model='power')))
+  p = power.init(jax.random.key(3))
+  x = jax.random.randint(jax.random.key(4), (20, power.cfg.n_ops), 0, power.cfg.vocab)
+  assert (power.predictor(p)(x) == power.apply(p, x)).all()
