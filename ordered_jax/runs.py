@@ -69,8 +69,19 @@ def _check(ok: bool, field: str, message: str) -> None:
     raise ConfigError(field, message)
 
 
+def _value(config, field):
+  """``config[field]`` (dotted); a missing field or section is a ``ConfigError``."""
+  try:
+    return config[field]
+  except (KeyError, AttributeError):
+    raise ConfigError(field, 'missing from this config (a section of your own belongs in '
+                      'the config file, docs/extending.md "Config sections of your own"; a '
+                      'validate= that also runs on configs without it returns early when '
+                      'the section is absent)') from None
+
+
 def _number(config, field, *, integer=False, lo=None, hi=None, lo_open=False, what=''):
-  v = config[field]
+  v = _value(config, field)
   kinds = (int,) if integer else (int, float)
   _check(isinstance(v, kinds) and not isinstance(v, bool), field,
          f'must be {"an integer" if integer else "a number"}{what}; got {v!r}')
@@ -210,7 +221,7 @@ def _validate_trajectory(config) -> None:
 
 
 def _one_of(config, field, allowed):
-  v = config[field]
+  v = _value(config, field)
   _check(v in allowed, field, f'must be one of {", ".join(allowed)}; got {v!r}')
   return v
 

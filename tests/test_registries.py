@@ -136,6 +136,14 @@ def test_each_model_validates_its_own_config_section():
   c.gpt2.value_mode = 'nope'
   with pytest.raises(runs.ConfigError, match=r'^config.gpt2.value_mode: must be one of '):
     runs.validate(c)
+  # A validate reading a section this config lacks: one line naming the field.
+  models.register_model('sectioned', models.TwoLayerMLP, 'a test model', validate=lambda c: (
+      runs.number(c, 'sectioned.rank', integer=True, lo=1)))
+  try:
+    with pytest.raises(runs.ConfigError, match=r'^config.sectioned.rank: missing from this '):
+      runs.validate(micro_config())
+  finally:
+    models.REGISTRY.pop('sectioned')
 
 
 def test_a_model_and_a_task_read_their_own_config_sections_which_a_sweep_reaches():
