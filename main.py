@@ -202,14 +202,43 @@ def _failed_run(e: Exception, held: list[str]) -> None:
     traceback.print_exception(e, file=f)
     if held:
       f.write("\nOrbax's own error reports:\n\n" + '\n\n'.join(held) + '\n')
-  first = (str(e).strip().splitlines() or [''])[0][:300]
+  text = ' '.join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+  first = text[:300] + (' ...' if len(text) > 300 else '')
   what = ('out of memory (the memory estimate missed this config; lower its sizes)'
           if 'Out of memory' in str(e) or isinstance(e, MemoryError) else
-          f'{type(e).__name__}: {first}')
-  print(f'error: {what}; the last complete checkpoint is kept (continue with --resume once '
-        f'the cause is fixed); traceback in {path}', file=sys.stderr)
+          f'{type(e).__name__}: {first}{_where(e)}')
+  kept = ('the last complete checkpoint is kept (continue with --resume once the cause is '
+          'fixed)' if _has_checkpoints(_WORKDIR.value) else 'no checkpoint was written')
+  print(f'error: {what}; {kept}; traceback in {path}', file=sys.stderr)
   sys.stderr.flush()
   os._exit(1)  # pylint: disable=protected-access
+
+
+def _where(e: Exception) -> str:
+  """' (file:line)' of the innermost frame of ``e`` in code outside the installed
+  packages and the standard library (the project's or an extension's), or ''."""
+  import sysconfig  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  libs = {os.path.realpath(sysconfig.get_paths()[k]) for k in ('purelib', 'platlib', 'stdlib')}
+  for frame in reversed(traceback.extract_tb(e.__traceback__)):
+    path = os.path.realpath(frame.filename)
+    if os.path.isfile(path) and not any(path.startswith(lib + os.sep) for lib in libs):
+      shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+      return f' ({shown}:{frame.lineno})'
+  return ''
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  """Whether ``workdir`` holds a run's (or a sweep run's) checkpoint folder."""
+  import glob  # pylint: disable=g-import-not-at-top
+  for pattern in ('*/checkpoints', 'runs/*/checkpoints'):
+    for d in glob.glob(os.path.join(glob.escape(workdir), pattern)):
+      try:
+        if os.path.isdir(d) and os.listdir(d):
+          return True
+      except OSError:
+        continue
+  return False
 
 
 def main(argv):
@@ -230,6 +259,8 @@ def main(argv):
             'checkpoint is kept, continue with --resume', file=sys.stderr)
     sys.stderr.flush()
     os._exit(130)  # pylint: disable=protected-access  (no cleanup traceback from threads)
+  except Exception as e:  # pylint: disable=broad-except  (an extension that fails to import)
+    _failed_run(e, quiet.held)
 
 
 def _main(argv, quiet: _QuietLibraries):

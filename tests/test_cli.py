@@ -267,3 +267,36 @@ print('never')
   assert proc.stdout == 'buffered, no newline'
   assert open(tmp_path / 'thread').read() == 'done'
   assert open(tmp_path / 'atexit').read() == 'ran'
+
+
+def test_a_failure_in_an_extension_names_its_file_and_what_was_kept(tmp_path):
+  """An exception from code outside the installed packages (an extension) is one line with
+  its whole message, the file and line it came from, and no --resume advice when nothing
+  was written; nor does an import failing before the run print a traceback."""
+  (tmp_path / 'ext.py').write_text(
+      'def run(*a, **k):\n'
+      "  raise ValueError('Bad module.\\nConsider one of the following options:\\n- nnx.List')\n")
+  script = (
+      'import runpy, sys\n'
+      f'sys.path[:0] = [{ROOT!r}, {str(tmp_path)!r}]\n'
+      'import ext\n'
+      'from ordered_jax import experiment\n'
+      'experiment.run = ext.run\n'
+      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}/w', "
+      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--silent']\n"
+      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr
+  _one_line_error(proc, 'ValueError: Bad module. Consider one of the following options: - '
+                  'nnx.List', f'{tmp_path}/ext.py:2)', 'no checkpoint was written')
+  (tmp_path / 'probes').mkdir()  # a package that fails to import, found before ours
+  (tmp_path / 'probes' / '__init__.py').write_text('x = 1\ny = undefined_name\n')
+  broken = script.replace('import ext\n', '').replace('experiment.run = ext.run\n', '')
+  broken = broken.replace(f'sys.path[:0] = [{ROOT!r}, {str(tmp_path)!r}]',
+                          f'sys.path[:0] = [{str(tmp_path)!r}, {ROOT!r}]')
+  proc = subprocess.run([sys.executable, '-c', broken], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr
+  _one_line_error(proc, "NameError: name 'undefined_name' is not defined",
+                  f'{tmp_path}/probes/__init__.py:2)')
