@@ -461,7 +461,7 @@ def _dataset_dft(args):
                      f'{have / 2**30:.1f} GiB available')
   try:
     sets = dataset_dft.ordered_sets(p, n, seed, stride=stride, generator=generator,
-                                    names=args.orderings, batch_size=batch)
+                                    names=args.orderings, batch_size=batch, saved=cfg)
   except ValueError as e:
     raise InputError(f'dataset_dft --orderings: {e}') from None
   name = f'dataset_dft_p{p}_n{n}_b{batch}_seed{seed}'

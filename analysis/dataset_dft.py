@@ -33,13 +33,34 @@ def memory_bytes(p: int, n: int, batch: int, n_orderings: int,
           'histograms': 40 * n_batches * p}
 
 
+def _overlay(config, saved: dict) -> None:
+  """``saved`` (a run's ``experiment_config.json``) over ``config``: its values, and the
+  sections the defaults lack (an extension's, from the run's own config file)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  with config.unlocked():
+    for k, v in saved.items():
+      if k in ('environment', 'sweep'):
+        continue
+      if k not in config:
+        config[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+      elif isinstance(config[k], ml_collections.ConfigDict) and isinstance(v, dict):
+        _overlay(config[k], v)
+      elif not isinstance(config[k], ml_collections.ConfigDict):
+        try:
+          config[k] = tuple(v) if isinstance(config[k], tuple) and isinstance(v, list) else v
+        except TypeError as e:
+          raise ValueError(f'the run\'s config.{k} = {v!r} does not fit the defaults\' field '
+                           f'({e})') from None
+
+
 def ordered_sets(p: int, train_size: int, seed: int, *, stride: int = 0,
                  generator: str = 'reference', names=ORDERINGS,
-                 batch_size: int = 256) -> dict[str, np.ndarray]:
+                 batch_size: int = 256, saved: dict | None = None) -> dict[str, np.ndarray]:
   """{ordering: the training table [N, 3] in that ordering's epoch-0 row order}, each
-  ordering built from a config of these values (the defaults' otherwise) and given the
-  run's order key, as the trainer does. ``ValueError`` (one line) for an unknown ordering
-  or one that reads the model's losses."""
+  ordering built from a config of these values over the run's saved config ``saved``
+  (its own sections included) or the defaults, and given the run's order key, as the
+  trainer does. ``ValueError`` (one line) for an unknown ordering, one that reads the
+  model's losses, or settings it cannot read."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from ordered_jax import orderings, tasks, train  # pylint: disable=g-import-not-at-top
@@ -51,12 +72,19 @@ def ordered_sets(p: int, train_size: int, seed: int, *, stride: int = 0,
                        'it has no order without one')
   train_Nx3, _ = tasks.make_mod_add(p, train_size, 0, seed, generator)
   config = default.get_config()
+  if saved:
+    _overlay(config, saved)
   config.update(dict(p=p, train_size=train_size, seed=seed, batch_size=batch_size,
                      stride=stride or orderings.default_stride(p), data_generator=generator))
   key = jax.random.fold_in(jax.random.key(seed), train.ORDER_STREAM)
   out = {}
   for name in names:
-    o = orderings.get(name).from_config(config)
+    try:
+      o = orderings.get(name).from_config(config)
+    except (KeyError, AttributeError) as e:
+      field = str(e.args[0] if e.args else e).strip('\'"')
+      raise ValueError(f'ordering {name!r} reads config.{field}, which the defaults lack '
+                       '(give --workdir a run whose config has it)') from None
     prepared = jax.tree.map(jax.numpy.asarray, o.prepare(train_Nx3, config))
     order = o.order(prepared, key, 0, orderings.RunView(n=train_Nx3.shape[0]))
     out[name] = train_Nx3[np.asarray(order)]

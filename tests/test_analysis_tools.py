@@ -315,12 +315,34 @@ def test_dataset_dft_orders_any_registered_ordering_as_a_run_does():
     def order(self, prepared, key, epoch, run):
       return prepared
 
+  @dataclasses.dataclass(frozen=True)
+  class Rolled(orderings.Ordering):  # reads a config section of its own
+    name = 'rolled-test'
+    shift: int = 0
+
+    @classmethod
+    def from_config(cls, config):
+      return cls(shift=int(config.rolled.shift))
+
+    def prepare(self, train_NxC, config):
+      return np.roll(np.arange(len(train_NxC)), self.shift).astype(np.int32)
+
+    def order(self, prepared, key, epoch, run):
+      return prepared
+
   orderings.base.register(Reverse)
+  orderings.base.register(Rolled)
   try:
     got = dataset_dft.ordered_sets(13, 60, 2, names=('reverse-test',))
     np.testing.assert_array_equal(got['reverse-test'], train_Nx3[::-1])
+    saved = {'rolled': {'shift': 5}, 'seeds': [2], 'environment': {'jax_version': 'x'}}
+    got = dataset_dft.ordered_sets(13, 60, 2, names=('rolled-test',), saved=saved)
+    np.testing.assert_array_equal(got['rolled-test'], train_Nx3[np.roll(np.arange(60), 5)])
+    with pytest.raises(ValueError, match="ordering 'rolled-test' reads config.rolled, which"):
+      dataset_dft.ordered_sets(13, 60, 2, names=('rolled-test',))
   finally:
     orderings.REGISTRY.pop('reverse-test')
+    orderings.REGISTRY.pop('rolled-test')
   with pytest.raises(ValueError, match="ordering 'curriculum' orders by the losses"):
     dataset_dft.ordered_sets(13, 60, 2, names=('curriculum',))
   with pytest.raises(ValueError, match="unknown ordering 'nope'; one of stride"):
