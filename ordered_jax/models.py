@@ -723,10 +723,13 @@ class Model:
 
   def predictor(self, params: Params):
     """``f(x_BxK) -> logits`` in evaluation mode (no dropout), for many batches of one
-    ``params``: a module with ``eval_tables`` and ``eval_logits`` (the reference
-    transformer) does its per-token work once here; the others are ``apply``."""
+    ``params``: a module whose class defines ``eval_tables`` and ``eval_logits`` beside
+    its ``__call__`` (the reference transformer) does its per-token work once here; the
+    others are ``apply``."""
     module = self.module(params)
-    if hasattr(module, 'eval_tables') and hasattr(module, 'eval_logits'):
+    owner = lambda name: next((k for k in type(module).__mro__ if name in vars(k)), None)
+    # A subclass that redefines __call__ but not the evaluation path gets __call__.
+    if owner('eval_logits') is not None and owner('eval_logits') is owner('__call__'):
       tables = module.eval_tables()
       return lambda x_BxK: module.eval_logits(tables, x_BxK)
     return lambda x_BxK: module(x_BxK)

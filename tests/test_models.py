@@ -176,6 +176,17 @@ def test_the_evaluation_path_gives_the_forward_pass_logits(overrides):
   got = jax.jit(lambda p, x: m.predictor(p)(x))(params, x_BxK)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
   assert (jnp.argmax(got, -1) == jnp.argmax(want, -1)).all()
+  class Doubled(models.Transformer):  # redefines __call__ only: evaluated through it
+    def __call__(self, x_BxK, key=None, return_attn=False):
+      return 2 * super().__call__(x_BxK, key)
+
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  models.register_model('doubled-test', Doubled, 'a test model')
+  try:
+    sub = models.Model(dataclasses.replace(m.cfg, kind='doubled-test'))
+    np.testing.assert_allclose(sub.predictor(params)(x_BxK), 2 * want, rtol=1e-6)
+  finally:
+    models.REGISTRY.pop('doubled-test')
   power = models.Model(experiment.model_config(micro_config(model='power')))
   p = power.init(jax.random.key(3))
   x = jax.random.randint(jax.random.key(4), (20, power.cfg.n_ops), 0, power.cfg.vocab)
