@@ -75,6 +75,7 @@ def plan(config) -> list[Item]:
     c = sweep.apply(config, overrides)
     try:
       runs.validate(c)
+      _check_probe_options(c)
     except runs.ConfigError as e:
       where = ', '.join(f'{k}={v}' for k, v in overrides.items())
       raise runs.ConfigError(e.field, f'{str(e).split(": ", 1)[1]} (sweep point {where})') from None
@@ -89,6 +90,16 @@ def plan(config) -> list[Item]:
               'lr': r.lr, 'weight_decay': r.weight_decay}
       items.append(Item(rid, c, dataclasses.replace(r, name=rid), keys))
   return items
+
+
+def _check_probe_options(config) -> None:
+  """Every probe's options section of ``config`` (as ``probes.build`` checks them), here so
+  that a bad swept value names its point before the memory estimate reads it."""
+  if 'probes' not in config:
+    return
+  from probes import registry  # pylint: disable=g-import-not-at-top
+  for entry in registry.entries().values():
+    registry.options(entry, config)
 
 
 def _check_not_collapsed(config, first: dict, again: dict) -> None:
@@ -277,7 +288,12 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
                            rerun)
   packed = batches(items)
   for b in packed:  # probes are validated, and each batch's memory estimated, up front
-    budget.check(b[0].config, len(b), probes(b[0].config))
+    try:
+      built = probes(b[0].config)
+    except runs.ConfigError as e:
+      where = ', '.join(f'{k}={v}' for k, v in b[0].keys.items())
+      raise runs.ConfigError(e.field, f'{str(e).split(": ", 1)[1]} (sweep point {where})') from None
+    budget.check(b[0].config, len(b), built)
   primary = sharding.is_primary()  # with several processes, process 0 keeps the books
   if primary:
     runs.check_workdir(workdir)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ordered_jax import budget, experiment, results, runs, sinks, sweeper
-from tests.conftest import MICRO, ROOT, crash_after_epoch, micro_config
+from tests.conftest import MICRO, ROOT, crash_after_epoch, micro_config, set_fields
 
 
 def sweep_config(grid=None, zip_=None, max_runs=0, **overrides):
@@ -76,6 +76,12 @@ def test_bad_sweeps_stop_before_anything_runs(tmp_path):
       sweeper.run(sweep_config(grid=grid), str(tmp_path))
   with pytest.raises(ValueError, match='zip'):
     sweeper.run(sweep_config(zip_={'seed': '1,2', 'lr': '0.1'}), str(tmp_path))
+  import probes  # pylint: disable=g-import-not-at-top
+  c = set_fields(sweep_config(), {'probes.names': 'curvature',
+                                  'sweep.grid.probes.curvature.k': '3,0'})
+  with pytest.raises(runs.ConfigError, match=r'^config\.probes\.curvature\.k: .*\(sweep point '
+                     r'probes\.curvature\.k=0'):
+    sweeper.run(c, str(tmp_path), probes=probes.build)
   assert not os.listdir(tmp_path)
 
 
