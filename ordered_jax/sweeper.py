@@ -75,10 +75,11 @@ def plan(config) -> list[Item]:
     c = sweep.apply(config, overrides)
     try:
       runs.validate(c)
-      _check_probe_options(c)
+      if 'probes' in c:  # a bad swept option names its point before the estimate reads it
+        from probes import registry  # pylint: disable=g-import-not-at-top
+        registry.check_options(c)
     except runs.ConfigError as e:
-      where = ', '.join(f'{k}={v}' for k, v in overrides.items())
-      raise runs.ConfigError(e.field, f'{str(e).split(": ", 1)[1]} (sweep point {where})') from None
+      raise _at_point(e, overrides) from None
     c = runs.resolve(c)
     for r in runs.expand(c):
       rid = sweep.run_id(_identity(c, r))
@@ -92,14 +93,10 @@ def plan(config) -> list[Item]:
   return items
 
 
-def _check_probe_options(config) -> None:
-  """Every probe's options section of ``config`` (as ``probes.build`` checks them), here so
-  that a bad swept value names its point before the memory estimate reads it."""
-  if 'probes' not in config:
-    return
-  from probes import registry  # pylint: disable=g-import-not-at-top
-  for entry in registry.entries().values():
-    registry.options(entry, config)
+def _at_point(e: runs.ConfigError, keys: dict) -> runs.ConfigError:
+  """``e`` with the sweep point it came from appended."""
+  where = ', '.join(f'{k}={v}' for k, v in keys.items())
+  return runs.ConfigError(e.field, f'{str(e).split(": ", 1)[1]} (sweep point {where})')
 
 
 def _check_not_collapsed(config, first: dict, again: dict) -> None:
@@ -291,8 +288,7 @@ def run(config, workdir: str, *, probes: Callable[[Any], list] = lambda c: [],
     try:
       built = probes(b[0].config)
     except runs.ConfigError as e:
-      where = ', '.join(f'{k}={v}' for k, v in b[0].keys.items())
-      raise runs.ConfigError(e.field, f'{str(e).split(": ", 1)[1]} (sweep point {where})') from None
+      raise _at_point(e, b[0].keys) from None
     budget.check(b[0].config, len(b), built)
   primary = sharding.is_primary()  # with several processes, process 0 keeps the books
   if primary:

@@ -75,7 +75,7 @@ def build(config) -> list:
     raise runs.ConfigError('probes.every', 'must be an integer >= 1 (1 = every epoch, the '
                            f'reference); got {config.probes.every!r}')
   entries = registry.entries()
-  opts = {n: registry.options(e, config) for n, e in entries.items()}  # every section checked
+  opts = registry.check_options(config)  # every section checked
   selected = names(config)
   for n in selected:
     if n not in entries:

@@ -132,6 +132,12 @@ def options_key(entry: Entry) -> str:
   return entry.options_key or entry.name
 
 
+def check_options(config) -> dict[str, Any]:
+  """Every registered probe's options from ``config`` ({name: options}), so that a bad value
+  in any section is a ``ConfigError``, whichever probes the config enables."""
+  return {n: options(e, config) for n, e in _ENTRIES.items()}
+
+
 def options(entry: Entry, config) -> Any:
   """``entry``'s options from ``config.probes.<key>`` (missing fields: the defaults); a bad
   value is a ``ConfigError`` naming ``probes.<key>.<field>``."""

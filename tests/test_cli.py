@@ -19,6 +19,17 @@ def _main(*args, timeout=240):
                         capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _main_patched(setup: str, workdir, *flags, path=(ROOT,)):
+  """main.py run as ``__main__`` in a fresh interpreter after ``setup`` (Python source
+  that patches what the test breaks), with ``path`` first on sys.path."""
+  script = (f'import runpy, sys\nsys.path[:0] = {[str(p) for p in path]!r}\n{setup}'
+            f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={workdir}', "
+            + ''.join(f'{f!r}, ' for f in (*MICRO_FLAGS, *flags)) + "'--silent']\n"
+            f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
+  return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+
+
 def _one_line_error(proc, *needles):
   assert proc.returncode != 0
   err = proc.stderr.strip().splitlines()
@@ -123,18 +134,11 @@ def test_a_failed_save_is_one_line_and_exits(tmp_path):
   """A checkpoint write failing for another reason than a full disk (here: its folder
   replaced by a file) stops with one line naming it and the traceback's file, exit 1, at
   once (no wait on Orbax's threads)."""
-  script = (
-      'import runpy, sys\n'
-      f'sys.path.insert(0, {ROOT!r})\n'
+  proc = _main_patched(
       'from ordered_jax import checkpoint\n'
       'def save(*a, **k):\n'
       "  raise NotADirectoryError(20, 'Not a directory', '/w/stride/checkpoints/1.tmp')\n"
-      'checkpoint.save = save\n'
-      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}', "
-      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--silent']\n"
-      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
-  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                        text=True, timeout=240)
+      'checkpoint.save = save\n', tmp_path)
   assert proc.returncode == 1, proc.stderr
   _one_line_error(proc, 'NotADirectoryError', '/w/stride/checkpoints/1.tmp', 'traceback in ')
   path = proc.stderr.strip().splitlines()[-1].rsplit('traceback in ', 1)[1]
@@ -147,21 +151,14 @@ def test_a_save_failing_in_orbax_threads_is_one_line(tmp_path):
   save after epoch 2 fails, in Orbax's own threads, as when the folder was replaced by a
   file): stderr holds the one error line and nothing else above INFO; Orbax's tracebacks
   from its threads are in the traceback file."""
-  script = (
-      'import os, runpy, sys\n'
-      f'sys.path.insert(0, {ROOT!r})\n'
+  proc = _main_patched(
+      'import os\n'
       'real = os.makedirs\n'
       'def makedirs(name, *a, **k):\n'
       "  if '3.orbax-checkpoint-tmp' in os.fspath(name):\n"
       "    raise NotADirectoryError(20, 'Not a directory', os.fspath(name))\n"
       '  return real(name, *a, **k)\n'
-      'os.makedirs = makedirs\n'
-      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}', "
-      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--config.checkpoint_every=1', "
-      "'--silent']\n"
-      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
-  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                        text=True, timeout=240)
+      'os.makedirs = makedirs\n', tmp_path, '--config.checkpoint_every=1')
   assert proc.returncode == 1, proc.stderr
   _one_line_error(proc, 'NotADirectoryError', '3.orbax-checkpoint-tmp', 'traceback in ')
   loud = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith('I')]
@@ -276,27 +273,14 @@ def test_a_failure_in_an_extension_names_its_file_and_what_was_kept(tmp_path):
   (tmp_path / 'ext.py').write_text(
       'def run(*a, **k):\n'
       "  raise ValueError('Bad module.\\nConsider one of the following options:\\n- nnx.List')\n")
-  script = (
-      'import runpy, sys\n'
-      f'sys.path[:0] = [{ROOT!r}, {str(tmp_path)!r}]\n'
-      'import ext\n'
-      'from ordered_jax import experiment\n'
-      'experiment.run = ext.run\n'
-      f"sys.argv = ['main.py', '--config=configs/tiny.py', '--workdir={tmp_path}/w', "
-      + ''.join(f'{f!r}, ' for f in MICRO_FLAGS) + "'--silent']\n"
-      f"runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')\n")
-  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                        text=True, timeout=240)
+  proc = _main_patched('import ext\nfrom ordered_jax import experiment\n'
+                       'experiment.run = ext.run\n', f'{tmp_path}/w', path=(ROOT, tmp_path))
   assert proc.returncode == 1, proc.stderr
   _one_line_error(proc, 'ValueError: Bad module. Consider one of the following options: - '
                   'nnx.List', f'{tmp_path}/ext.py:2)', 'no checkpoint was written')
   (tmp_path / 'probes').mkdir()  # a package that fails to import, found before ours
   (tmp_path / 'probes' / '__init__.py').write_text('x = 1\ny = undefined_name\n')
-  broken = script.replace('import ext\n', '').replace('experiment.run = ext.run\n', '')
-  broken = broken.replace(f'sys.path[:0] = [{ROOT!r}, {str(tmp_path)!r}]',
-                          f'sys.path[:0] = [{str(tmp_path)!r}, {ROOT!r}]')
-  proc = subprocess.run([sys.executable, '-c', broken], cwd=ROOT, capture_output=True,
-                        text=True, timeout=240)
+  proc = _main_patched('', f'{tmp_path}/w', path=(tmp_path, ROOT))
   assert proc.returncode == 1, proc.stderr
   _one_line_error(proc, "NameError: name 'undefined_name' is not defined",
                   f'{tmp_path}/probes/__init__.py:2)')
